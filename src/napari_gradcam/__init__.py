@@ -1,0 +1,60 @@
+"""napari-gradcam: see why an image classifier decided.
+
+The public API is imported lazily so that ``import napari_gradcam`` (which napari
+does while scanning plugins) loads neither torch nor napari::
+
+    import napari_gradcam as ng
+    b = ng.build_model("resnet18", classes=["NORMAL", "PNEUMONIA"], in_channels=1, input_size=224)
+    p = ng.predict(b, image)                    # (n_classes,) probabilities
+    h = ng.explain(b, image, method="gradcam")  # h.data (H, W) float32 in [0, 1]
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "build_model": "bundle",
+    "save_model": "bundle",
+    "load_model": "bundle",
+    "ModelBundle": "bundle",
+    "ModelConfig": "bundle",
+    "resolve_device": "bundle",
+    "list_architectures": "models",
+    "predict": "inference",
+    "explain": "explain",
+    "tiled_heatmaps": "explain",
+    "feature_maps": "explain",
+    "Heatmap": "explain",
+    "TiledHeatmaps": "explain",
+    "GradCamError": "errors",
+    "ModelFileError": "errors",
+    "ImageError": "errors",
+    "LayerError": "errors",
+    "DatasetError": "errors",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .bundle import ModelBundle, ModelConfig, build_model, load_model, resolve_device, save_model
+    from .errors import DatasetError, GradCamError, ImageError, LayerError, ModelFileError
+    from .explain import Heatmap, TiledHeatmaps, explain, feature_maps, tiled_heatmaps
+    from .inference import predict
+    from .models import list_architectures

@@ -1,0 +1,1 @@
+"""The napari skin: the only subpackage that imports napari or Qt."""

@@ -1,0 +1,390 @@
+"""ModelBundle: a network plus what is needed to use it; safe save and load.
+
+File format (``.safetensors``): the model's ``state_dict`` tensors, and in the
+safetensors header's string metadata::
+
+    {"format": "napari-gradcam", "format_version": "1", "config": "<JSON>"}
+
+where ``config`` holds architecture, classes, in_channels, input_size, mean, std,
+target_layer and the training summary.  Loading parses JSON and raw tensors only:
+no code runs.  Plain PyTorch state dicts (``.pt``/``.pth``) load through
+``torch.load(weights_only=True)``; anything needing code to unpickle is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from .errors import GradCamError, ModelFileError
+from .models import build_network, get_architecture, get_module, spatial_layers
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+FORMAT = "napari-gradcam"
+FORMAT_VERSION = 1
+
+
+def resolve_device(device: "str | torch.device | None" = "auto") -> "torch.device":
+    """``"auto"`` (or None) -> cuda if available, then mps, then cpu; otherwise ``torch.device(device)``."""
+    import torch
+
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise GradCamError("CUDA was asked for but no CUDA device is available; use device 'cpu' or 'auto'.")
+    return dev
+
+
+@dataclass
+class ModelConfig:
+    """Everything about a model except its weights (stored as JSON in the file)."""
+
+    architecture: str
+    classes: list[str]
+    in_channels: int = 1
+    input_size: int = 224
+    mean: list[float] = field(default_factory=lambda: [0.5])
+    std: list[float] = field(default_factory=lambda: [0.25])
+    target_layer: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        arch = get_architecture(self.architecture)
+        self.architecture = arch.name
+        if not self.target_layer:
+            self.target_layer = arch.target_layer
+        if len(self.classes) < 2:
+            raise GradCamError(f"A classifier needs at least 2 classes, got {list(self.classes)}.")
+        if len(set(self.classes)) != len(self.classes):
+            raise GradCamError(f"Class names must be unique, got {list(self.classes)}.")
+        if self.in_channels not in (1, 3):
+            raise GradCamError(f"in_channels must be 1 or 3, not {self.in_channels}.")
+        if not 16 <= int(self.input_size) <= 4096:
+            raise GradCamError(f"input_size must be between 16 and 4096 pixels, not {self.input_size}.")
+        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
+            raise GradCamError("mean and std need one value per input channel.")
+        if any(s <= 0 for s in self.std):
+            raise GradCamError("std values must be positive.")
+
+
+@dataclass
+class ModelBundle:
+    """A classifier ready to use: the network (eval mode, on ``device``) and its config.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        Maps (B, in_channels, input_size, input_size) float32 to (B, n_classes) logits.
+    config : ModelConfig
+        Architecture, classes, input geometry, normalisation, target layer, training summary.
+    """
+
+    model: "nn.Module"
+    config: ModelConfig
+
+    # convenient read-only views of the config
+    @property
+    def architecture(self) -> str:
+        return self.config.architecture
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.config.classes)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.config.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return self.config.in_channels
+
+    @property
+    def input_size(self) -> int:
+        return int(self.config.input_size)
+
+    @property
+    def target_layer(self) -> str:
+        return self.config.target_layer
+
+    @property
+    def device(self) -> "torch.device":
+        return next(self.model.parameters()).device
+
+    def to(self, device: "str | torch.device | None") -> "ModelBundle":
+        """Move the network to ``device`` ("auto", "cpu", "cuda", "mps"); returns self."""
+        self.model.to(resolve_device(device))
+        return self
+
+    def class_index(self, target: "int | str") -> int:
+        """Index of a class given by name or index, with a clear error."""
+        if isinstance(target, str):
+            if target not in self.config.classes:
+                raise GradCamError(f"Unknown class {target!r}; the model's classes are {self.classes}.")
+            return self.config.classes.index(target)
+        idx = int(target)
+        if not 0 <= idx < self.n_classes:
+            raise GradCamError(f"Class index {idx} is out of range for {self.n_classes} classes.")
+        return idx
+
+    def layers(self, max_depth: int | None = 3) -> list[str]:
+        """Dotted names of the layers with spatial output, usable as Grad-CAM target layers."""
+        return spatial_layers(self.model, self.in_channels, self.input_size, max_depth)
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelBundle({self.architecture}, classes={self.classes}, in_channels={self.in_channels}, "
+            f"input_size={self.input_size}, device={self.device})"
+        )
+
+
+def build_model(
+    architecture: str,
+    classes: Sequence[str],
+    in_channels: int = 1,
+    input_size: int = 224,
+    pretrained: bool | str | os.PathLike = False,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    target_layer: str | None = None,
+    device: str | None = "cpu",
+) -> ModelBundle:
+    """Build an (untrained, or ImageNet-initialised) classifier by architecture name.
+
+    Normalisation defaults to ImageNet's mean/std for pretrained 3-channel models and to
+    mean 0.5, std 0.25 otherwise (images are first scaled to [0, 1]).
+    """
+    classes = [str(c) for c in classes]
+    if mean is None or std is None:
+        if pretrained and in_channels == 3:
+            mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+        elif pretrained:
+            mean, std = [0.449], [0.226]
+        else:
+            mean, std = [0.5] * in_channels, [0.25] * in_channels
+    config = ModelConfig(
+        architecture, classes, int(in_channels), int(input_size), [float(m) for m in mean],
+        [float(s) for s in std], target_layer or "",
+    )
+    config.validate()
+    model = build_network(config.architecture, len(classes), config.in_channels, pretrained)
+    get_module(model, config.target_layer)  # validates the name
+    model.eval()
+    return ModelBundle(model, config).to(device)
+
+
+# ----------------------------------------------------------------------------- save
+def save_model(bundle: ModelBundle, path: str | os.PathLike) -> Path:
+    """Write ``bundle`` to a ``.safetensors`` file, atomically (temp file + rename).
+
+    A crash mid-write leaves any previous file at ``path`` intact.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise GradCamError(f"Model bundles are saved as .safetensors, not {path.suffix or 'no extension'}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in bundle.model.state_dict().items()}
+    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": json.dumps(asdict(bundle.config))}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ----------------------------------------------------------------------------- load
+def _check_path(path: Path) -> None:
+    if not path.exists():
+        raise ModelFileError(f"No model file at {path}.")
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder, not a model file.")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path} is empty (0 bytes), not a model file.")
+
+
+def _is_safetensors(path: Path) -> bool:
+    """True if the file starts like a safetensors file (8-byte header length, then '{')."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 2 <= n <= path.stat().st_size - 8
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ModelFileError(f"{path.name} is not a readable .safetensors file (truncated or corrupted: {e}).") from None
+    return tensors, metadata
+
+
+def _read_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
+    """A plain state dict through ``torch.load(weights_only=True)``; code-carrying pickles are refused."""
+    import pickle
+
+    import torch
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+        if any(n.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for n in names):
+            raise ModelFileError(
+                f"{path.name} is a TorchScript program, not a state dict; napari-gradcam loads weights only "
+                "(save model.state_dict() or use a .safetensors bundle)."
+            )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ModelFileError(
+            f"{path.name} holds Python objects beyond tensors (a pickled model or custom code); it was not "
+            "loaded because unpickling it could run code: save model.state_dict() or a .safetensors bundle."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError) as e:
+        raise ModelFileError(f"{path.name} is not a readable PyTorch weights file ({str(e).splitlines()[0]}).") from None
+    # common wrappers: {"state_dict": ...}, {"model": ...}, DataParallel's "module." prefix
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelFileError(f"{path.name} does not contain a state dict (a mapping of names to tensors).")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def _config_from_metadata(path: Path, metadata: dict[str, str]) -> ModelConfig | None:
+    if metadata.get("format") != FORMAT:
+        return None
+    try:
+        version = int(metadata.get("format_version", "0"))
+        raw = json.loads(metadata["config"])
+        if version > FORMAT_VERSION:
+            raise ModelFileError(
+                f"{path.name} was written by a newer napari-gradcam (format {version}); upgrade to load it."
+            )
+        config = ModelConfig(**raw)
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, ModelFileError):
+            raise
+        raise ModelFileError(f"{path.name} has damaged napari-gradcam metadata ({e}).") from None
+    try:
+        config.validate()
+    except GradCamError as e:
+        raise ModelFileError(f"{path.name} has invalid metadata: {e}") from None
+    return config
+
+
+def _fit_error(path: Path, config: ModelConfig, err: RuntimeError) -> ModelFileError:
+    """Turn load_state_dict's long error into one sentence."""
+    text = str(err)
+    detail = ""
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("size mismatch") or line.startswith(("Missing key", "Unexpected key")):
+            detail = line.rstrip(".")[:200]
+            break
+    return ModelFileError(
+        f"The weights in {path.name} do not fit a {config.architecture} with {len(config.classes)} classes and "
+        f"{config.in_channels} input channel(s){': ' + detail if detail else ''}."
+    )
+
+
+def load_model(
+    path: str | os.PathLike,
+    architecture: str | None = None,
+    classes: Sequence[str] | None = None,
+    in_channels: int | None = None,
+    input_size: int | None = None,
+    device: str | None = "auto",
+) -> ModelBundle:
+    """Load a model bundle (``.safetensors``) or a plain state dict, without running code.
+
+    For a napari-gradcam ``.safetensors`` file everything comes from its metadata (arguments
+    given here must agree with it).  For a state dict (``.pt``/``.pth``/``.bin``) or a foreign
+    ``.safetensors`` file, ``architecture`` and ``classes`` are required; ``in_channels`` is
+    inferred from the first convolution when not given and ``input_size`` defaults to 224.
+
+    Raises
+    ------
+    ModelFileError
+        Missing, empty, truncated, foreign, code-carrying or mismatching files; one sentence.
+    """
+    import torch
+
+    path = Path(path)
+    _check_path(path)
+    config: ModelConfig | None = None
+    if _is_safetensors(path):
+        tensors, metadata = _read_safetensors(path)
+        config = _config_from_metadata(path, metadata)
+    elif path.suffix == ".safetensors":
+        raise ModelFileError(f"{path.name} is not a readable .safetensors file (truncated or corrupted header).")
+    else:
+        tensors = _read_state_dict(path)
+
+    if config is None:  # plain weights: the caller says what they are
+        if not architecture or not classes:
+            raise ModelFileError(
+                f"{path.name} holds bare weights with no description; give the architecture and the class names."
+            )
+        arch = get_architecture(architecture)
+        if in_channels is None:
+            first = tensors.get(arch.first_conv + ".weight")
+            in_channels = int(first.shape[1]) if first is not None and first.ndim == 4 else 1
+        config = ModelConfig(arch.name, [str(c) for c in classes], int(in_channels), int(input_size or 224),
+                             [0.5] * int(in_channels), [0.25] * int(in_channels))
+        try:
+            config.validate()
+        except GradCamError as e:
+            raise ModelFileError(str(e)) from None
+    else:
+        for name, given, stored in (("architecture", architecture, config.architecture),
+                                    ("in_channels", in_channels, config.in_channels),
+                                    ("input_size", input_size, config.input_size)):
+            if given is not None and str(given).lower() != str(stored).lower():
+                raise ModelFileError(f"{path.name} is a {name}={stored} model, not {given}.")
+        if classes is not None and list(classes) != config.classes:
+            raise ModelFileError(f"{path.name} has classes {config.classes}, not {list(classes)}.")
+
+    model = build_network(config.architecture, len(config.classes), config.in_channels)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise _fit_error(path, config, e) from None
+    try:
+        get_module(model, config.target_layer)
+    except GradCamError:
+        raise ModelFileError(f"{path.name} names a target layer {config.target_layer!r} the model does not have.") from None
+    model.eval()
+    with torch.no_grad():
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise ModelFileError(f"{path.name} contains NaN or infinite weights.")
+    return ModelBundle(model, config).to(device)

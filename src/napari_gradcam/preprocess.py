@@ -1,0 +1,169 @@
+"""Any napari image data -> the network's input tensor, and results back to the image's size.
+
+Rules (the same for training, prediction, explanation and tiling):
+
+* **Shape.** One image is (H, W) grayscale or (H, W, 3|4) RGB(A) (alpha dropped).
+  A batch is a list of images, an (N, H, W) array or an (N, H, W, 3|4) array.
+  Other channel counts, e.g. (H, W, 2), are refused with a clear error.
+* **Values.** Any dtype (bool, ints, floats). Intensities are scaled to [0, 1] by the image's
+  own finite minimum and maximum (or a given ``value_range``); a constant image becomes all 0.
+  NaN becomes the finite minimum, +inf the maximum, -inf the minimum; an image with no finite
+  value is refused.
+* **Channels.** RGB -> grayscale by luminance for 1-channel models; grayscale repeated for
+  3-channel models.
+* **Geometry.** The whole image is resized (bilinear, antialiased) to input_size x input_size,
+  whatever its size or aspect ratio; :func:`resize_maps` maps results back to (H, W).
+* Then per-channel ``(x - mean) / std``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from .errors import ImageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .bundle import ModelBundle
+
+MAX_PIXELS = 1 << 28  # ~268 Mpx: larger single images must go through tiled_heatmaps (lazily)
+
+_LUMA = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)  # as skimage.color.rgb2gray
+
+
+def check_image(data) -> np.ndarray:
+    """Validate one image and return it as a numpy array (H, W) or (H, W, 3|4); no copy if possible."""
+    if hasattr(data, "compute") and not isinstance(data, np.ndarray):  # dask and friends
+        if np.prod(data.shape, dtype=np.int64) > MAX_PIXELS * 4:
+            raise ImageError(f"An image of shape {tuple(data.shape)} is too large to load; use tiled heatmaps.")
+        data = np.asarray(data.compute() if hasattr(data, "compute") else data)
+    arr = np.asarray(data)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise ImageError(f"Images must hold numbers, not {arr.dtype}.")
+    if np.iscomplexobj(arr):
+        raise ImageError("Complex-valued images cannot be classified; pass the magnitude (np.abs).")
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        pass
+    elif arr.ndim != 2:
+        raise ImageError(
+            f"Expected one 2D image, (H, W) grayscale or (H, W, 3|4) RGB(A), but got shape {arr.shape}; "
+            "for a stack pass one slice."
+        )
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ImageError(f"The image is empty (shape {arr.shape}).")
+    if arr.shape[0] * arr.shape[1] > MAX_PIXELS:
+        raise ImageError(
+            f"An image of {arr.shape[0]} x {arr.shape[1]} pixels is too large to classify whole; use tiled heatmaps."
+        )
+    return arr
+
+
+def split_batch(data) -> tuple[list[np.ndarray], bool]:
+    """Split input into a list of single images; also say whether it was a batch.
+
+    (H, W) and (H, W, 3|4) are single images; a list/tuple, (N, H, W) or (N, H, W, 3|4) a batch.
+    """
+    if isinstance(data, (list, tuple)):
+        if not data:
+            raise ImageError("An empty list of images was given.")
+        return [check_image(d) for d in data], True
+    arr = np.asarray(data) if not hasattr(data, "compute") else data
+    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4)):
+        return [check_image(arr)], False
+    if arr.ndim == 3 or (arr.ndim == 4 and arr.shape[-1] in (3, 4)):
+        return [check_image(a) for a in arr], True
+    raise ImageError(
+        f"Cannot read shape {tuple(arr.shape)} as an image or a batch: expected (H, W), (H, W, 3|4), "
+        "(N, H, W) or (N, H, W, 3|4)."
+    )
+
+
+def value_range(arr: np.ndarray) -> tuple[float, float]:
+    """(min, max) over finite values; ImageError if there is none."""
+    if arr.dtype == bool:
+        return 0.0, 1.0
+    if np.issubdtype(arr.dtype, np.integer):
+        return float(arr.min()), float(arr.max())
+    finite = np.isfinite(arr)
+    if finite.all():
+        return float(arr.min()), float(arr.max())
+    if not finite.any():
+        raise ImageError("The image has no finite values (all NaN or infinite).")
+    vals = arr[finite]
+    return float(vals.min()), float(vals.max())
+
+
+def to_unit(arr: np.ndarray, vrange: tuple[float, float] | None = None) -> np.ndarray:
+    """Scale intensities to [0, 1] float32 (see module rules); shape unchanged, alpha dropped."""
+    if arr.ndim == 3 and arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    lo, hi = value_range(arr) if vrange is None else vrange
+    out = arr.astype(np.float32, copy=True)
+    if np.issubdtype(out.dtype, np.floating) and not np.isfinite(out).all():
+        np.nan_to_num(out, copy=False, nan=lo, posinf=hi, neginf=lo)
+    if hi > lo:
+        out -= np.float32(lo)
+        out *= np.float32(1.0 / (hi - lo))
+        np.clip(out, 0.0, 1.0, out=out)
+    else:
+        out[...] = 0.0
+    return out
+
+
+def to_channels(unit: np.ndarray, in_channels: int) -> np.ndarray:
+    """(H, W) or (H, W, 3) in [0,1] -> (in_channels, H, W) float32."""
+    if unit.ndim == 3:
+        if in_channels == 1:
+            return (unit @ _LUMA)[None]
+        return np.ascontiguousarray(unit.transpose(2, 0, 1))
+    return np.repeat(unit[None], in_channels, axis=0) if in_channels > 1 else unit[None]
+
+
+def image_to_tensor(
+    image: np.ndarray,
+    in_channels: int,
+    input_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    vrange: tuple[float, float] | None = None,
+    resize: bool = True,
+) -> "torch.Tensor":
+    """One validated image -> (in_channels, S, S) float32 tensor, normalised (S = input_size).
+
+    With ``resize=False`` the image keeps its own size: (in_channels, H, W).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    chans = torch.from_numpy(to_channels(to_unit(image, vrange), in_channels))
+    if resize and tuple(chans.shape[1:]) != (input_size, input_size):
+        h, w = chans.shape[1:]
+        chans = F.interpolate(
+            chans[None], size=(input_size, input_size), mode="bilinear", align_corners=False,
+            antialias=bool(h > input_size or w > input_size),
+        )[0]
+    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    return (chans - m) / s
+
+
+def bundle_tensor(bundle: "ModelBundle", images: Sequence[np.ndarray], vrange=None) -> "torch.Tensor":
+    """Validated images -> (N, C, S, S) float32 batch for ``bundle`` (on the CPU)."""
+    import torch
+
+    c = bundle.config
+    return torch.stack([image_to_tensor(im, c.in_channels, c.input_size, c.mean, c.std, vrange) for im in images])
+
+
+def resize_maps(maps: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
+    """(..., h, w) float tensor -> (..., H, W) by bilinear interpolation (the inverse geometry)."""
+    import torch.nn.functional as F
+
+    lead = maps.shape[:-2]
+    flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
+    if tuple(flat.shape[-2:]) != tuple(size):
+        flat = F.interpolate(flat, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
+    return flat.reshape(*lead, *flat.shape[-2:])
