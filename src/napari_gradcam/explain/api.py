@@ -1,0 +1,115 @@
+"""explain() and feature_maps(): one image in, plain results out."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from ..errors import GradCamError
+from ..models import get_module
+from ..preprocess import bundle_tensor, check_image, resize_maps
+from .cam import cam_head, class_activation_maps
+from .gradcam import canonical_method, gradient_maps
+from .hooks import StopForward, capture
+from .result import FeatureMaps, Heatmap
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..bundle import ModelBundle
+
+
+def _resolve_targets(bundle: "ModelBundle", target) -> tuple[list[int] | None, bool]:
+    """-> (class indices or None for 'predicted', whether a list of results is wanted)."""
+    if target is None or (isinstance(target, str) and target.lower() in ("predicted", "top")):
+        return None, False
+    if isinstance(target, str) and target.lower() == "all":
+        return list(range(bundle.n_classes)), True
+    if isinstance(target, (list, tuple, np.ndarray)):
+        if len(target) == 0:
+            raise GradCamError("An empty list of target classes was given.")
+        return [bundle.class_index(t) for t in target], True
+    return [bundle.class_index(target)], False
+
+
+def explain(
+    bundle: "ModelBundle",
+    image,
+    method: str = "gradcam",
+    target=None,
+    layer: str | None = None,
+) -> "Heatmap | list[Heatmap]":
+    """Explain the model's decision on one image as a heatmap.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, 3|4) array, any dtype.
+    method : "cam" | "gradcam" | "gradcam++".
+    target : None (the predicted class), a class name or index, a list of them, or "all".
+        All requested classes come from one forward pass.
+    layer : dotted layer name for Grad-CAM(++); default the model's target layer. CAM always
+        uses the layer feeding the global-average-pooling head.
+
+    Returns
+    -------
+    Heatmap, or a list of Heatmap (one per class) when ``target`` is a list or "all".
+    ``Heatmap.data`` is (H, W) float32 in [0, 1] at the image's own size.
+    """
+    method = canonical_method(method)
+    img = check_image(image)
+    targets, many = _resolve_targets(bundle, target)
+    x = bundle_tensor(bundle, [img]).to(bundle.device)
+    bundle.model.eval()
+    if method == "cam":
+        used_layer = cam_head(bundle).features
+        if layer not in (None, "", used_layer):
+            raise GradCamError(f"CAM is defined at the layer feeding the pooling head ({used_layer}); "
+                               f"use Grad-CAM to explain {layer!r}.")
+        logits, all_maps = class_activation_maps(bundle, x)
+        indices = targets if targets is not None else [int(logits[0].argmax())]
+        raw = all_maps[0, indices]
+    else:
+        used_layer = layer or bundle.target_layer
+        get_module(bundle.model, used_layer)
+        logits, maps, indices = gradient_maps(bundle, x, targets, used_layer, method)
+        raw = maps[0]
+    import torch
+
+    probs = torch.softmax(logits[0], dim=0).cpu().numpy()
+    positive = torch.relu(raw)
+    peaks = positive.amax(dim=(1, 2))
+    full = resize_maps(positive, img.shape[:2])
+    full = full / torch.where(peaks > 0, peaks, torch.ones_like(peaks)).view(-1, 1, 1)
+    full = full.clamp_(0, 1).cpu().numpy().astype(np.float32, copy=False)
+    raw_np = raw.cpu().numpy().astype(np.float32, copy=False)
+    results = [
+        Heatmap(full[i], raw_np[i], float(peaks[i]), bundle.classes[c], c, float(probs[c]), probs,
+                used_layer, method)
+        for i, c in enumerate(indices)
+    ]
+    return results if many else results[0]
+
+
+def feature_maps(bundle: "ModelBundle", image, layer: str | None = None, n: int = 36) -> FeatureMaps:
+    """The ``n`` most active channels (highest mean activation) of ``layer`` for one image.
+
+    Returns
+    -------
+    FeatureMaps with ``maps`` (n, h, w) float32 raw activations, most active first.
+    """
+    import torch
+
+    img = check_image(image)
+    layer = layer or bundle.target_layer
+    if n < 1:
+        raise GradCamError(f"The number of feature maps must be at least 1, not {n}.")
+    x = bundle_tensor(bundle, [img]).to(bundle.device)
+    bundle.model.eval()
+    with torch.inference_mode(), capture(bundle.model, layer, stop=True) as box:
+        try:
+            bundle.model(x)
+        except StopForward:
+            pass
+    act = box.activation[0].float()
+    scores = act.mean(dim=(1, 2))
+    order = torch.argsort(scores, descending=True)[: min(n, act.shape[0])]
+    return FeatureMaps(act[order].cpu().numpy(), order.cpu().numpy(), scores[order].cpu().numpy(), layer)

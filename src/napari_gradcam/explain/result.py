@@ -1,0 +1,101 @@
+"""Results as plain data: numpy arrays (or dask arrays) and small dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Heatmap:
+    """One explanation of one image.
+
+    Attributes
+    ----------
+    data : (H, W) float32 in [0, 1], at the image's own size (ReLU'd map divided by its maximum).
+    raw : (h, w) float32, the map at the layer's resolution before normalisation
+        (signed for CAM; ReLU'd for Grad-CAM and Grad-CAM++).
+    max : float, the maximum of the ReLU'd raw map (0 when the map is empty).
+    target, target_index : the explained class.
+    score : float, the model's probability for ``target``.
+    probabilities : (n_classes,) float32.
+    layer, method : the explained layer (dotted name) and "cam" | "gradcam" | "gradcam++".
+    """
+
+    data: np.ndarray
+    raw: np.ndarray
+    max: float
+    target: str
+    target_index: int
+    score: float
+    probabilities: np.ndarray
+    layer: str
+    method: str
+
+    @property
+    def title(self) -> str:
+        from .gradcam import METHOD_TITLES
+
+        return f"{METHOD_TITLES[self.method]} {self.target}"
+
+
+@dataclass
+class TiledHeatmaps:
+    """Per-class heatmaps over a whole (large) image.
+
+    Attributes
+    ----------
+    heatmaps : (C, H, W) float32 in [0, 1] (numpy, or dask for a dask input). Each tile contributes
+        its class probability times its map divided by the tile's maximum, blended across
+        overlapping tiles with a smooth window, so values are comparable across tiles and classes.
+    probability_maps : (C, H, W) float32, the tile probabilities blended the same way.
+    classes : the C class names, in the order of the maps.
+    class_indices : their indices in the model's classes.
+    tiles : number of tiles run; tile, stride : tile size and step in pixels.
+    method, mode : "cam" | "gradcam" | "gradcam++"; "tiles" | "fullconv".
+    """
+
+    heatmaps: Any
+    probability_maps: Any
+    classes: list[str]
+    class_indices: list[int]
+    tiles: int
+    tile: int
+    stride: int
+    method: str
+    mode: str
+    extra: dict = field(default_factory=dict)
+
+    @cached_property
+    def dominant(self) -> np.ndarray:
+        """(H, W) int: index into ``classes`` of the most probable class at each pixel."""
+        return np.asarray(self.probability_maps.argmax(axis=0))
+
+    @cached_property
+    def probabilities(self) -> dict[str, float]:
+        """Mean probability of each class over the image (area-weighted)."""
+        means = np.asarray(self.probability_maps.mean(axis=(1, 2)), dtype=np.float64)
+        return {c: float(m) for c, m in zip(self.classes, means)}
+
+    @cached_property
+    def breakdown(self) -> dict[str, float]:
+        """Share of the image's area where each class dominates; the shares sum to 1."""
+        counts = np.bincount(self.dominant.ravel(), minlength=len(self.classes)).astype(np.float64)
+        return {c: float(n / counts.sum()) for c, n in zip(self.classes, counts)}
+
+
+@dataclass
+class FeatureMaps:
+    """The most active channels of one layer for one image.
+
+    maps : (n, h, w) float32 raw activations; channels : (n,) int channel indices;
+    scores : (n,) float32 mean activation of each; layer : dotted name.
+    """
+
+    maps: np.ndarray
+    channels: np.ndarray
+    scores: np.ndarray
+    layer: str
