@@ -45,7 +45,7 @@ def weight_maps(activation: "torch.Tensor", grads: "torch.Tensor", method: str) 
         g2 = grads.pow(2)
         g3 = g2 * grads
         sum_a = activation.sum(dim=(2, 3), keepdim=True)
-        alpha = g2 / (2 * g2 + sum_a * g3 + 1e-7)
+        alpha = g2 / (2 * g2 + sum_a * g3 + 1e-6)  # eps as in pytorch-grad-cam, for comparable maps
         alpha = torch.where(grads != 0, alpha, torch.zeros_like(alpha))
         weights = (torch.relu(grads) * alpha).sum(dim=(2, 3), keepdim=True)
     return (weights * activation).sum(dim=1)

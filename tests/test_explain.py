@@ -1,0 +1,308 @@
+"""The explanation engine against known answers and an established library."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+import napari_gradcam as ng
+from napari_gradcam.errors import GradCamError, LayerError
+from napari_gradcam.explain import explain, feature_maps, iter_tiled_heatmaps, tiled_heatmaps
+from napari_gradcam.explain import tiling
+from napari_gradcam.preprocess import bundle_tensor
+
+
+def _no_hooks(model: torch.nn.Module) -> bool:
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    torch.manual_seed(0)
+    b = ng.build_model("simple_cnn", ["a", "b", "c"], in_channels=1, input_size=64)
+    with torch.no_grad():  # non-trivial BN statistics so maps are not degenerate
+        for m in b.model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return b
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(1)
+    return ng.build_model("resnet18", ["a", "b", "c"], in_channels=3, input_size=224)
+
+
+@pytest.fixture(scope="module")
+def image():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:90, :120]
+    return (np.exp(-((yy - 30) ** 2 + (xx - 80) ** 2) / 300.0) * 200 + rng.normal(0, 10, (90, 120))).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- CAM
+def test_cam_equals_hand_computation(cnn, image):
+    """CAM_c = sum_k W[c,k] A_k, computed by hand from the trunk's output and the linear weights."""
+    x = bundle_tensor(cnn, [image])
+    with torch.no_grad():
+        feats = cnn.model.features(x)[0]  # (K, h, w)
+        logits = cnn.model(x)[0]
+    W, bias = cnn.model.classifier.weight, cnn.model.classifier.bias
+    for c in range(3):
+        hand = sum(W[c, k].item() * feats[k].numpy() for k in range(feats.shape[0]))
+        h = explain(cnn, image, "cam", target=c)
+        np.testing.assert_allclose(h.raw, hand, rtol=1e-4, atol=1e-5)
+        # the CAM identity: spatial mean + bias is the logit
+        assert h.raw.mean() + bias[c].item() == pytest.approx(logits[c].item(), abs=1e-4)
+        np.testing.assert_allclose(h.data, _normalised_full(h.raw, image.shape), atol=1e-5)
+
+
+def _normalised_full(raw, shape):
+    import torch.nn.functional as F
+
+    pos = np.maximum(raw, 0)
+    up = F.interpolate(torch.from_numpy(pos)[None, None], size=shape, mode="bilinear", align_corners=False)[0, 0]
+    return (up / pos.max()).numpy() if pos.max() > 0 else np.zeros(shape, np.float32)
+
+
+def test_cam_refused_for_fully_connected_heads():
+    b = ng.build_model("vgg16", ["a", "b"], 1, 32)
+    with pytest.raises(LayerError, match="Grad-CAM"):
+        explain(b, np.zeros((32, 32)), "cam")
+    assert _no_hooks(b.model)
+
+
+# ----------------------------------------------------------------------------- Grad-CAM
+@pytest.mark.parametrize("arch", ["simple_cnn", "resnet18"])
+def test_gradcam_equals_relu_cam_on_gap_linear_head(arch, image):
+    """For logits = W GAP(A) + b, dy_c/dA = W_c / (h w) everywhere, so Grad-CAM = ReLU(CAM) / (h w)."""
+    torch.manual_seed(2)
+    b = ng.build_model(arch, ["a", "b", "c"], 1, 64)
+    for c in range(3):
+        cam = explain(b, image, "cam", target=c)
+        grad = explain(b, image, "gradcam", target=c)
+        hw = cam.raw.size
+        np.testing.assert_allclose(grad.raw * hw, np.maximum(cam.raw, 0), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(grad.data, cam.data, atol=1e-4)
+
+
+@pytest.mark.parametrize("method,cls", [("gradcam", "GradCAM"), ("gradcam++", "GradCAMPlusPlus")])
+def test_agrees_with_pytorch_grad_cam(resnet, method, cls):
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    img = np.random.default_rng(3).random((224, 224, 3)).astype(np.float32)
+    x = bundle_tensor(resnet, [img])
+    for target in range(3):
+        ours = explain(resnet, img, method, target=target, layer="layer4")
+        with getattr(pgc, cls)(model=resnet.model, target_layers=[resnet.model.layer4]) as ref:
+            theirs = ref(input_tensor=x, targets=[ClassifierOutputTarget(target)])[0]
+        assert np.corrcoef(ours.data.ravel(), theirs.ravel())[0, 1] > 0.999
+    for p in resnet.model.parameters():  # their library leaves nothing our later tests depend on
+        p.grad = None
+
+
+def test_all_targets_from_one_forward_pass(resnet):
+    calls = []
+    handle = resnet.model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        maps = explain(resnet, np.random.rand(100, 100, 3), "gradcam", target="all")
+    finally:
+        handle.remove()
+    assert len(calls) == 1 and [m.target for m in maps] == ["a", "b", "c"]
+    assert not np.allclose(maps[0].raw, maps[1].raw)
+
+
+def test_no_parameter_gradients_no_hooks_grad_mode_restored(resnet):
+    for grad_mode in (True, False):
+        with torch.set_grad_enabled(grad_mode):
+            explain(resnet, np.random.rand(64, 64, 3), "gradcam++")
+            assert torch.is_grad_enabled() == grad_mode
+    assert all(p.grad is None for p in resnet.model.parameters())
+    assert _no_hooks(resnet.model)
+
+
+@pytest.mark.parametrize("arch,layers", [
+    ("resnet18", ["layer4", "layer3", "layer4.1.relu", "layer2.0.conv1"]),  # in-place ReLU modules, reused
+    ("densenet121", ["features", "features.denseblock3", "features.norm5"]),  # functional in-place ReLU after features
+    ("mobilenet_v2", ["features", "features.10"]),
+    ("efficientnet_b0", ["features"]),
+    ("alexnet", ["features"]),
+])
+def test_gradcam_on_inplace_architectures(arch, layers):
+    torch.manual_seed(0)
+    b = ng.build_model(arch, ["a", "b"], 1, 64)
+    img = np.random.default_rng(0).random((50, 70))
+    for layer in layers:
+        for method in ("gradcam", "gradcam++"):
+            h = explain(b, img, method, layer=layer)
+            assert h.data.shape == (50, 70) and h.data.dtype == np.float32
+            assert np.isfinite(h.data).all() and 0 <= h.data.min() and h.data.max() <= 1
+            assert h.layer == layer
+    assert all(p.grad is None for p in b.model.parameters())
+    assert _no_hooks(b.model)
+
+
+def test_bad_layer_leaves_no_hooks(resnet):
+    with pytest.raises(LayerError, match="fc"):
+        explain(resnet, np.zeros((32, 32, 3)), "gradcam", layer="fc")  # 2D output
+    with pytest.raises(LayerError, match="no layer"):
+        explain(resnet, np.zeros((32, 32, 3)), "gradcam", layer="layer9")
+    assert _no_hooks(resnet.model)
+
+
+def test_result_fields_and_sizes(cnn):
+    for shape in [(1, 1), (1, 50), (17, 300), (300, 17, 3), (40, 40, 4)]:
+        img = np.random.default_rng(0).integers(0, 255, shape).astype(np.uint8)
+        h = explain(cnn, img, "gradcam", target="b")
+        assert h.data.shape == shape[:2] and h.data.dtype == np.float32
+        assert h.target == "b" and h.target_index == 1 and h.method == "gradcam" and h.layer == "features"
+        assert h.score == pytest.approx(float(h.probabilities[1])) and h.probabilities.sum() == pytest.approx(1, abs=1e-5)
+        assert h.raw.shape == (8, 8) and h.max >= 0
+    pred = explain(cnn, np.ones((20, 20)), "cam")
+    assert pred.target_index == int(np.argmax(pred.probabilities))
+    with pytest.raises(GradCamError, match="Unknown method"):
+        explain(cnn, np.ones((20, 20)), "lime")
+    with pytest.raises(GradCamError, match="Unknown class"):
+        explain(cnn, np.ones((20, 20)), target="zebra")
+
+
+def test_thread_safe(resnet):
+    imgs = [np.random.default_rng(i).random((120, 120, 3)) for i in range(4)]
+    expected = [explain(resnet, im, "gradcam").data for im in imgs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda im: explain(resnet, im, "gradcam").data, imgs * 2))
+    for e, g in zip(expected * 2, got):
+        np.testing.assert_allclose(e, g, atol=1e-5)
+    assert _no_hooks(resnet.model) and threading.active_count() >= 1
+
+
+# ----------------------------------------------------------------------------- feature maps
+def test_feature_maps(cnn, image):
+    f = feature_maps(cnn, image, layer="features.block2", n=5)
+    with torch.no_grad():
+        ref = cnn.model.features.block2(cnn.model.features.block1(bundle_tensor(cnn, [image])))[0].numpy()
+    order = np.argsort(-ref.mean(axis=(1, 2)))[:5]
+    assert f.maps.shape == (5, 16, 16) and list(f.channels) == list(order)
+    np.testing.assert_allclose(f.maps, ref[order], atol=1e-5)
+    assert list(f.scores) == sorted(f.scores, reverse=True)
+    assert feature_maps(cnn, image, n=1000).maps.shape[0] == 128  # capped by the channel count
+    assert _no_hooks(cnn.model)
+
+
+# ----------------------------------------------------------------------------- tiling
+def test_tile_starts_cover_everything():
+    for length in [1, 100, 223, 224, 225, 700, 1000, 1023]:
+        for stride in [56, 112, 224]:
+            starts = tiling.tile_starts(length, 224, stride)
+            covered = np.zeros(max(length, 224), bool)
+            for s in starts:
+                covered[s : s + 224] = True
+            assert covered[:length].all() and starts[-1] + 224 >= length and starts == sorted(set(starts))
+
+
+@pytest.fixture(scope="module")
+def big_cnn():
+    torch.manual_seed(5)
+    return ng.build_model("simple_cnn", [f"class{i}" for i in range(7)], 1, 64)
+
+
+def test_tiled_covers_whole_image_any_classes(big_cnn):
+    img = np.random.default_rng(0).random((700, 1000)).astype(np.float32)
+    t = tiled_heatmaps(big_cnn, img, tile=224, overlap=0.5)  # tiles larger than the input: resized
+    assert t.heatmaps.shape == (7, 700, 1000) and t.heatmaps.dtype == np.float32
+    assert t.tiles == len(tiling.tile_starts(700, 224, 112)) * len(tiling.tile_starts(1000, 224, 112))
+    # every pixel is covered: the blended probabilities sum to 1 everywhere
+    np.testing.assert_allclose(t.probability_maps.sum(axis=0), 1.0, atol=1e-4)
+    assert 0 <= t.heatmaps.min() and t.heatmaps.max() <= 1
+    assert sum(t.breakdown.values()) == pytest.approx(1.0) and set(t.breakdown) == set(t.classes)
+    top = tiled_heatmaps(big_cnn, img, tile=224, overlap=0.5, classes=3)
+    assert len(top.classes) == 3 and top.heatmaps.shape == (3, 700, 1000)
+    ranked = sorted(t.probabilities, key=t.probabilities.get, reverse=True)[:3]
+    assert set(top.classes) == set(ranked)
+    named = tiled_heatmaps(big_cnn, img[:300, :300], tile=64, classes=["class5", "class1"])
+    assert named.classes == ["class5", "class1"] and named.heatmaps.shape == (2, 300, 300)
+
+
+def test_tiled_progress_and_small_image(cnn):
+    gen = iter_tiled_heatmaps(cnn, np.random.rand(200, 150), tile=64, overlap=0.5, batch_size=4)
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert events[0] == (0, result.tiles) and events[-1] == (result.tiles, result.tiles)
+    assert [d for d, _ in events] == sorted(d for d, _ in events)
+    small = tiled_heatmaps(cnn, np.random.rand(30, 20), tile=64)  # smaller than one tile: padded
+    assert small.heatmaps.shape == (3, 30, 20) and small.tiles == 1
+
+
+def _seam_ratio(heat: np.ndarray, starts: list[int], tile: int) -> float:
+    """Largest step across tile borders relative to the largest step elsewhere (columns)."""
+    d = np.abs(np.diff(heat, axis=-1)).max(axis=(0, 1))
+    borders = sorted({s - 1 for s in starts if s > 0} | {s + tile - 1 for s in starts if s + tile < heat.shape[-1]})
+    inside = np.delete(d, borders)
+    return float(d[borders].max() / inside.max())
+
+
+def test_no_seams_with_smooth_model(cnn, monkeypatch):
+    yy, xx = np.mgrid[:128, :512]
+    img = (np.sin(xx / 40.0) + np.cos(yy / 30.0)).astype(np.float32)  # smooth image -> smooth response
+    blended = tiled_heatmaps(cnn, img, tile=64, overlap=0.5)
+    starts = tiling.tile_starts(512, 64, 32)
+    assert _seam_ratio(blended.heatmaps, starts, 64) < 1.5
+    # the same check catches seams: without the window and overlap, borders show steps
+    monkeypatch.setattr(tiling, "blend_window", lambda t: np.ones((t, t), np.float32))
+    hard = tiled_heatmaps(cnn, img, tile=64, overlap=0.0)
+    assert _seam_ratio(hard.heatmaps, tiling.tile_starts(512, 64, 64), 64) > 1.5
+
+
+def test_gradcam_tiles(cnn):
+    img = np.random.default_rng(1).random((150, 130))
+    for method in ("gradcam", "gradcam++"):
+        t = tiled_heatmaps(cnn, img, tile=64, overlap=0.25, method=method)
+        assert t.heatmaps.shape == (3, 150, 130) and np.isfinite(t.heatmaps).all()
+    assert _no_hooks(cnn.model)
+
+
+def test_dask_input_is_lazy_and_matches_numpy(cnn):
+    da = pytest.importorskip("dask.array")
+    img = np.random.default_rng(2).random((300, 260)).astype(np.float32)
+    ref = tiled_heatmaps(cnn, img, tile=64, overlap=0.5)
+    lazy = tiled_heatmaps(cnn, da.from_array(img, chunks=100), tile=64, overlap=0.5, chunk=128)
+    assert isinstance(lazy.heatmaps, da.Array) and lazy.heatmaps.shape == (3, 300, 260)
+    assert lazy.heatmaps.chunksize[1:] == (128, 128)
+    np.testing.assert_allclose(lazy.heatmaps.compute(), ref.heatmaps, atol=1e-5)
+    np.testing.assert_allclose(lazy.probability_maps.compute(), ref.probability_maps, atol=1e-5)
+    assert lazy.breakdown == pytest.approx(ref.breakdown, abs=1e-3)
+    with pytest.raises(GradCamError, match="top-k"):
+        tiled_heatmaps(cnn, da.from_array(img, chunks=100), tile=64, classes=2, chunk=128)
+
+
+def test_fullconv_mode(cnn):
+    img = np.random.default_rng(3).random((256, 320)).astype(np.float32)
+    fc = tiled_heatmaps(cnn, img, tile=64, mode="fullconv")
+    tl = tiled_heatmaps(cnn, img, tile=64, overlap=0.5)
+    assert fc.heatmaps.shape == tl.heatmaps.shape and fc.mode == "fullconv"
+    assert sum(fc.breakdown.values()) == pytest.approx(1.0)
+    np.testing.assert_allclose(fc.probability_maps.sum(axis=0), 1.0, atol=1e-4)
+    # a dense sliding window approximates the tiles' class probabilities
+    assert abs(fc.probabilities["a"] - tl.probabilities["a"]) < 0.15
+    with pytest.raises(GradCamError, match="CAM only"):
+        tiled_heatmaps(cnn, img, tile=64, mode="fullconv", method="gradcam")
+
+
+def test_tiled_bad_arguments(cnn):
+    with pytest.raises(GradCamError, match="Overlap"):
+        tiled_heatmaps(cnn, np.zeros((100, 100)), overlap=1.0)
+    with pytest.raises(GradCamError, match="2D image"):
+        tiled_heatmaps(cnn, np.zeros((5, 100, 100)))
+    with pytest.raises(GradCamError, match="Top-k"):
+        tiled_heatmaps(cnn, np.zeros((100, 100)), classes=9)
