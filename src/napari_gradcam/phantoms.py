@@ -1,0 +1,679 @@
+"""Synthetic frontal chest radiographs with known lesion masks.
+
+This module generates deterministic, procedurally drawn posterior-anterior
+(PA) chest X-ray *phantoms* for three classes:
+
+``"normal"``
+    No lesion; the mask is empty.
+``"pneumonia"``
+    Lobar consolidation: one dense, fairly homogeneous opacity filling part
+    of **one** lung (random side and zone, usually lower or middle), with a
+    sharp border along a fissure on one side and soft borders elsewhere.
+``"covid"``
+    Bilateral, peripheral ground-glass opacities: several faint hazy patches
+    along the outer (pleural) edge of **both** lungs, mostly in the lower
+    zones.
+
+Images follow the X-ray display convention (air dark, bone and soft tissue
+bright).  Every lesion is drawn as a reduction of the lung's air content, so
+it is confined to the visible lung fields, and the returned mask marks where
+the opacity was added.
+
+Anatomy depends only on ``seed`` (not on ``label`` nor on ``size``): the
+``"pneumonia"`` and ``"covid"`` phantoms of a seed are the ``"normal"``
+phantom of that seed plus a lesion, and a seed rendered at 64 px and at
+256 px shows the same patient.  Only numpy, scipy and scikit-image are used.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+from typing import NamedTuple
+
+import numpy as np
+from scipy import ndimage
+from skimage import io as skio
+
+__all__ = [
+    "CLASSES",
+    "Phantom",
+    "make_xray",
+    "make_batch",
+    "write_dataset",
+    "make_mosaic",
+]
+
+#: Class names, in label-index order.
+CLASSES: tuple[str, ...] = ("normal", "pneumonia", "covid")
+
+_MIN_SIZE = 16
+_SALT = 0x6C7A  # decorrelates our streams from other users of small seeds
+
+
+class Phantom(NamedTuple):
+    """One synthetic chest radiograph.
+
+    Attributes
+    ----------
+    image : numpy.ndarray
+        ``(size, size)`` ``uint8`` radiograph, X-ray convention (air and lungs
+        dark, bone and soft tissue bright).
+    mask : numpy.ndarray
+        ``(size, size)`` ``bool`` lesion mask, True on the lesion; all False
+        for ``"normal"``.
+    label : str
+        The class name, one of :data:`CLASSES`.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    label: str
+
+
+# --------------------------------------------------------------------------
+# argument checking
+# --------------------------------------------------------------------------
+def _check_label(label) -> str:
+    if not isinstance(label, str) or label not in CLASSES:
+        raise ValueError(
+            f"unknown label {label!r}; valid labels are {', '.join(map(repr, CLASSES))}"
+        )
+    return label
+
+
+def _check_classes(classes) -> tuple[str, ...]:
+    if isinstance(classes, str):
+        classes = (classes,)
+    classes = tuple(classes)
+    if not classes:
+        raise ValueError("classes must name at least one of " + ", ".join(map(repr, CLASSES)))
+    for c in classes:
+        _check_label(c)
+    return classes
+
+
+def _check_size(size, name: str = "size") -> int:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer >= {_MIN_SIZE}, got {size!r}")
+    size = int(size)
+    if size < _MIN_SIZE:
+        raise ValueError(f"{name} must be >= {_MIN_SIZE} pixels, got {size}")
+    return size
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = int(seed)
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    return seed
+
+
+def _check_count(n, name: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or int(n) < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {n!r}")
+    return int(n)
+
+
+def _derive_seed(*entropy: int) -> int:
+    """A 32-bit seed derived from several non-negative integers."""
+    return int(np.random.SeedSequence([_SALT, *entropy]).generate_state(1)[0])
+
+
+# --------------------------------------------------------------------------
+# small vectorised helpers (all float32)
+# --------------------------------------------------------------------------
+def _sig(z):
+    """Logistic function, computed via tanh (no overflow warnings)."""
+    return np.float32(0.5) + np.float32(0.5) * np.tanh(np.float32(0.5) * z)
+
+
+@functools.lru_cache(maxsize=64)
+def _bspline_matrix(n: int, size: int) -> np.ndarray:
+    """``(size, n)`` periodic cubic B-spline upsampling weights, rows scaled
+    so that i.i.d. unit-variance knots give unit-variance samples."""
+    t = (np.arange(size) + 0.5) * (n / size) - 0.5
+    j = np.arange(n)
+    u = np.abs(((t[:, None] - j[None, :]) + n / 2) % n - n / 2)   # wrapped distance
+    w = np.where(u < 1, 2 / 3 - u ** 2 + u ** 3 / 2,
+                 np.where(u < 2, (2 - u) ** 3 / 6, 0.0))
+    w /= np.sqrt((w ** 2).sum(1, keepdims=True))
+    return w.astype(np.float32)
+
+
+def _field(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+    """Smooth random field of unit variance, ``(size, size)`` float32.
+
+    ``n x n`` random knots are upsampled with a cubic B-spline.  The random
+    draws depend only on ``n`` (not on ``size``), so the same generator state
+    gives the same pattern at every resolution.
+    """
+    g = rng.standard_normal((n, n)).astype(np.float32)
+    a = _bspline_matrix(n, size)
+    # einsum (not matmul): tiny products, and BLAS threads only cost here
+    t = np.einsum("ij,jk->ik", a, g)
+    return np.einsum("ik,lk->il", t, a)
+
+
+def _sample(grid: np.ndarray, rows, cols) -> np.ndarray:
+    """Bilinear lookup of ``grid`` at fractional (rows, cols).
+
+    Rows wrap around (an angle), columns are clamped.
+    """
+    nr, nc = grid.shape
+    flat = grid.ravel()
+    cols = np.clip(cols, 0, nc - 1.001)
+    r0 = np.floor(rows)
+    c0 = np.floor(cols)
+    fr = rows - r0
+    fc = cols - c0
+    i00 = (r0.astype(np.intp) % nr) * nc + c0.astype(np.intp)
+    i10 = (i00 + nc) % (nr * nc)
+    top = flat.take(i00) * (1 - fc) + flat.take(i00 + 1) * fc
+    bot = flat.take(i10) * (1 - fc) + flat.take(i10 + 1) * fc
+    return top * (1 - fr) + bot * fr
+
+
+# --------------------------------------------------------------------------
+# the phantom
+# --------------------------------------------------------------------------
+def _anatomy_params(rng: np.random.Generator) -> dict:
+    u = rng.uniform
+    p = {
+        # patient pose / size, in normalised image units ([-1, 1] across)
+        "scale": u(0.90, 1.03),
+        "tx": u(-0.03, 0.03),
+        "ty": u(-0.04, 0.05),
+        "rot": np.deg2rad(u(-4.0, 4.0)),
+        # body outline
+        "w_body": u(0.80, 0.90),
+        "shoulder_y": u(-1.08, -0.98),
+        "arms": rng.random() < 0.5,
+        "shoulder_w": u(0.08, 0.16),
+        # lungs
+        "lung_dc": u(0.38, 0.43),
+        "lung_al": u(0.36, 0.42),
+        "lung_am": u(0.24, 0.29),
+        "lung_ap": u(-0.84, -0.74),
+        "lung_cp": u(0.44, 0.58),
+        "dome_h": u(0.12, 0.19),
+        "dome_r_extra": u(0.02, 0.07),  # right hemidiaphragm sits higher
+        "air": u(0.50, 0.58),
+        # mediastinum / heart
+        "medi_w": u(0.10, 0.13),
+        "heart_x": u(0.06, 0.12),
+        "heart_a": u(0.33, 0.40),
+        "heart_b": u(0.24, 0.29),
+        "heart_tilt": np.deg2rad(u(15.0, 32.0)),
+        "knob": u(0.07, 0.09),
+        "gastric": rng.random() < 0.6,
+        # bones
+        "rib_sp": u(0.105, 0.125),
+        "rib_v0": u(-0.86, -0.80),
+        "rib_a": u(0.40, 0.60),
+        "rib_w": u(0.034, 0.044),
+        "rib_amp": u(0.06, 0.09),
+        "clav_y": u(-0.66, -0.58),
+        "clav_slope": u(0.15, 0.30),
+        "vert_p": u(0.095, 0.115),
+        # exposure / rendering
+        "k": u(1.5, 2.6),
+        "gamma": u(0.85, 1.2),
+        "lo": u(-0.04, 0.06),
+        "hi": u(0.95, 1.10),
+        "heel": u(-0.10, 0.10),
+        "heel_y": u(-0.06, 0.06),
+        "noise": u(0.008, 0.025),
+    }
+    return p
+
+
+def _render(label: str, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    f32 = np.float32
+    rng = np.random.default_rng([_SALT, seed, 0])      # anatomy
+    p = _anatomy_params(rng)
+    # smooth texture fields (fixed draw order => same patient at any size)
+    tex_lung = _field(rng, 12, size)
+    tex_body = _field(rng, 6, size)
+    vessel_grids = [rng.standard_normal((56, 7)).astype(f32) for _ in range(2)]
+
+    # ---- coordinates: image grid -> patient frame --------------------------
+    c = ((np.arange(size, dtype=f32) + f32(0.5)) * f32(2.0 / size) - f32(1.0))
+    X = c[None, :]
+    Y = c[:, None]
+    cr, sr = f32(np.cos(p["rot"])), f32(np.sin(p["rot"]))
+    s = f32(p["scale"])
+    x = (cr * (X - f32(p["tx"])) + sr * (Y - f32(p["ty"]))) / s
+    y = (-sr * (X - f32(p["tx"])) + cr * (Y - f32(p["ty"]))) / s
+    d = np.abs(x)                                      # distance from midline
+    # edge softness: ~1 px, but never sharper than anatomy allows
+    e = f32(max(0.012, 1.6 / size) / p["scale"])
+
+    # ---- body outline ----------------------------------------------------
+    # chest wall: convex, widest near the diaphragm; shoulders above
+    w = f32(p["w_body"]) * (1 - f32(0.10) * (y - f32(0.3)) ** 2) \
+        + f32(p["shoulder_w"]) * _sig((f32(-0.50) - y) / f32(0.07))
+    # top edge: neck in the middle, trapezius sloping down to the shoulders
+    top = f32(p["shoulder_y"]) + f32(0.55) * np.logaddexp(f32(0), (d - f32(0.30)) / f32(0.06)) * f32(0.06)
+    body = _sig((w - d) / e) * _sig((y - top) / (2 * e))
+    thick = np.sqrt(np.clip(1 - (d / w) ** 2, 0, 1))
+    D = body * (f32(0.22) + f32(0.40) * thick + f32(0.03) * tex_body)
+    D += f32(0.08) * body * _sig((f32(-0.45) - y) / f32(0.10))   # shoulder girdle
+    if p["arms"]:
+        arm_in = f32(p["w_body"]) + f32(0.08)
+        arm = _sig((d - arm_in) / e) * _sig((y - top) / (2 * e)) * _sig((f32(0.1) - y) / f32(0.15))
+        D += arm * f32(0.6)
+        hum = np.hypot(d - (arm_in + 0.13), y - (p["shoulder_y"] + 0.42))
+        D += f32(0.18) * _sig((f32(0.14) - hum) / e) * body
+    # trachea: dark air column down to the carina
+    trach = _sig((f32(0.035) - d) / e) * _sig((f32(-0.30) - y) / f32(0.03)) * body
+    D -= f32(0.12) * trach
+    # ---- lungs -------------------------------------------------------------
+    lungs = []   # per side: (sign, lung mask, inner distance, geometry dict)
+    for sgn in (-1.0, 1.0):
+        dc, al, am = p["lung_dc"], p["lung_al"], p["lung_am"]
+        yap, ycp = p["lung_ap"], p["lung_cp"]
+        dh = p["dome_h"] + (p["dome_r_extra"] if sgn < 0 else 0.0)
+        xs = f32(sgn) * x
+        dd = xs - f32(dc)
+        a = np.where(dd > 0, f32(al), f32(am))
+        yc = ycp + 0.02
+        H = yc - yap
+        r = np.sqrt((dd / a) ** 2 + (np.minimum(y - f32(yc), 0) / f32(H)) ** 2)
+        dist_e = (1 - r) * a
+        y_dome = f32(ycp) - f32(dh) * np.clip(1 - ((xs - f32(0.42)) / f32(0.46)) ** 2, 0, 1)
+        dist_d = y_dome - y
+        dist = np.minimum(dist_e, dist_d)
+        lung = _sig(dist / e)
+        lungs.append((sgn, lung, dist, dict(dc=dc, al=al, yap=yap, yc=yc, H=H, ycp=ycp, dh=dh)))
+        # stomach bubble under the left hemidiaphragm (image right)
+        if sgn > 0 and p["gastric"]:
+            gb = np.hypot((xs - 0.45) / 0.12, (y - (y_dome + 0.11)) / 0.06)
+            D -= f32(0.18) * _sig((1 - gb) * 0.06 / e) * body
+
+    # mediastinum, aortic knob, heart
+    mw = f32(p["medi_w"]) + f32(0.025) * _sig((y + f32(0.25)) / f32(0.08))
+    medi = _sig((mw - d) / e) * _sig((f32(p["lung_cp"]) - y) / f32(0.05))
+    knob = np.hypot(x - 0.11, y + 0.40)
+    medi = np.maximum(medi, _sig((f32(p["knob"]) - knob) / e))
+    ct, st = f32(np.cos(p["heart_tilt"])), f32(np.sin(p["heart_tilt"]))
+    hx0, hy0 = f32(p["heart_x"]), f32(p["lung_cp"] - 0.27)
+    hu = ct * (x - hx0) + st * (y - hy0)
+    hv = -st * (x - hx0) + ct * (y - hy0)
+    rh = np.sqrt((hu / f32(p["heart_a"])) ** 2 + (hv / f32(p["heart_b"])) ** 2)
+    heart = _sig((1 - rh) * f32(p["heart_b"]) / e)
+    not_medi = (1 - medi) * (1 - heart)
+    lung_any = lungs[0][1] + lungs[1][1]
+    # solid organs: mediastinum/heart and the abdomen below the domes
+    abdomen = (1 - lung_any) * _sig((y - f32(p["lung_cp"] - 0.22)) / f32(0.05)) \
+        * _sig((f32(0.78) - d) / f32(0.06))
+    D += f32(0.14) * np.maximum(np.maximum(medi, heart), abdomen) * body
+    bone_vis = f32(0.35) + f32(0.65) * lung_any   # bone contrast is low over solid tissue
+
+    # ---- lung air, texture and vessels -------------------------------------
+    air_total = np.zeros((size, size), f32)
+    lung_vis = np.zeros((size, size), f32)
+    marks = np.zeros((size, size), f32)
+    for (sgn, lung, dist, g), vg in zip(lungs, vessel_grids):
+        vis = lung * not_medi
+        lung_vis += vis
+        thick_l = 1 - f32(0.25) * np.exp(-np.maximum(dist, 0) / f32(0.07))
+        air_total += lung * (1 - medi) * (1 - f32(0.75) * heart) * thick_l * (f32(0.45) + f32(0.55) * thick)
+        # bronchovascular markings radiating from the hilum
+        hxp, hyp = 0.16, -0.10
+        xs = f32(sgn) * x
+        rr = np.hypot(xs - f32(hxp), y - f32(hyp)) + f32(1e-3)
+        th = np.arctan2(y - f32(hyp), xs - f32(hxp))
+        rows = (th + f32(np.pi)) * f32(56 / (2 * np.pi))
+        cols = np.sqrt(rr) * f32(7.0)
+        gval = _sample(vg, rows, cols)
+        width = f32(0.45) * np.sqrt(f32(0.25) / np.maximum(rr, f32(0.1)))
+        ves = np.exp(-(gval / width) ** 2) * np.exp(-rr / f32(0.40))
+        marks += lung * ves
+        # hilum
+        D += f32(0.10) * np.exp(-(((xs - 0.17) / 0.07) ** 2 + ((y + 0.08) / 0.10) ** 2))
+    D += f32(0.08) * marks
+    air_total *= 1 + f32(0.05) * tex_lung
+
+    # ---- bones ------------------------------------------------------------
+    # spine: vertebral bodies with darker disc spaces
+    ph = (y + f32(0.9)) / f32(p["vert_p"])
+    fr = ph - np.floor(ph) - f32(0.5)
+    vert = 1 - f32(0.3) * np.exp(-(fr / f32(0.12)) ** 2)
+    ped = np.exp(-(((d - 0.055) / 0.018) ** 2 + (fr / 0.22) ** 2))
+    spine = _sig((f32(0.075) - d) / e) * vert + f32(0.4) * ped
+    D += f32(0.07) * spine * _sig((y + 1.0) / 0.05) * (f32(0.5) + f32(0.5) * bone_vis)
+    # posterior ribs: arches, highest at mid-lung, spacing widens downward
+    dp = f32(0.45)
+    S = f32(p["rib_a"]) * ((d - dp) ** 2 - dp ** 2)
+    v = y - S - f32(p["rib_v0"])
+    phr = v / f32(p["rib_sp"])
+    phr = phr / (1 + f32(0.035) * np.clip(phr, 0, None))
+    k = np.round(phr)
+    fr = (phr - k) * f32(p["rib_sp"])
+    hw = f32(p["rib_w"]) * (1 + f32(0.04) * k) / 2
+    rib = _sig((hw - np.abs(fr)) / e) + f32(0.3) * np.exp(-((np.abs(fr) - hw) / e) ** 2)
+    rib *= (k >= 0) & (k <= 9)
+    rib_lat = _sig((w - f32(0.03) - d) / e) * _sig((d - f32(0.06)) / f32(0.02)) * bone_vis
+    D += f32(p["rib_amp"]) * rib * rib_lat
+    # anterior ribs: fainter, sloping down towards the midline
+    va = y - f32(0.42) * (f32(0.82) - d) - f32(p["rib_v0"] - 0.02)
+    pha = va / f32(p["rib_sp"] * 1.05)
+    ka = np.round(pha)
+    fra = (pha - ka) * f32(p["rib_sp"] * 1.05)
+    riba = _sig((f32(0.03) - np.abs(fra)) / (2 * e)) * (ka >= 1) * (ka <= 6)
+    riba *= _sig((d - f32(0.30)) / f32(0.05)) * _sig((w - f32(0.05) - d) / e)
+    D += f32(0.05) * riba * bone_vis
+    # clavicles: from the manubrium outwards and slightly upwards
+    cy = f32(p["clav_y"]) - f32(p["clav_slope"]) * (d - f32(0.1)) \
+        + f32(0.03) * np.sin(f32(np.pi / 0.35) * (d - f32(0.1)))
+    clav = _sig((f32(0.026) - np.abs(y - cy)) / e) * _sig((d - f32(0.08)) / e) \
+        * _sig((f32(0.76) - d) / f32(0.03))
+    D += f32(0.20) * clav
+
+    # lung air lowers the attenuation (the X-ray is darker there)
+    D -= f32(p["air"]) * air_total  # (lesions are handled below)
+
+    # ---- lesion --------------------------------------------------------------
+    mask = np.zeros((size, size), bool)
+    if label != "normal":
+        lrng = np.random.default_rng([_SALT, seed, 1, CLASSES.index(label)])
+        sides = [lung * not_medi > 0.5 for _, lung, _, _ in lungs]
+        hard_lung = sides[0] | sides[1]
+        for _attempt in range(8):
+            # redraw (deterministically) lesions that ended up mostly hidden
+            # behind the heart/diaphragm or outside the visible lung
+            if label == "pneumonia":
+                op, region = _consolidation(lrng, x, y, lungs, size, e, marks)
+                mask = region & hard_lung
+                ok = mask.sum() >= 0.12 * hard_lung.sum()
+            else:
+                op, region = _ground_glass(lrng, x, y, lungs, size, e)
+                mask = region & hard_lung
+                ok = all((mask & sd).sum() >= 0.06 * sd.sum() for sd in sides)
+            if ok:
+                break
+        if not mask.any():   # only at tiny sizes: keep the densest lung pixel(s)
+            vis_op = op * lung_vis
+            mask = vis_op >= 0.5 * vis_op.max()
+        # the opacity replaces air (brighter by air * op); it is kept to the
+        # visible lung fields, not behind the heart or mediastinum
+        D += f32(p["air"]) * air_total * op * not_medi
+
+    # ---- exposure ------------------------------------------------------------
+    D = np.clip(D, 0, None)
+    kk = f32(p["k"])
+    I = (1 - np.exp(-kk * D)) / f32(1 - np.exp(-p["k"] * 1.05))
+    I = np.clip(I, 0, 1) ** f32(p["gamma"])
+    I = (I - f32(p["lo"])) / f32(p["hi"] - p["lo"])
+    I *= 1 + f32(p["heel"]) * X + f32(p["heel_y"]) * Y
+    nrng = np.random.default_rng([_SALT, seed, 2, size])
+    noise = nrng.standard_normal((size, size)).astype(f32)
+    noise = ndimage.gaussian_filter(noise, 0.6, truncate=2.5) * f32(1.6)
+    I += f32(p["noise"]) * noise * (0.6 + 0.6 * np.sqrt(np.clip(I, 0, 1)))
+    img = np.clip(I * 255 + 0.5, 0, 255).astype(np.uint8)
+    return img, mask
+
+
+def _lung_edge_d(g: dict, yv: float) -> float:
+    """Lateral lung edge (distance from midline) at height ``yv``."""
+    t = min(yv - g["yc"], 0.0) / g["H"]
+    return g["dc"] + g["al"] * np.sqrt(max(1 - t * t, 0.0))
+
+
+def _consolidation(rng, x, y, lungs, size, e, vessels):
+    """Lobar consolidation in one lung -> (opacity, region mask)."""
+    f32 = np.float32
+    side = int(rng.integers(2))
+    sgn, lung, dist, g = lungs[side]
+    zone = rng.choice(3, p=[0.55, 0.30, 0.15])   # lower, middle, upper
+    yap, ycp = g["yap"], g["ycp"]
+    h = ycp - yap
+    xs = f32(sgn) * x
+    amp = rng.uniform(0.62, 0.82)
+    ang = np.deg2rad(rng.uniform(-22, 22))
+    nx, ny = np.sin(ang), np.cos(ang)       # fissure normal, pointing down
+    if zone == 0:
+        yf = yap + h * rng.uniform(0.50, 0.66)
+        cy = yf + h * rng.uniform(0.18, 0.28)
+        sgn_f = 1.0                          # lesion below the fissure
+    elif zone == 1:
+        yf = yap + h * rng.uniform(0.35, 0.48)
+        cy = yf + h * rng.uniform(0.14, 0.22)
+        sgn_f = 1.0
+    else:
+        yf = yap + h * rng.uniform(0.32, 0.45)
+        cy = yf - h * rng.uniform(0.14, 0.22)
+        sgn_f = -1.0
+    cx = g["dc"] + (rng.uniform(-0.06, 0.10) if sgn < 0 else rng.uniform(0.0, 0.12))
+    fiss = f32(sgn_f) * (f32(nx) * (xs - f32(cx)) + f32(ny) * (y - f32(yf)))
+    sharp = _sig(fiss / (f32(0.8) * e))
+    # soft, lobulated outer boundary
+    R = rng.uniform(0.28, 0.40)
+    th = np.arctan2(y - f32(cy), xs - f32(cx))
+    harm = rng.normal(0, 0.08, size=4)
+    ph = rng.uniform(0, 2 * np.pi, size=4)
+    Rt = f32(R) * (1 + sum(f32(harm[i]) * np.cos(f32(i + 2) * th + f32(ph[i])) for i in range(4)))
+    rr = np.hypot((xs - f32(cx)) / f32(1.15), (y - f32(cy)) / f32(0.9))
+    blob = _sig((Rt - rr) / f32(0.05))
+    tex = _field(rng, 10, size)
+    op = f32(amp) * sharp * blob * (f32(0.9) + f32(0.1) * tex)
+    # air bronchograms: the bronchovascular lines turn dark inside it
+    op *= 1 - f32(0.35) * vessels * blob
+    op *= lung
+    region = op > f32(0.45 * amp)
+    return np.clip(op, 0, 0.95), region
+
+
+def _ground_glass(rng, x, y, lungs, size, e):
+    """Bilateral peripheral ground-glass patches -> (opacity, region mask)."""
+    f32 = np.float32
+    op = np.zeros(x.shape, f32)
+    amp = rng.uniform(0.32, 0.44)
+    tex = _field(rng, 16, size)
+    for sgn, lung, dist, g in lungs:
+        xs = f32(sgn) * x
+        n_p = int(rng.integers(2, 4))
+        side_op = np.zeros(x.shape, f32)
+        for j in range(n_p):
+            # mostly lower zones: fraction down the lung height
+            t = rng.uniform(0.62, 0.95) if j == 0 else rng.beta(3.0, 1.6) * 0.8 + 0.18
+            yv = g["yap"] + t * (g["ycp"] - g["yap"])
+            yv = min(yv, g["ycp"] - g["dh"] * 0.3)
+            dl = _lung_edge_d(g, yv) - rng.uniform(0.03, 0.10)
+            s_al = rng.uniform(0.10, 0.17)        # along the pleura
+            s_ac = rng.uniform(0.065, 0.10)        # across
+            # orientation: follow the lateral lung edge (roughly vertical)
+            du, dv = xs - f32(dl), y - f32(yv)
+            blob = np.exp(-0.5 * ((du / f32(s_ac)) ** 2 + (dv / f32(s_al)) ** 2))
+            side_op = np.maximum(side_op, f32(rng.uniform(0.85, 1.15)) * blob)
+        op += side_op * lung
+    op = f32(amp) * np.clip(op, 0, 1.2) * (f32(0.75) + f32(0.25) * tex)
+    region = op > f32(0.35 * amp)
+    return np.clip(op, 0, 0.6), region
+
+
+def make_xray(label: str = "normal", size: int = 256, seed: int = 0) -> Phantom:
+    """Generate one synthetic frontal (PA) chest radiograph.
+
+    Parameters
+    ----------
+    label : str, optional
+        One of :data:`CLASSES` (``"normal"``, ``"pneumonia"``, ``"covid"``).
+    size : int, optional
+        Side length in pixels (>= 16).  The image is square.
+    seed : int, optional
+        Non-negative seed.  The result is fully determined by
+        ``(label, size, seed)``.  The anatomy depends only on ``seed``, so the
+        lesion classes of a seed equal its ``"normal"`` phantom plus a lesion.
+
+    Returns
+    -------
+    Phantom
+        ``image``: ``(size, size)`` ``uint8``; ``mask``: ``(size, size)``
+        ``bool`` (all False for ``"normal"``); ``label``: ``str``.
+
+    Raises
+    ------
+    ValueError
+        If ``label`` is not one of :data:`CLASSES`, ``size`` < 16 or ``seed``
+        is negative.
+    """
+    label = _check_label(label)
+    size = _check_size(size)
+    seed = _check_seed(seed)
+    img, mask = _render(label, size, seed)
+    return Phantom(img, mask, label)
+
+
+def _sample_seed(seed: int, label: str, i: int) -> int:
+    return _derive_seed(seed, 101, CLASSES.index(label), i)
+
+
+def make_batch(n_per_class: int, size: int = 64, seed: int = 0,
+               classes=CLASSES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Generate a labelled batch of phantoms, classes interleaved.
+
+    Sample ``k`` is ``classes[k % len(classes)]``; every sample is a different
+    patient (its per-sample seed is derived from ``seed``, the class and the
+    index), so batches made with different ``seed`` do not share patients.
+
+    Parameters
+    ----------
+    n_per_class : int
+        Number of images per class (>= 0).
+    size : int, optional
+        Image side length in pixels (>= 16).
+    seed : int, optional
+        Non-negative base seed.
+    classes : sequence of str, optional
+        Class names (a subset of :data:`CLASSES`, any order).
+
+    Returns
+    -------
+    images : numpy.ndarray
+        ``(N, size, size)`` ``uint8`` with ``N = n_per_class * len(classes)``.
+    masks : numpy.ndarray
+        ``(N, size, size)`` ``bool`` lesion masks.
+    labels : numpy.ndarray
+        ``(N,)`` ``int64`` indices into ``classes``.
+    """
+    n = _check_count(n_per_class, "n_per_class")
+    size = _check_size(size)
+    seed = _check_seed(seed)
+    classes = _check_classes(classes)
+    N = n * len(classes)
+    images = np.empty((N, size, size), np.uint8)
+    masks = np.empty((N, size, size), bool)
+    labels = np.empty((N,), np.int64)
+    k = 0
+    for i in range(n):
+        for ci, cname in enumerate(classes):
+            images[k], masks[k] = _render(cname, size, _sample_seed(seed, cname, i))
+            labels[k] = ci
+            k += 1
+    return images, masks, labels
+
+
+def write_dataset(root, n_per_class: int, size: int = 64, seed: int = 0,
+                  classes=CLASSES, mask_dir=None) -> pathlib.Path:
+    """Write a folder-per-class PNG data set.
+
+    Images go to ``root/<class>/<class>_<i:04d>.png`` (8-bit grayscale).  If
+    ``mask_dir`` is given, masks go to ``mask_dir/<class>/<same name>.png`` as
+    ``uint8`` label images (0 background, 255 lesion), for every class
+    (``"normal"`` masks are all zero).  The images are the same as those of
+    :func:`make_batch` with the same arguments.
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        Output folder (created if needed).
+    n_per_class : int
+        Number of images per class.
+    size : int, optional
+        Image side length in pixels (>= 16).
+    seed : int, optional
+        Non-negative base seed.
+    classes : sequence of str, optional
+        Class names (subset of :data:`CLASSES`).
+    mask_dir : str or os.PathLike, optional
+        Where to write masks; no masks are written if None.
+
+    Returns
+    -------
+    pathlib.Path
+        ``Path(root)``.
+    """
+    n = _check_count(n_per_class, "n_per_class")
+    size = _check_size(size)
+    seed = _check_seed(seed)
+    classes = _check_classes(classes)
+    root = pathlib.Path(root)
+    mroot = None if mask_dir is None else pathlib.Path(mask_dir)
+    for cname in classes:
+        (root / cname).mkdir(parents=True, exist_ok=True)
+        if mroot is not None:
+            (mroot / cname).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img, mask = _render(cname, size, _sample_seed(seed, cname, i))
+            name = f"{cname}_{i:04d}.png"
+            skio.imsave(root / cname / name, img, check_contrast=False)
+            if mroot is not None:
+                skio.imsave(mroot / cname / name, mask.astype(np.uint8) * 255,
+                            check_contrast=False)
+    return root
+
+
+def make_mosaic(shape=(2048, 2048), tile: int = 512, seed: int = 0,
+                classes=CLASSES) -> tuple[np.ndarray, np.ndarray]:
+    """A large image tiled with whole phantom radiographs.
+
+    Tiles of ``tile`` x ``tile`` px are laid row-major in a grid covering
+    ``shape`` (the last row/column is cropped at the edge).  Tile ``t`` shows
+    class ``classes[t % len(classes)]`` with a seed derived from ``seed`` and
+    ``t``.
+
+    Parameters
+    ----------
+    shape : tuple of int, optional
+        ``(H, W)`` of the output, each >= 1.
+    tile : int, optional
+        Tile side length in pixels (>= 16).
+    seed : int, optional
+        Non-negative base seed.
+    classes : sequence of str, optional
+        Class names (subset of :data:`CLASSES`) to cycle through.
+
+    Returns
+    -------
+    image : numpy.ndarray
+        ``(H, W)`` ``uint8`` mosaic.
+    class_map : numpy.ndarray
+        ``(H, W)`` ``int8``: at each pixel, the index into ``classes`` of the
+        radiograph it belongs to.
+    """
+    try:
+        H, W = (int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape must be a pair of positive integers, got {shape!r}") from None
+    if H < 1 or W < 1:
+        raise ValueError(f"shape must be a pair of positive integers, got {shape!r}")
+    tile = _check_size(tile, "tile")
+    seed = _check_seed(seed)
+    classes = _check_classes(classes)
+    image = np.zeros((H, W), np.uint8)
+    class_map = np.zeros((H, W), np.int8)
+    nr, nc = -(-H // tile), -(-W // tile)
+    for r in range(nr):
+        for cc in range(nc):
+            t = r * nc + cc
+            ci = t % len(classes)
+            img, _ = _render(classes[ci], tile, _derive_seed(seed, 202, t))
+            y0, x0 = r * tile, cc * tile
+            h, w = min(tile, H - y0), min(tile, W - x0)
+            image[y0:y0 + h, x0:x0 + w] = img[:h, :w]
+            class_map[y0:y0 + h, x0:x0 + w] = ci
+    return image, class_map
