@@ -1,18 +1,14 @@
 """Tests for the synthetic chest X-ray generator (napari_gradcam.phantoms)."""
 
 import pathlib
-import sys
+
 import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-try:
-    from napari_gradcam import phantoms
-except ImportError:  # running from a checkout without an installed package
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "src"))
-    from napari_gradcam import phantoms
+from napari_gradcam import phantoms
 
 from napari_gradcam.phantoms import (
     CLASSES,
