@@ -69,22 +69,75 @@ class TiledHeatmaps:
     mode: str
     extra: dict = field(default_factory=dict)
 
+    @property
+    def lazy(self) -> bool:
+        """True when the maps are dask arrays (computed chunk by chunk on demand)."""
+        return _is_dask(self.heatmaps)
+
     @cached_property
-    def dominant(self) -> np.ndarray:
-        """(H, W) int: index into ``classes`` of the most probable class at each pixel."""
-        return np.asarray(self.probability_maps.argmax(axis=0))
+    def dominant(self):
+        """(H, W) int8 index into ``classes`` of the most probable class at each pixel (dask if lazy)."""
+        return self.probability_maps.argmax(axis=0).astype(np.int8)
 
     @cached_property
     def probabilities(self) -> dict[str, float]:
         """Mean probability of each class over the image (area-weighted)."""
-        means = np.asarray(self.probability_maps.mean(axis=(1, 2)), dtype=np.float64)
-        return {c: float(m) for c, m in zip(self.classes, means)}
+        means = self.probability_maps.mean(axis=(1, 2), dtype=np.float64)
+        if self.lazy:
+            means = means.compute()
+        return {c: float(m) for c, m in zip(self.classes, np.asarray(means))}
 
     @cached_property
     def breakdown(self) -> dict[str, float]:
         """Share of the image's area where each class dominates; the shares sum to 1."""
-        counts = np.bincount(self.dominant.ravel(), minlength=len(self.classes)).astype(np.float64)
-        return {c: float(n / counts.sum()) for c, n in zip(self.classes, counts)}
+        return _shares(self._counts(), self.classes)
+
+    def _counts(self):
+        if self.lazy:
+            import dask.array as da
+
+            return da.bincount(self.dominant.ravel(), minlength=len(self.classes)).compute()
+        return np.bincount(self.dominant.ravel(), minlength=len(self.classes))
+
+    def compute(self) -> "TiledHeatmaps":
+        """A numpy copy of a lazy result (loads the whole maps into memory)."""
+        if not self.lazy:
+            return self
+        import dask
+
+        heat, prob = dask.compute(self.heatmaps, self.probability_maps)
+        return TiledHeatmaps(heat, prob, self.classes, self.class_indices, self.tiles, self.tile, self.stride,
+                             self.method, self.mode, dict(self.extra))
+
+    def to_zarr(self, path, dtype="float16") -> "TiledHeatmaps":
+        """Store the heatmaps (C, H, W) in a zarr array at ``path`` and compute the breakdown and
+        mean probabilities in the SAME pass, chunk by chunk (memory bounded by the chunk size).
+
+        Returns a TiledHeatmaps whose ``heatmaps`` read lazily from the zarr store.
+        """
+        import dask
+        import dask.array as da
+
+        heat = da.asarray(self.heatmaps)
+        prob = da.asarray(self.probability_maps)
+        counts = da.bincount(prob.argmax(axis=0).astype(np.int8).ravel(), minlength=len(self.classes))
+        means = prob.mean(axis=(1, 2), dtype=np.float64)
+        store = heat.astype(dtype).to_zarr(str(path), overwrite=True, compute=False)
+        _, counts, means = dask.compute(store, counts, means)
+        out = TiledHeatmaps(da.from_zarr(str(path)), prob, self.classes, self.class_indices, self.tiles, self.tile,
+                            self.stride, self.method, self.mode, dict(self.extra, zarr=str(path)))
+        out.__dict__["breakdown"] = _shares(counts, self.classes)
+        out.__dict__["probabilities"] = {c: float(m) for c, m in zip(self.classes, means)}
+        return out
+
+
+def _is_dask(arr) -> bool:
+    return type(arr).__module__.startswith("dask")
+
+
+def _shares(counts, classes: list[str]) -> dict[str, float]:
+    counts = np.asarray(counts, dtype=np.float64)
+    return {c: float(n / counts.sum()) for c, n in zip(classes, counts)}
 
 
 @dataclass
