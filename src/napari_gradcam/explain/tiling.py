@@ -5,11 +5,14 @@ Two modes:
 ``mode="tiles"`` (default, any method)
     Tiles of ``tile`` pixels on a regular grid with step ``stride = tile * (1 - overlap)``;
     the last row and column are shifted back so the WHOLE image is covered (an image smaller
-    than a tile is edge-padded).  Tiles run through the network in batches.  Each tile
+    than a tile is edge-padded, and the bottom/right edge by < f pixels so every tile starts on
+    the blending grid).  Tiles run through the network in batches.  Each tile
     contributes, for class c, ``p_c(tile) * map_c / max(map_c)`` (its probability times its
     normalised map), weighted by a smooth Hann window, so overlapping tiles blend without
     seams; the per-pixel result is the weighted mean.  The tile probabilities are blended
-    the same way into probability maps, which give the class breakdown.
+    the same way into probability maps, which give the class breakdown.  Blending runs on a grid
+    of step f pixels (8 for 512 px tiles at 50% overlap; 1 when tiles are small), whose result is
+    upsampled once: tile maps are far coarser than that grid, so nothing visible is lost.
     Memory is bounded by the batch size plus the output; a dask input is processed lazily,
     output chunk by output chunk, on the same global tile grid (same result as numpy).
 
@@ -25,18 +28,21 @@ Two modes:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generator, Sequence
 
 import numpy as np
 
 from ..errors import GradCamError, ImageError
-from ..preprocess import image_to_tensor, value_range
+from ..preprocess import to_channels, to_unit, value_range
 from .cam import class_activation_maps, local_logits
 from .gradcam import canonical_method, gradient_maps
 from .result import TiledHeatmaps
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
     from ..bundle import ModelBundle
 
 Progress = tuple[int, int]  # (tiles done, tiles in total)
@@ -70,7 +76,6 @@ class _Plan:
     targets: list[int]  # class indices whose maps are computed
     vrange: tuple[float, float]
     batch_size: int
-    shape: tuple[int, int]  # padded image (H, W)
 
 
 def _check_large_image(image) -> None:
@@ -113,17 +118,13 @@ def _run_tiles(
     """
     import torch
 
-    c = bundle.config
     oy, ox = origin
     probs, maps = [], []
     bundle.model.eval()
     for i in range(0, len(corners), plan.batch_size):
         batch = corners[i : i + plan.batch_size]
-        x = torch.stack([
-            image_to_tensor(region[y - oy : y - oy + plan.tile, x0 - ox : x0 - ox + plan.tile],
-                            c.in_channels, c.input_size, c.mean, c.std, plan.vrange)
-            for y, x0 in batch
-        ]).to(bundle.device)
+        tiles = [region[y - oy : y - oy + plan.tile, x - ox : x - ox + plan.tile] for y, x in batch]
+        x = _tiles_to_tensor(bundle, tiles, plan.vrange).to(bundle.device)
         if plan.method == "cam":
             logits, m = class_activation_maps(bundle, x)
             m = torch.relu(m[:, plan.targets])
@@ -135,49 +136,98 @@ def _run_tiles(
     return torch.cat(probs).numpy(), torch.cat(maps).numpy()
 
 
+def _tiles_to_tensor(bundle: "ModelBundle", tiles: list[np.ndarray], vrange) -> "torch.Tensor":
+    """Equal-sized tiles -> (B, C, S, S) normalised batch, resized in one call (same result as
+    preprocess.image_to_tensor on each tile)."""
+    import torch
+    import torch.nn.functional as F
+
+    c = bundle.config
+    x = torch.from_numpy(np.stack([to_channels(to_unit(t, vrange), c.in_channels) for t in tiles]))
+    h, w = x.shape[-2:]
+    if (h, w) != (c.input_size, c.input_size):
+        x = F.interpolate(x, size=(c.input_size, c.input_size), mode="bilinear", align_corners=False,
+                          antialias=bool(h > c.input_size or w > c.input_size))
+    mean = torch.tensor(c.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(c.std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def blend_factor(tile: int, stride: int) -> int:
+    """The coarse-grid step (pixels) for blending: the largest divisor of gcd(tile, stride) that
+    leaves at least 64 grid cells per tile side (tile maps are far coarser than that)."""
+    g = math.gcd(tile, stride)
+    return max(d for d in range(1, g + 1) if g % d == 0 and d <= max(1, tile // 64))
+
+
 def _blend(
-    probs: np.ndarray, maps: np.ndarray, corners: Sequence[tuple[int, int]], box: tuple[int, int, int, int], tile: int
+    probs: np.ndarray, maps: np.ndarray, corners: Sequence[tuple[int, int]], box: tuple[int, int, int, int],
+    tile: int, f: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Blend tile results into the output box (y0, y1, x0, x1).
+    """Blend tile results into the box (y0, y1, x0, x1) on a grid of step ``f`` pixels.
 
     probs : (N, T) probabilities of the T output classes; maps : (N, T, h, w) ReLU'd maps.
-    Returns heat (T, y1-y0, x1-x0) and prob (T, ...) float32.
+    Tile corners and the box's top-left are multiples of ``f``; ``tile`` too.
+    Returns heat and prob, (T, ceil((y1-y0)/f), ceil((x1-x0)/f)) float32 tensors on the grid.
     """
     import torch
-
-    from ..preprocess import resize_maps
+    import torch.nn.functional as F
 
     y0, y1, x0, x1 = box
-    T = probs.shape[1]
-    heat = np.zeros((T, y1 - y0, x1 - x0), np.float32)
-    prob = np.zeros_like(heat)
-    weight = np.zeros((y1 - y0, x1 - x0), np.float32)
-    window = blend_window(tile)
-    peaks = maps.max(axis=(2, 3), keepdims=True)
-    normed = np.divide(maps, peaks, out=np.zeros_like(maps), where=peaks > 0) * probs[:, :, None, None]
-    for n, (ty, tx) in enumerate(corners):
-        # the part of this tile inside the box, in tile and box coordinates
-        sy0, sy1 = max(ty, y0), min(ty + tile, y1)
-        sx0, sx1 = max(tx, x0), min(tx + tile, x1)
-        if sy0 >= sy1 or sx0 >= sx1:
-            continue
-        up = resize_maps(torch.from_numpy(normed[n]), (tile, tile)).numpy()
-        w = window[sy0 - ty : sy1 - ty, sx0 - tx : sx1 - tx]
-        out = np.s_[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
-        heat[(slice(None), *out)] += up[:, sy0 - ty : sy1 - ty, sx0 - tx : sx1 - tx] * w
-        prob[(slice(None), *out)] += probs[n][:, None, None] * w
-        weight[out] += w
-    np.divide(heat, weight, out=heat, where=weight > 0)
-    np.divide(prob, weight, out=prob, where=weight > 0)
-    return np.clip(heat, 0, 1, out=heat), prob
+    ct = tile // f
+    gy0, gx0, gy1, gx1 = y0 // f, x0 // f, -(-y1 // f), -(-x1 // f)
+    N, T = probs.shape
+    heat = torch.zeros((T, gy1 - gy0, gx1 - gx0))
+    prob = torch.zeros_like(heat)
+    weight = torch.zeros((gy1 - gy0, gx1 - gx0))
+    window = torch.from_numpy(blend_window(ct))
+    m = torch.from_numpy(maps).float()
+    peaks = m.amax(dim=(2, 3), keepdim=True)
+    p = torch.from_numpy(probs).float()
+    normed = torch.where(peaks > 0, m / peaks.clamp_min(1e-30), torch.zeros_like(m)) * p[:, :, None, None]
+    for start in range(0, N, 256):  # upsample in batches: bounded memory, one call per batch
+        up = F.interpolate(normed[start : start + 256], size=(ct, ct), mode="bilinear", align_corners=False)
+        for k, (ty, tx) in enumerate(corners[start : start + 256]):
+            n, cy, cx = start + k, ty // f, tx // f
+            # the part of this tile inside the box, in tile and grid coordinates
+            sy0, sy1 = max(cy, gy0), min(cy + ct, gy1)
+            sx0, sx1 = max(cx, gx0), min(cx + ct, gx1)
+            if sy0 >= sy1 or sx0 >= sx1:
+                continue
+            w = window[sy0 - cy : sy1 - cy, sx0 - cx : sx1 - cx]
+            out = np.s_[sy0 - gy0 : sy1 - gy0, sx0 - gx0 : sx1 - gx0]
+            heat[(slice(None), *out)].addcmul_(up[k, :, sy0 - cy : sy1 - cy, sx0 - cx : sx1 - cx], w)
+            prob[(slice(None), *out)].addcmul_(p[n].view(-1, 1, 1), w)
+            weight[out].add_(w)
+    weight.clamp_(min=1e-12)
+    return heat.div_(weight).clamp_(0, 1), prob.div_(weight)
 
 
-def _pad_to_tile(img: np.ndarray, tile: int) -> np.ndarray:
-    ph, pw = max(0, tile - img.shape[0]), max(0, tile - img.shape[1])
-    if ph or pw:
-        pad = [(0, ph), (0, pw)] + [(0, 0)] * (img.ndim - 2)
-        img = np.pad(img, pad, mode="edge")
-    return img
+def _to_pixels(grid: "torch.Tensor", f: int) -> np.ndarray:
+    """(T, gh, gw) blended grid -> (T, gh*f, gw*f) float32 pixels (bilinear)."""
+    from ..preprocess import resize_maps
+
+    if f == 1:
+        return grid.numpy()
+    return resize_maps(grid, (grid.shape[-2] * f, grid.shape[-1] * f)).numpy()
+
+
+def _padded_shape(H: int, W: int, tile: int, f: int) -> tuple[int, int]:
+    """Image size after edge padding: at least one tile, and (size - tile) a multiple of f."""
+    return tuple(tile + -(-max(0, n - tile) // f) * f for n in (H, W))  # type: ignore[return-value]
+
+
+def _pad(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Edge-pad the bottom and right of a numpy or dask image to ``shape``."""
+    ph, pw = shape[0] - img.shape[0], shape[1] - img.shape[1]
+    if not (ph or pw):
+        return img
+    pad = [(0, ph), (0, pw)] + [(0, 0)] * (img.ndim - 2)
+    if isinstance(img, np.ndarray):
+        return np.pad(img, pad, mode="edge")
+    import dask.array as da
+
+    return da.pad(img, pad, mode="edge")
 
 
 def _fullconv(bundle: "ModelBundle", img: np.ndarray, plan: _Plan, topk: int | None) -> TiledHeatmaps:
@@ -274,7 +324,7 @@ def iter_tiled_heatmaps(
     else:
         vrange = (float(value_range_[0]), float(value_range_[1]))
     H, W = image.shape[:2]
-    plan = _Plan(tile, stride, method, targets, vrange, batch_size, (max(H, tile), max(W, tile)))
+    plan = _Plan(tile, stride, method, targets, vrange, batch_size)
 
     if mode == "fullconv":
         if method != "cam":
@@ -291,8 +341,10 @@ def iter_tiled_heatmaps(
     if is_dask:
         return _lazy(bundle, image, plan, chunk)
 
-    padded = _pad_to_tile(image, tile)
-    corners = [(y, x) for y in tile_starts(padded.shape[0], tile, stride) for x in tile_starts(padded.shape[1], tile, stride)]
+    f = blend_factor(tile, stride)
+    padded = _pad(image, _padded_shape(H, W, tile, f))
+    Hp, Wp = padded.shape[:2]
+    corners = [(y, x) for y in tile_starts(Hp, tile, stride) for x in tile_starts(Wp, tile, stride)]
     total = len(corners)
     yield (0, total)
     runner = _run_tiles(bundle, padded, (0, 0), corners, plan)
@@ -307,47 +359,85 @@ def iter_tiled_heatmaps(
     if topk is not None:
         columns = [int(i) for i in np.argsort(-probs.mean(axis=0), kind="stable")[:topk]]
         targets = [targets[i] for i in columns]
-    heat, prob = _blend(probs[:, targets], maps[:, columns], corners, (0, padded.shape[0], 0, padded.shape[1]), tile)
-    return TiledHeatmaps(heat[:, :H, :W], prob[:, :H, :W], [bundle.classes[i] for i in targets], targets, total,
-                         tile, stride, method, "tiles")
+    heat, prob = _blend(probs[:, targets], maps[:, columns], corners, (0, Hp, 0, Wp), tile, f)
+    return TiledHeatmaps(_to_pixels(heat, f)[:, :H, :W], _to_pixels(prob, f)[:, :H, :W],
+                         [bundle.classes[i] for i in targets], targets, total, tile, stride, method, "tiles",
+                         {"blend_step": f})
 
 
 def _lazy(bundle: "ModelBundle", image, plan: _Plan, chunk: int) -> TiledHeatmaps:
-    """Dask path: one task per output chunk, reading its tiles' region (chunk + up to a tile)."""
+    """Dask path in two phases, so no tile runs twice.
+
+    1. One task per *tile group* (the tiles whose top-left corner lies in one chunk) runs the
+       network on its region (the chunk plus up to one tile) and returns the small per-tile results.
+    2. One task per *output chunk* blends the groups that can reach it (its own and its eight
+       neighbours; tiles are never larger than a chunk) on the chunk plus a one-cell margin, so
+       the upsampled pixels equal the numpy path's.
+    Memory per task is bounded by (chunk + tile)^2 pixels, whatever the image size.
+    """
     import dask
     import dask.array as da
 
     H, W = image.shape[:2]
     tile, T = plan.tile, len(plan.targets)
-    ys, xs = tile_starts(H, tile, plan.stride), tile_starts(W, tile, plan.stride)
+    f = blend_factor(tile, plan.stride)
+    chunk = -(-max(chunk, tile) // f) * f
+    image = _pad(image, _padded_shape(H, W, tile, f))
+    Hp, Wp = image.shape[:2]
+    ys, xs = tile_starts(Hp, tile, plan.stride), tile_starts(Wp, tile, plan.stride)
+    y_edges, x_edges = list(range(0, Hp, chunk)), list(range(0, Wp, chunk))
 
-    def compute_chunk(region: np.ndarray, origin, corners, box) -> np.ndarray:
+    def run_group(region: np.ndarray, origin, corners):
         runner = _run_tiles(bundle, np.asarray(region), origin, corners, plan)
         while True:
             try:
                 next(runner)
             except StopIteration as stop:
                 probs, maps = stop.value
-                break
-        heat, prob = _blend(probs[:, plan.targets], maps, corners, box, tile)
-        return np.concatenate([heat, prob])
+                return corners, probs[:, plan.targets], maps
+
+    def blend_chunk(groups, box) -> np.ndarray:
+        groups = [g for g in groups if g is not None]
+        corners = [c for g in groups for c in g[0]]
+        probs = np.concatenate([g[1] for g in groups])
+        maps = np.concatenate([g[2] for g in groups])
+        y0, y1, x0, x1 = box
+        ext = (max(0, y0 - f), min(Hp, y1 + f), max(0, x0 - f), min(Wp, x1 + f))
+        heat, prob = _blend(probs, maps, corners, ext, tile, f)
+        both = _to_pixels(_cat(heat, prob), f)
+        return both[:, y0 - ext[0] : y1 - ext[0], x0 - ext[2] : x1 - ext[2]]
+
+    groups = {}
+    for i, y0 in enumerate(y_edges):
+        for j, x0 in enumerate(x_edges):
+            corners = [(y, x) for y in ys if y0 <= y < y0 + chunk for x in xs if x0 <= x < x0 + chunk]
+            if not corners:
+                groups[i, j] = None
+                continue
+            ry1 = max(y for y, _ in corners) + tile
+            rx1 = max(x for _, x in corners) + tile
+            groups[i, j] = dask.delayed(run_group, pure=True)(image[y0:ry1, x0:rx1], (y0, x0), corners)
 
     rows = []
-    for y0 in range(0, H, chunk):
-        y1 = min(y0 + chunk, H)
+    for i, y0 in enumerate(y_edges):
         row = []
-        for x0 in range(0, W, chunk):
-            x1 = min(x0 + chunk, W)
-            corners = [(y, x) for y in ys if y < y1 and y + tile > y0 for x in xs if x < x1 and x + tile > x0]
-            ry0, rx0 = min(y for y, _ in corners), min(x for _, x in corners)
-            ry1, rx1 = max(y for y, _ in corners) + tile, max(x for _, x in corners) + tile
-            task = dask.delayed(compute_chunk)(image[ry0:ry1, rx0:rx1], (ry0, rx0), corners, (y0, y1, x0, x1))
-            row.append(da.from_delayed(task, shape=(2 * T, y1 - y0, x1 - x0), dtype=np.float32))
-        rows.append(row)
-    both = da.concatenate([da.concatenate(row, axis=2) for row in rows], axis=1)
+        for j, x0 in enumerate(x_edges):
+            box = (y0, min(y0 + chunk, Hp), x0, min(x0 + chunk, Wp))
+            near = [groups.get((a, b)) for a in (i - 1, i, i + 1) for b in (j - 1, j, j + 1)]
+            task = dask.delayed(blend_chunk, pure=True)(near, box)
+            row.append(da.from_delayed(task, shape=(2 * T, box[1] - box[0], box[3] - box[2]), dtype=np.float32))
+        rows.append(da.concatenate(row, axis=2))
+    both = da.concatenate(rows, axis=1)[:, :H, :W]
     n_tiles = len(ys) * len(xs)
     return TiledHeatmaps(both[:T], both[T:], [bundle.classes[i] for i in plan.targets], list(plan.targets), n_tiles,
-                         tile, plan.stride, plan.method, "tiles", {"chunk": chunk})
+                         tile, plan.stride, plan.method, "tiles", {"chunk": chunk, "blend_step": f})
+
+
+def _cat(*tensors):
+    """torch.cat of (T, h, w) grids along the first axis."""
+    import torch
+
+    return torch.cat(tensors)
 
 
 def tiled_heatmaps(bundle: "ModelBundle", image, tile: int | None = None, overlap: float = 0.5, classes=None,
