@@ -14,6 +14,8 @@ no code runs.  Plain PyTorch state dicts (``.pt``/``.pth``) load through
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import tempfile
 import zipfile
@@ -33,7 +35,10 @@ FORMAT_VERSION = 1
 
 
 def resolve_device(device: "str | torch.device | None" = "auto") -> "torch.device":
-    """``"auto"`` (or None) -> cuda if available, then mps, then cpu; otherwise ``torch.device(device)``."""
+    """``"auto"`` (or None) -> cuda if available, then mps, then cpu; otherwise ``torch.device(device)``.
+
+    Raises GradCamError for an unknown device name, or for cuda/mps when that device is not available.
+    """
     import torch
 
     if device is None or str(device) == "auto":
@@ -43,9 +48,18 @@ def resolve_device(device: "str | torch.device | None" = "auto") -> "torch.devic
         if mps is not None and mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise GradCamError(f"Unknown device {device!r}; use 'auto', 'cpu', 'cuda' (or 'cuda:N') or 'mps'.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise GradCamError("CUDA was asked for but no CUDA device is available; use device 'cpu' or 'auto'.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise GradCamError(f"There is no CUDA device {dev.index}; this machine has {torch.cuda.device_count()}.")
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise GradCamError("MPS (Apple GPU) was asked for but is not available; use device 'cpu' or 'auto'.")
     return dev
 
 
@@ -63,6 +77,31 @@ class ModelConfig:
     training: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
+        """Check every field (types and values), normalise the architecture name, fill the target layer.
+
+        Raises GradCamError with one sentence naming the bad field.
+        """
+        if not isinstance(self.architecture, str):
+            raise GradCamError(f"architecture must be a name, not {self.architecture!r}.")
+        if not isinstance(self.classes, (list, tuple)) or not all(isinstance(c, str) for c in self.classes):
+            raise GradCamError(f"classes must be a list of class names, not {self.classes!r}.")
+        self.classes = list(self.classes)
+        for name in ("in_channels", "input_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise GradCamError(f"{name} must be an integer, not {value!r}.")
+            setattr(self, name, int(value))
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in value
+            ):
+                raise GradCamError(f"{name} must be a list of finite numbers, not {value!r}.")
+            setattr(self, name, [float(v) for v in value])
+        if not isinstance(self.target_layer, str):
+            raise GradCamError(f"target_layer must be a layer name, not {self.target_layer!r}.")
+        if not isinstance(self.training, dict):
+            raise GradCamError(f"training must be a mapping, not {type(self.training).__name__}.")
         arch = get_architecture(self.architecture)
         self.architecture = arch.name
         if not self.target_layer:
@@ -75,6 +114,10 @@ class ModelConfig:
             raise GradCamError(f"in_channels must be 1 or 3, not {self.in_channels}.")
         if not 16 <= int(self.input_size) <= 4096:
             raise GradCamError(f"input_size must be between 16 and 4096 pixels, not {self.input_size}.")
+        if int(self.input_size) < arch.min_input_size:
+            raise GradCamError(
+                f"{arch.name} needs an input_size of at least {arch.min_input_size} pixels, not {self.input_size}."
+            )
         if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
             raise GradCamError("mean and std need one value per input channel.")
         if any(s <= 0 for s in self.std):
@@ -248,6 +291,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, "torch.Tensor"], dict[str, 
 def _read_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
     """A plain state dict through ``torch.load(weights_only=True)``; code-carrying pickles are refused."""
     import pickle
+    import warnings
 
     import torch
 
@@ -260,14 +304,21 @@ def _read_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
                 "(save model.state_dict() or use a .safetensors bundle)."
             )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4" from the weights-only unpickler
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" in str(e) or "global" in str(e):
+            raise ModelFileError(
+                f"{path.name} holds Python objects beyond tensors (a pickled model or custom code); it was not "
+                "loaded because unpickling it could run code: save model.state_dict() or a .safetensors bundle."
+            ) from None
         raise ModelFileError(
-            f"{path.name} holds Python objects beyond tensors (a pickled model or custom code); it was not "
-            "loaded because unpickling it could run code: save model.state_dict() or a .safetensors bundle."
+            f"{path.name} is not a readable PyTorch weights file (not a state dict saved with torch.save)."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError) as e:
-        raise ModelFileError(f"{path.name} is not a readable PyTorch weights file ({str(e).splitlines()[0]}).") from None
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types on junk (IndexError, struct.error, ...)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ModelFileError(f"{path.name} is not a readable PyTorch weights file ({first}).") from None
     # common wrappers: {"state_dict": ...}, {"model": ...}, DataParallel's "module." prefix
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -385,6 +436,6 @@ def load_model(
         raise ModelFileError(f"{path.name} names a target layer {config.target_layer!r} the model does not have.") from None
     model.eval()
     with torch.no_grad():
-        if not all(torch.isfinite(p).all() for p in model.parameters()):
+        if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
             raise ModelFileError(f"{path.name} contains NaN or infinite weights.")
     return ModelBundle(model, config).to(device)

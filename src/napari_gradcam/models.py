@@ -12,6 +12,7 @@ is adapted to 1 or 3 input channels.  Each knows
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -50,6 +51,7 @@ class Architecture:
     cam: CamHead | None
     weights_enum: str | None = None
     description: str = ""
+    min_input_size: int = 16  # smallest input_size whose forward pass works (pooling stages)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -63,14 +65,17 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture(
             "alexnet", "alexnet", "features.0", "classifier.6", "features", None,
             "AlexNet_Weights", "AlexNet (Krizhevsky 2012); fully connected head, so no CAM",
+            min_input_size=63,
         ),
         Architecture(
             "vgg16", "vgg16", "features.0", "classifier.6", "features", None,
             "VGG16_Weights", "VGG16 (Simonyan 2014); fully connected head, so no CAM",
+            min_input_size=32,
         ),
         Architecture(
             "vgg19", "vgg19", "features.0", "classifier.6", "features", None,
             "VGG19_Weights", "VGG19 (Simonyan 2014); fully connected head, so no CAM",
+            min_input_size=32,
         ),
         Architecture(
             "resnet18", "resnet18", "conv1", "fc", "layer4", CamHead("layer4", "fc"),
@@ -87,7 +92,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture(
             "densenet121", "densenet121", "features.conv0", "classifier", "features",
             CamHead("features", "classifier", relu=True), "DenseNet121_Weights",
-            "DenseNet-121 (Huang 2017)",
+            "DenseNet-121 (Huang 2017)", min_input_size=29,
         ),
         Architecture(
             "efficientnet_b0", "efficientnet_b0", "features.0.0", "classifier.1", "features",
@@ -194,8 +199,22 @@ def _load_pretrained(model: "nn.Module", arch: Architecture, pretrained: bool | 
             f"ImageNet weights for {arch.name} are not at {path}; put torchvision's file there "
             "(it is never downloaded here) or train from scratch."
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4" on a junk file
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise GradCamError(
+            f"{path.name} is not a readable PyTorch state dict of torchvision's {arch.name} ImageNet weights."
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError):
+        raise GradCamError(
+            f"The weights in {path.name} do not fit torchvision's 3-channel, 1000-class {arch.name}."
+        ) from None
 
 
 # ----------------------------------------------------------------------------- build
@@ -259,6 +278,8 @@ def spatial_layers(model: "nn.Module", in_channels: int, input_size: int, max_de
     """Dotted names of the layers whose output is a spatial map (B, K, h, w), in execution order.
 
     Found by one forward pass of a zero image, so the list is exact for any model.
+    Global pooling layers (an adaptive pool to 1 x 1) are left out: their "map" is one
+    pixel, useless as a heatmap.
     ``max_depth`` keeps names with at most that many dots + 1 parts (``layer4`` is depth 1,
     ``layer4.1`` depth 2).
     """
@@ -267,10 +288,17 @@ def spatial_layers(model: "nn.Module", in_channels: int, input_size: int, max_de
     seen: list[str] = []
     handles = []
 
+    from torch import nn
+
+    global_pools = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
     def make_hook(name: str) -> Callable:
-        def hook(_module, _inputs, output):
-            if isinstance(output, torch.Tensor) and output.ndim == 4 and name not in seen:
-                seen.append(name)
+        def hook(module, _inputs, output):
+            if not isinstance(output, torch.Tensor) or output.ndim != 4 or name in seen:
+                return
+            if isinstance(module, global_pools) and tuple(output.shape[-2:]) == (1, 1):
+                return
+            seen.append(name)
         return hook
 
     for name, module in model.named_modules():

@@ -6,7 +6,8 @@ Rules (the same for training, prediction, explanation and tiling):
   A batch is a list of images, an (N, H, W) array or an (N, H, W, 3|4) array.
   Other channel counts, e.g. (H, W, 2), are refused with a clear error.
 * **Values.** Any dtype (bool, ints, floats). Intensities are scaled to [0, 1] by the image's
-  own finite minimum and maximum (or a given ``value_range``); a constant image becomes all 0.
+  own finite minimum and maximum (or a given ``value_range``); a constant image becomes all 0
+  (bool images keep their natural range: False 0, True 1).
   NaN becomes the finite minimum, +inf the maximum, -inf the minimum; an image with no finite
   value is refused.
 * **Channels.** RGB -> grayscale by luminance for 1-channel models; grayscale repeated for
@@ -97,20 +98,39 @@ def value_range(arr: np.ndarray) -> tuple[float, float]:
 
 
 def to_unit(arr: np.ndarray, vrange: tuple[float, float] | None = None) -> np.ndarray:
-    """Scale intensities to [0, 1] float32 (see module rules); shape unchanged, alpha dropped."""
+    """Scale intensities to [0, 1] float32 (see module rules); shape unchanged, alpha dropped.
+
+    ``vrange`` (lo, hi) overrides the image's own finite range; values outside it are clipped.
+    Booleans map False -> 0, True -> 1.  Any finite range works, from denormal (1e-320) to the
+    whole float64 range (-1e308 .. 1e308): extreme ranges are scaled in float64 without overflow.
+    """
     if arr.ndim == 3 and arr.shape[-1] == 4:
         arr = arr[..., :3]
     lo, hi = value_range(arr) if vrange is None else vrange
-    out = arr.astype(np.float32, copy=True)
-    if np.issubdtype(out.dtype, np.floating) and not np.isfinite(out).all():
+    lo, hi = float(lo), float(hi)
+    if not hi > lo:  # constant image (or an empty range): all zeros
+        return np.zeros(arr.shape, dtype=np.float32)
+    moderate = max(abs(lo), abs(hi)) < 1e30 and hi - lo > 1e-30
+    # float32 holds every value of the small types; float64 data (or an extreme range) is scaled in float64
+    work = np.float32 if moderate and arr.dtype.itemsize <= 8 and arr.dtype != np.float64 else np.float64
+    out = arr.astype(work, copy=True)
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(out).all():
         np.nan_to_num(out, copy=False, nan=lo, posinf=hi, neginf=lo)
-    if hi > lo:
+    np.clip(out, work(lo), work(hi), out=out)
+    if work is np.float32:
         out -= np.float32(lo)
         out *= np.float32(1.0 / (hi - lo))
-        np.clip(out, 0.0, 1.0, out=out)
     else:
-        out[...] = 0.0
-    return out
+        half = hi * 0.5 - lo * 0.5  # halves: hi - lo itself may overflow (1e308 - -1e308)
+        if half > 0:
+            out *= 0.5
+            out -= lo * 0.5
+            out /= half
+        else:  # a denormal range: halving lost it, and nothing here can overflow
+            out -= lo
+            out /= hi - lo
+    np.clip(out, 0.0, 1.0, out=out)
+    return out.astype(np.float32, copy=False)
 
 
 def to_channels(unit: np.ndarray, in_channels: int) -> np.ndarray:
