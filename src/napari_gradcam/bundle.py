@@ -82,24 +82,24 @@ class ModelConfig:
         Raises GradCamError with one sentence naming the bad field.
         """
         if not isinstance(self.architecture, str):
-            raise GradCamError(f"architecture must be a name, not {self.architecture!r}.")
+            raise GradCamError(f"architecture must be a name, not {_brief(self.architecture)}.")
         if not isinstance(self.classes, (list, tuple)) or not all(isinstance(c, str) for c in self.classes):
-            raise GradCamError(f"classes must be a list of class names, not {self.classes!r}.")
+            raise GradCamError(f"classes must be a list of class names, not {_brief(self.classes)}.")
         self.classes = list(self.classes)
         for name in ("in_channels", "input_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise GradCamError(f"{name} must be an integer, not {value!r}.")
+                raise GradCamError(f"{name} must be an integer, not {_brief(value)}.")
             setattr(self, name, int(value))
         for name in ("mean", "std"):
             value = getattr(self, name)
             if not isinstance(value, (list, tuple)) or not all(
                 isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in value
             ):
-                raise GradCamError(f"{name} must be a list of finite numbers, not {value!r}.")
+                raise GradCamError(f"{name} must be a list of finite numbers, not {_brief(value)}.")
             setattr(self, name, [float(v) for v in value])
         if not isinstance(self.target_layer, str):
-            raise GradCamError(f"target_layer must be a layer name, not {self.target_layer!r}.")
+            raise GradCamError(f"target_layer must be a layer name, not {_brief(self.target_layer)}.")
         if not isinstance(self.training, dict):
             raise GradCamError(f"training must be a mapping, not {type(self.training).__name__}.")
         arch = get_architecture(self.architecture)
@@ -107,9 +107,12 @@ class ModelConfig:
         if not self.target_layer:
             self.target_layer = arch.target_layer
         if len(self.classes) < 2:
-            raise GradCamError(f"A classifier needs at least 2 classes, got {list(self.classes)}.")
+            raise GradCamError(f"A classifier needs at least 2 classes, got {_brief(list(self.classes))}.")
         if len(set(self.classes)) != len(self.classes):
-            raise GradCamError(f"Class names must be unique, got {list(self.classes)}.")
+            raise GradCamError(f"Class names must be unique, got {_brief(list(self.classes))}.")
+        bad = [c for c in self.classes if not c.strip() or not c.isprintable()]
+        if bad:
+            raise GradCamError(f"Class names must be non-empty text on one line, not {_brief(bad[0], 60)}.")
         if self.in_channels not in (1, 3):
             raise GradCamError(f"in_channels must be 1 or 3, not {self.in_channels}.")
         if not 16 <= int(self.input_size) <= 4096:
@@ -256,13 +259,34 @@ def save_model(bundle: ModelBundle, path: str | os.PathLike) -> Path:
 
 
 # ----------------------------------------------------------------------------- load
+def _shown(path: Path | str) -> str:
+    """A file name for a one-line message: control characters (a newline in a name) escaped."""
+    text = str(path)
+    return text if text.isprintable() else ascii(text)[1:-1]
+
+
 def _check_path(path: Path) -> None:
+    """Exists, is a regular non-empty file and can be opened (no read from pipes or devices)."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        pass  # said below
+    except (OSError, ValueError) as e:  # a name too long, a null byte, a loop of links...
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ModelFileError(f"The model path {_shown(str(path))[:200]} cannot be used ({reason}).") from None
     if not path.exists():
-        raise ModelFileError(f"No model file at {path}.")
+        raise ModelFileError(f"No model file at {_shown(path)}.")
     if path.is_dir():
-        raise ModelFileError(f"{path} is a folder, not a model file.")
+        raise ModelFileError(f"{_shown(path)} is a folder, not a model file.")
+    if not path.is_file():
+        raise ModelFileError(f"{_shown(path)} is not a regular file (a device, pipe or socket), not a model file.")
     if path.stat().st_size == 0:
-        raise ModelFileError(f"{path} is empty (0 bytes), not a model file.")
+        raise ModelFileError(f"{_shown(path)} is empty (0 bytes), not a model file.")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise ModelFileError(f"{_shown(path.name)} cannot be read ({e.strerror or type(e).__name__}).") from None
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -288,6 +312,60 @@ def _read_safetensors(path: Path) -> tuple[dict[str, "torch.Tensor"], dict[str, 
     return tensors, metadata
 
 
+_TENSOR_GLOBALS = {"collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
+                   "_codecs.encode", "torch.Size"}
+
+
+def _pickle_globals(path: Path, limit: int = 64 << 20) -> list[str]:
+    """Dotted names of the globals a pickle (or a torch.save archive's data.pkl) would import.
+
+    Read with ``pickletools.genops``, which only parses opcodes: nothing is imported or run.
+    Best effort (for the error message); an unreadable stream gives what was found so far.
+    """
+    import io
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                pkl = next((i for i in z.infolist() if i.filename.endswith("data.pkl")), None)
+                data = z.read(pkl.filename) if pkl is not None and pkl.file_size <= limit else b""
+        else:
+            with open(path, "rb") as f:
+                data = f.read(limit)
+    except (OSError, zipfile.BadZipFile, ValueError, RuntimeError):
+        return []
+    found: list[str] = []
+    buf = io.BytesIO(data)
+    for _ in range(8):  # PyTorch's legacy format is several pickles in a row
+        strings: list[str] = []
+        try:
+            for op, arg, _pos in pickletools.genops(buf):
+                if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                    found.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+        except Exception:  # noqa: BLE001 - junk after the pickles (tensor bytes) or a damaged stream
+            break
+        if buf.tell() >= len(data):
+            break
+    return found
+
+
+def _suspect_global(names: list[str]) -> str | None:
+    """The global most likely to be code: one outside torch/collections, else any non-tensor one."""
+    odd = [n for n in names if n not in _TENSOR_GLOBALS and not n.endswith("Storage")
+           and n.split(".", 1)[-1] not in _PLAIN_TYPES]
+    outside = [n for n in odd if n.split(".")[0] not in ("torch", "collections", "_codecs")]
+    return (outside or odd or [None])[0]
+
+
+_PLAIN_TYPES = {"set", "frozenset", "dict", "list", "tuple", "int", "float", "str", "bytes", "bytearray", "bool",
+                "complex", "slice"}
+
+
 def _read_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
     """A plain state dict through ``torch.load(weights_only=True)``; code-carrying pickles are refused."""
     import pickle
@@ -296,8 +374,18 @@ def _read_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
     import torch
 
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
+        try:
+            with zipfile.ZipFile(path) as z:
+                infos = z.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            raise ModelFileError(f"{_shown(path.name)} is a damaged archive ({e}).") from None
+        names = [i.filename for i in infos]
+        expanded = sum(i.file_size for i in infos)
+        if expanded > 4 * path.stat().st_size + (16 << 20):  # torch.save stores entries uncompressed
+            raise ModelFileError(
+                f"{_shown(path.name)} is a compressed archive that would expand to {expanded / 2**30:.1f} GiB "
+                "in memory; torch.save never writes such files, so it was not loaded."
+            )
         if any(n.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for n in names):
             raise ModelFileError(
                 f"{path.name} is a TorchScript program, not a state dict; napari-gradcam loads weights only "
@@ -308,9 +396,11 @@ def _read_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4" from the weights-only unpickler
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "GLOBAL" in str(e) or "global" in str(e):
+        suspect = _suspect_global(_pickle_globals(path))
+        if suspect or "GLOBAL" in str(e) or "global" in str(e):
+            named = f"it refers to {suspect}: " if suspect else ""
             raise ModelFileError(
-                f"{path.name} holds Python objects beyond tensors (a pickled model or custom code); it was not "
+                f"{path.name} holds Python objects beyond tensors ({named}a pickled model or custom code); it was not "
                 "loaded because unpickling it could run code: save model.state_dict() or a .safetensors bundle."
             ) from None
         raise ModelFileError(
@@ -336,21 +426,103 @@ def _config_from_metadata(path: Path, metadata: dict[str, str]) -> ModelConfig |
         return None
     try:
         version = int(metadata.get("format_version", "0"))
+        if version < 1:
+            raise ValueError(f"format version {version}")
         raw = json.loads(metadata["config"])
         if version > FORMAT_VERSION:
             raise ModelFileError(
                 f"{path.name} was written by a newer napari-gradcam (format {version}); upgrade to load it."
             )
         config = ModelConfig(**raw)
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, RecursionError) as e:
         if isinstance(e, ModelFileError):
             raise
-        raise ModelFileError(f"{path.name} has damaged napari-gradcam metadata ({e}).") from None
+        if isinstance(e, RecursionError):
+            detail = "nested too deeply"
+        else:
+            detail = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise ModelFileError(f"{_shown(path.name)} has damaged napari-gradcam metadata ({detail}).") from None
     try:
         config.validate()
     except GradCamError as e:
         raise ModelFileError(f"{path.name} has invalid metadata: {e}") from None
     return config
+
+
+def _brief(value, limit: int = 120) -> str:
+    """repr(value), cut to ``limit`` characters (a list of 100,000 class names stays readable)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return text[: limit - 5] + " ...]" if isinstance(value, list) else text[:limit] + "..."
+
+
+def _shape(shape) -> str:
+    return " x ".join(str(int(n)) for n in shape) or "a scalar"
+
+
+def _check_fit(path: Path, config: ModelConfig, tensors: dict) -> None:
+    """Compare the file's tensors with the network ``config`` describes, built on the meta device
+    (no memory), and say in one sentence what does not fit: class count, input channels, or the
+    architecture itself (missing, unexpected or differently shaped weights)."""
+    import torch
+
+    arch = get_architecture(config.architecture)
+    with torch.device("meta"):
+        expected = build_network(config.architecture, len(config.classes), config.in_channels).state_dict()
+    name, n = path.name, len(config.classes)
+    head, first = tensors.get(arch.head + ".weight"), tensors.get(arch.first_conv + ".weight")
+    if set(tensors) == set(expected):
+        if head is not None and head.ndim == 2 and head.shape[0] != n:
+            raise ModelFileError(
+                f"The weights in {name} classify into {head.shape[0]} classes, but the model is described with "
+                f"{n} classes ({_brief(config.classes, 80)})."
+            )
+        if first is not None and first.ndim == 4 and first.shape[1] != config.in_channels:
+            raise ModelFileError(
+                f"The weights in {name} take {first.shape[1]} input channel(s), but the model is described with "
+                f"{config.in_channels}."
+            )
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    reshaped = [k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
+    retyped = [k for k in expected if k in tensors and expected[k].is_floating_point()
+               and not tensors[k].is_floating_point()]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} of its weights are missing (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} are not part of it (e.g. {_brief(unexpected[0], 80)})")
+    if reshaped:
+        k = reshaped[0]
+        problems.append(f"{len(reshaped)} have other shapes (e.g. {k} is {_shape(tensors[k].shape)} in the file, "
+                        f"{_shape(expected[k].shape)} in the model)")
+    if retyped:
+        problems.append(f"{len(retyped)} are not floating point (e.g. {retyped[0]} is {tensors[retyped[0]].dtype})")
+    if problems:
+        other = _guess_architecture(tensors) if missing or unexpected else None
+        hint = f"; they look like {other} weights" if other and other != config.architecture else ""
+        raise ModelFileError(
+            f"The weights in {name} do not fit a {config.architecture} with {n} classes and "
+            f"{config.in_channels} input channel(s): {'; '.join(problems)}{hint}."
+        )
+
+
+def _guess_architecture(tensors: dict) -> str | None:
+    """The registered architecture whose weight names are exactly the file's (built on the meta device)."""
+    import torch
+
+    from .models import list_architectures
+
+    keys = set(tensors)
+    for arch in list_architectures():
+        try:
+            with torch.device("meta"):
+                if set(build_network(arch, 2, 1).state_dict()) == keys:
+                    return arch
+        except Exception:  # noqa: BLE001 - a hint only
+            continue
+    return None
 
 
 def _fit_error(path: Path, config: ModelConfig, err: RuntimeError) -> ModelFileError:
@@ -388,9 +560,18 @@ def load_model(
     ModelFileError
         Missing, empty, truncated, foreign, code-carrying or mismatching files; one sentence.
     """
+    try:
+        return _load_model(Path(path), architecture, classes, in_channels, input_size, device)
+    except ModelFileError as e:
+        msg = str(e)
+        if msg.isprintable():
+            raise
+        raise ModelFileError(_shown(msg)) from None  # e.g. a file name with a newline: still one line
+
+
+def _load_model(path: Path, architecture, classes, in_channels, input_size, device) -> ModelBundle:
     import torch
 
-    path = Path(path)
     _check_path(path)
     config: ModelConfig | None = None
     if _is_safetensors(path):
@@ -423,8 +604,9 @@ def load_model(
             if given is not None and str(given).lower() != str(stored).lower():
                 raise ModelFileError(f"{path.name} is a {name}={stored} model, not {given}.")
         if classes is not None and list(classes) != config.classes:
-            raise ModelFileError(f"{path.name} has classes {config.classes}, not {list(classes)}.")
+            raise ModelFileError(f"{path.name} has classes {_brief(config.classes)}, not {_brief(list(classes))}.")
 
+    _check_fit(path, config, tensors)  # before allocating the network: metadata may ask for anything
     model = build_network(config.architecture, len(config.classes), config.in_channels)
     try:
         model.load_state_dict(tensors, strict=True)

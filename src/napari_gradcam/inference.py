@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .preprocess import bundle_tensor, split_batch
+from .preprocess import batch_items, bundle_tensor, check_image
 
 if TYPE_CHECKING:  # pragma: no cover
     from .bundle import ModelBundle
@@ -20,7 +20,9 @@ def predict(bundle: "ModelBundle", image, batch_size: int = 32) -> np.ndarray:
     bundle : ModelBundle
     image : array-like
         One image, (H, W) or (H, W, 3|4), any dtype; or a batch: a list of images,
-        (N, H, W) or (N, H, W, 3|4).
+        (N, H, W) or (N, H, W, 3|4).  A lazy stack (dask, zarr) is read one batch at a time.
+        An (H, W, C) array with a few channels other than 3|4, e.g. (512, 512, 2), is one image
+        with channels that cannot be classified (ImageError), not a batch; pass a list for that.
     batch_size : int
         Images per forward pass.
 
@@ -31,13 +33,18 @@ def predict(bundle: "ModelBundle", image, batch_size: int = 32) -> np.ndarray:
     """
     import torch
 
-    images, is_batch = split_batch(image)
+    from .errors import GradCamError
+
+    if isinstance(batch_size, bool) or int(batch_size) < 1:
+        raise GradCamError(f"batch_size must be at least 1, not {batch_size}.")
+    batch_size = int(batch_size)
+    items, is_batch = batch_items(image)  # shapes and dtypes checked; lazy images not loaded yet
     device = bundle.device
     out = []
     bundle.model.eval()
     with torch.inference_mode():
-        for i in range(0, len(images), batch_size):
-            x = bundle_tensor(bundle, images[i : i + batch_size]).to(device)
+        for i in range(0, len(items), batch_size):
+            x = bundle_tensor(bundle, [check_image(im) for im in items[i : i + batch_size]]).to(device)
             out.append(torch.softmax(bundle.model(x).float(), dim=1).cpu())
     probs = torch.cat(out).numpy()
     return probs if is_batch else probs[0]

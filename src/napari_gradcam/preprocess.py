@@ -4,7 +4,8 @@ Rules (the same for training, prediction, explanation and tiling):
 
 * **Shape.** One image is (H, W) grayscale or (H, W, 3|4) RGB(A) (alpha dropped).
   A batch is a list of images, an (N, H, W) array or an (N, H, W, 3|4) array.
-  Other channel counts, e.g. (H, W, 2), are refused with a clear error.
+  Other channel counts, e.g. (H, W, 2), are refused with a clear error.  Shape and dtype are
+  checked from metadata first, so a lazy array (dask, zarr) that is too large is never read.
 * **Values.** Any dtype (bool, ints, floats). Intensities are scaled to [0, 1] by the image's
   own finite minimum and maximum (or a given ``value_range``); a constant image becomes all 0
   (bool images keep their natural range: False 0, True 1).
@@ -19,7 +20,8 @@ Rules (the same for training, prediction, explanation and tiling):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,51 +37,143 @@ MAX_PIXELS = 1 << 28  # ~268 Mpx: larger single images must go through tiled_hea
 _LUMA = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)  # as skimage.color.rgb2gray
 
 
-def check_image(data) -> np.ndarray:
-    """Validate one image and return it as a numpy array (H, W) or (H, W, 3|4); no copy if possible."""
-    if hasattr(data, "compute") and not isinstance(data, np.ndarray):  # dask and friends
-        if np.prod(data.shape, dtype=np.int64) > MAX_PIXELS * 4:
-            raise ImageError(f"An image of shape {tuple(data.shape)} is too large to load; use tiled heatmaps.")
-        data = np.asarray(data.compute() if hasattr(data, "compute") else data)
-    arr = np.asarray(data)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise ImageError(f"Images must hold numbers, not {arr.dtype}.")
-    if np.iscomplexobj(arr):
+def check_dtype(dtype) -> np.dtype:
+    """The numpy dtype of image data, or ImageError if it does not hold real numbers (or booleans)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ImageError(f"Images must hold numbers, not {dtype}.") from None
+    if np.issubdtype(dt, np.complexfloating):
         raise ImageError("Complex-valued images cannot be classified; pass the magnitude (np.abs).")
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+    if dt.kind not in "biuf":  # bool, signed, unsigned, float (not object, str, bytes, datetime, void)
+        raise ImageError(f"Images must hold numbers, not {dt}.")
+    return dt
+
+
+def _shape_dtype(data) -> tuple[tuple[int, ...], np.dtype] | None:
+    """(shape, dtype) of an array-like WITHOUT loading it (numpy, dask, zarr, h5py...), else None."""
+    if isinstance(data, np.ndarray):
+        return data.shape, data.dtype
+    try:
+        return tuple(int(s) for s in data.shape), np.dtype(data.dtype)
+    except (AttributeError, TypeError, ValueError):  # no shape/dtype, or a non-numpy dtype (e.g. torch's)
+        return None
+
+
+def _as_array_like(data):
+    """``data`` itself if it has a numpy shape and dtype (loaded lazily later), else ``np.asarray(data)``."""
+    if _shape_dtype(data) is not None:
+        return data
+    try:
+        return np.asarray(data)
+    except (ValueError, TypeError) as e:  # ragged nested lists, objects numpy cannot read
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise ImageError(f"The data cannot be read as an array of pixel values ({first}).") from None
+
+
+def check_shape(shape: tuple[int, ...], max_pixels: int | None = MAX_PIXELS) -> None:
+    """ImageError unless ``shape`` is one 2D image, (H, W) or (H, W, 3|4), of at most ``max_pixels``
+    pixels (None: any size, for images processed lazily)."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 3 and shape[-1] in (3, 4):
         pass
-    elif arr.ndim != 2:
+    elif len(shape) != 2:
+        if _looks_like_channels(shape):
+            raise ImageError(
+                f"An image of shape {shape} has {shape[-1]} channel(s); only (H, W) grayscale and (H, W, 3|4) "
+                "RGB(A) images can be classified, so pick or merge channels first."
+            )
+        hint = "move the channel axis last for RGB(A), or " if len(shape) == 3 and shape[0] in (3, 4) else ""
         raise ImageError(
-            f"Expected one 2D image, (H, W) grayscale or (H, W, 3|4) RGB(A), but got shape {arr.shape}; "
-            "for a stack pass one slice."
+            f"Expected one 2D image, (H, W) grayscale or (H, W, 3|4) RGB(A), but got shape {shape}; "
+            f"{hint}for a stack pass one slice."
         )
-    if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ImageError(f"The image is empty (shape {arr.shape}).")
-    if arr.shape[0] * arr.shape[1] > MAX_PIXELS:
+    if shape[0] < 1 or shape[1] < 1:
+        raise ImageError(f"The image is empty (shape {shape}).")
+    if max_pixels is not None and shape[0] * shape[1] > max_pixels:
         raise ImageError(
-            f"An image of {arr.shape[0]} x {arr.shape[1]} pixels is too large to classify whole; use tiled heatmaps."
+            f"An image of {shape[0]} x {shape[1]} pixels is too large to classify whole; use tiled heatmaps."
         )
-    return arr
 
 
-def split_batch(data) -> tuple[list[np.ndarray], bool]:
-    """Split input into a list of single images; also say whether it was a batch.
+def check_image(data) -> np.ndarray:
+    """Validate one image and return it as a numpy array (H, W) or (H, W, 3|4); no copy if possible.
 
-    (H, W) and (H, W, 3|4) are single images; a list/tuple, (N, H, W) or (N, H, W, 3|4) a batch.
+    Shape and dtype are checked BEFORE any data is loaded, so a lazy array (dask, zarr) that is too
+    large, or a stack, is refused without reading it.
+    """
+    data = _as_array_like(data)
+    shape, dtype = _shape_dtype(data)
+    check_dtype(dtype)
+    check_shape(shape)
+    if not isinstance(data, np.ndarray):
+        data = data.compute() if hasattr(data, "compute") else data
+        data = np.asarray(data)
+        check_dtype(data.dtype)
+    return data
+
+
+def _looks_like_channels(shape: tuple[int, ...]) -> bool:
+    """(H, W, C) with a few channels other than 3|4, e.g. (512, 512, 2): an image, not a batch of slivers."""
+    return len(shape) == 3 and shape[-1] not in (3, 4) and 1 <= shape[-1] <= 8 and shape[-1] < min(shape[:2])
+
+
+class _Stack(Sequence):
+    """The images of an (N, H, W[, C]) array, sliced only when asked for (a lazy stack stays unread)."""
+
+    def __init__(self, arr) -> None:
+        self._arr = arr
+
+    def __len__(self) -> int:
+        return int(self._arr.shape[0])
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self._arr[i] for i in range(*k.indices(len(self)))]
+        return self._arr[k]
+
+
+def batch_items(data) -> tuple[Sequence, bool]:
+    """Split input into single images WITHOUT loading lazy ones; also say whether it was a batch.
+
+    Every item's shape and dtype are checked here (from metadata); pass each to :func:`check_image`
+    when it is needed, so a lazy stack is loaded one batch at a time.
     """
     if isinstance(data, (list, tuple)):
         if not data:
             raise ImageError("An empty list of images was given.")
-        return [check_image(d) for d in data], True
-    arr = np.asarray(data) if not hasattr(data, "compute") else data
-    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4)):
-        return [check_image(arr)], False
-    if arr.ndim == 3 or (arr.ndim == 4 and arr.shape[-1] in (3, 4)):
-        return [check_image(a) for a in arr], True
+        items = [_as_array_like(d) for d in data]
+        for item in items:
+            shape, dtype = _shape_dtype(item)
+            check_dtype(dtype)
+            check_shape(shape)
+        return items, True
+    arr = _as_array_like(data)
+    shape, dtype = _shape_dtype(arr)
+    check_dtype(dtype)
+    if len(shape) == 2 or (len(shape) == 3 and shape[-1] in (3, 4)) or _looks_like_channels(shape):
+        check_shape(shape)  # one image (a refused channel count says so)
+        return [arr], False
+    if len(shape) == 3 or (len(shape) == 4 and shape[-1] in (3, 4)):
+        if shape[0] < 1:
+            raise ImageError(f"An empty batch of images was given (shape {shape}).")
+        check_shape(shape[1:])
+        return _Stack(arr), True
     raise ImageError(
-        f"Cannot read shape {tuple(arr.shape)} as an image or a batch: expected (H, W), (H, W, 3|4), "
+        f"Cannot read shape {shape} as an image or a batch: expected (H, W), (H, W, 3|4), "
         "(N, H, W) or (N, H, W, 3|4)."
     )
+
+
+def split_batch(data) -> tuple[list[np.ndarray], bool]:
+    """Split input into a list of single images (numpy); also say whether it was a batch.
+
+    (H, W) and (H, W, 3|4) are single images; a list/tuple, (N, H, W) or (N, H, W, 3|4) a batch.
+    An (H, W, C) array with a few channels other than 3|4 (e.g. (512, 512, 2)) is read as one
+    image and refused; pass a list for a batch of such thin images.
+    """
+    items, is_batch = batch_items(data)
+    return [check_image(item) for item in items], is_batch
 
 
 def value_range(arr: np.ndarray) -> tuple[float, float]:

@@ -48,7 +48,8 @@ class TiledHeatmaps:
 
     Attributes
     ----------
-    heatmaps : (C, H, W) float32 in [0, 1] (numpy, or dask for a dask input). Each tile contributes
+    heatmaps : (C, H, W) float32 in [0, 1] (numpy, or dask for a dask input or an image too large
+        for memory: see ``lazy``). Each tile contributes
         its class probability times its map divided by the tile's maximum, blended across
         overlapping tiles with a smooth window, so values are comparable across tiles and classes.
     probability_maps : (C, H, W) float32, the tile probabilities blended the same way.

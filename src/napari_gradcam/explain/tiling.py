@@ -13,7 +13,8 @@ Two modes:
     the same way into probability maps, which give the class breakdown.  Blending runs on a grid
     of step f pixels (8 for 512 px tiles at 50% overlap; 1 when tiles are small), whose result is
     upsampled once: tile maps are far coarser than that grid, so nothing visible is lost.
-    Memory is bounded by the batch size plus the output; a dask input is processed lazily,
+    Memory is bounded by the batch size plus the output; a dask input, or an image whose maps
+    would not fit in memory (a huge numpy, memory-mapped or zarr array), is processed lazily,
     output chunk by output chunk, on the same global tile grid (same result as numpy).
 
 ``mode="fullconv"`` (CAM only, numpy images)
@@ -29,13 +30,17 @@ Two modes:
 from __future__ import annotations
 
 import math
+import uuid
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generator, Sequence
 
 import numpy as np
 
 from ..errors import GradCamError, ImageError
-from ..preprocess import to_channels, to_unit, value_range
+from ..preprocess import (
+    MAX_PIXELS, _as_array_like, _shape_dtype, check_dtype, check_shape, to_channels, to_unit, value_range,
+)
 from .cam import class_activation_maps, local_logits
 from .gradcam import canonical_method, gradient_maps
 from .result import TiledHeatmaps
@@ -48,6 +53,8 @@ if TYPE_CHECKING:  # pragma: no cover
 Progress = tuple[int, int]  # (tiles done, tiles in total)
 WINDOW_FLOOR = 1e-3  # the window never reaches 0, so a pixel seen by one tile at its edge stays defined
 FULLCONV_MAX_PIXELS = 40_000_000
+IN_MEMORY_BYTES = 4 << 30  # numpy results (heatmaps + probability maps) larger than this are computed lazily
+MAX_TILE = 16384
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
@@ -78,15 +85,35 @@ class _Plan:
     batch_size: int
 
 
-def _check_large_image(image) -> None:
-    if image.ndim == 3 and image.shape[-1] in (3, 4):
-        return
-    if image.ndim != 2:
-        raise ImageError(
-            f"Tiled heatmaps need one 2D image, (H, W) or (H, W, 3|4), not shape {tuple(image.shape)}."
-        )
-    if 0 in image.shape:
-        raise ImageError(f"The image is empty (shape {tuple(image.shape)}).")
+def _check_large_image(image) -> tuple[tuple[int, ...], np.dtype]:
+    """Dtype and shape of an image of any size, from metadata only (nothing is loaded)."""
+    shape, dtype = _shape_dtype(image)
+    check_dtype(dtype)
+    check_shape(shape, max_pixels=None)
+    return shape, dtype
+
+
+def _block_range(block) -> np.ndarray:
+    """[[finite min, finite max]] of one block ([[inf, -inf]] when it has no finite value)."""
+    try:
+        lo, hi = value_range(np.asarray(block))
+    except ImageError:
+        lo, hi = np.inf, -np.inf
+    return np.array([[lo, hi]], dtype=np.float64)
+
+
+def _lazy_value_range(image) -> tuple[float, float]:
+    """The finite (min, max) of a dask image, block by block (one streaming pass, bounded memory);
+    the same rule as :func:`preprocess.value_range` (NaN and infinities ignored, booleans 0..1)."""
+    import dask
+
+    rgb = image[..., :3] if image.ndim == 3 else image
+    parts = dask.compute(*[dask.delayed(_block_range)(b) for b in rgb.to_delayed().ravel()])
+    both = np.concatenate(parts)
+    lo, hi = float(both[:, 0].min()), float(both[:, 1].max())
+    if lo > hi:
+        raise ImageError("The image has no finite values (all NaN or infinite).")
+    return lo, hi
 
 
 def _resolve_classes(bundle: "ModelBundle", classes, lazy: bool) -> tuple[list[int], int | None]:
@@ -281,7 +308,10 @@ def iter_tiled_heatmaps(
 
     Parameters
     ----------
-    image : (H, W) or (H, W, 3|4) numpy or dask array, any dtype.
+    image : (H, W) or (H, W, 3|4) numpy, dask or zarr array, any real dtype.  A dask input, or an
+        image whose results would not fit in memory (more than ``preprocess.MAX_PIXELS`` pixels or
+        ``IN_MEMORY_BYTES`` of maps), is processed lazily: the result holds dask arrays, computed
+        chunk by chunk on demand.
     tile : tile size in image pixels (default: the model's input size). Tiles are resized to
         the input size when they differ.
     overlap : fraction of a tile shared with its neighbour, in [0, 0.95].
@@ -291,44 +321,57 @@ def iter_tiled_heatmaps(
     batch_size : tiles per forward pass (bounds memory).
     mode : "tiles" or "fullconv" (CAM only; see module docstring).
     value_range_ : intensity range for scaling to [0, 1] (default: the image's finite min/max,
-        computed once over the whole image, so every tile is scaled alike).
+        computed once over the whole image, so every tile is scaled alike; for a lazy image that is
+        one streaming pass over it, block by block, which giving the range skips).
     chunk : output chunk size for dask inputs.
     """
     method = canonical_method(method)
-    is_dask = hasattr(image, "dask") or (hasattr(image, "compute") and not isinstance(image, np.ndarray))
-    if not is_dask:
-        image = np.asarray(image)
-    _check_large_image(image)
+    image = _as_array_like(image)  # numpy stays numpy; dask, zarr... stay unloaded
+    shape, _ = _check_large_image(image)
+    H, W = shape[:2]
+    is_dask = _is_lazy(image)
     if mode not in ("tiles", "fullconv"):
         raise GradCamError(f"Unknown tiling mode {mode!r}; choose 'tiles' or 'fullconv'.")
     tile = int(tile or bundle.input_size)
-    if tile < 8:
-        raise GradCamError(f"Tiles must be at least 8 pixels, not {tile}.")
+    if not 8 <= tile <= MAX_TILE:
+        raise GradCamError(f"Tiles must be between 8 and {MAX_TILE} pixels, not {tile}.")
     if not 0 <= overlap <= 0.95:
         raise GradCamError(f"Overlap must be between 0 and 0.95, not {overlap}.")
     if batch_size < 1:
         raise GradCamError(f"batch_size must be at least 1, not {batch_size}.")
     stride = max(1, int(round(tile * (1 - overlap))))
     targets, topk = _resolve_classes(bundle, classes, lazy=is_dask)
-    if value_range_ is None:
-        if is_dask:
-            import dask
+    # results too large for memory are computed lazily, chunk by chunk (never an out-of-memory crash)
+    too_big = H * W > MAX_PIXELS or 2 * 4 * len(targets) * H * W > IN_MEMORY_BYTES
+    if mode == "fullconv":
+        if method != "cam":
+            raise GradCamError("The fully convolutional mode computes CAM only; use mode 'tiles' for Grad-CAM.")
+        scale, S = bundle.input_size / tile, bundle.input_size
+        if too_big or max(S, round(H * scale)) * max(S, round(W * scale)) > FULLCONV_MAX_PIXELS:
+            raise GradCamError(f"An image of {H} x {W} pixels is too large for the fully convolutional mode; "
+                               "use mode 'tiles', which processes it chunk by chunk.")
+    elif not is_dask and too_big:
+        if topk is not None:
+            raise GradCamError(f"An image of {H} x {W} pixels is processed lazily (chunk by chunk); name the classes "
+                               "or use all, since top-k needs the whole image first.")
+        import dask.array as da
 
-            rgb = image[..., :3] if image.ndim == 3 else image
-            lo, hi = dask.compute(rgb.min(), rgb.max())
-            vrange = (float(lo), float(hi))
-            if not (np.isfinite(vrange[0]) and np.isfinite(vrange[1])):
-                raise ImageError("The dask image has NaN or infinite values; pass value_range_ explicitly.")
-        else:
-            vrange = value_range(image[..., :3] if image.ndim == 3 else image)
+        step = max(int(chunk), tile)
+        # name=False: no hashing of the data; _Window: from_array would copy a numpy array whole
+        image = da.from_array(_Window(image), chunks=(step, step) + tuple(shape[2:]), name=False)
+        is_dask = True
+    if not is_dask and not isinstance(image, np.ndarray):
+        image = np.asarray(image)  # a small zarr / h5py array
+    if value_range_ is None:
+        vrange = _lazy_value_range(image) if is_dask else value_range(image[..., :3] if image.ndim == 3 else image)
     else:
         vrange = (float(value_range_[0]), float(value_range_[1]))
+        if not (np.isfinite(vrange[0]) and np.isfinite(vrange[1]) and vrange[0] < vrange[1]):
+            raise GradCamError(f"value_range_ must be two finite numbers, low < high, not {tuple(value_range_)}.")
     H, W = image.shape[:2]
     plan = _Plan(tile, stride, method, targets, vrange, batch_size)
 
     if mode == "fullconv":
-        if method != "cam":
-            raise GradCamError("The fully convolutional mode computes CAM only; use mode 'tiles' for Grad-CAM.")
         if is_dask:
             image = np.asarray(image)
         yield (0, 1)
@@ -373,9 +416,9 @@ def _lazy(bundle: "ModelBundle", image, plan: _Plan, chunk: int) -> TiledHeatmap
     2. One task per *output chunk* blends the groups that can reach it (its own and its eight
        neighbours; tiles are never larger than a chunk) on the chunk plus a one-cell margin, so
        the upsampled pixels equal the numpy path's.
-    Memory per task is bounded by (chunk + tile)^2 pixels, whatever the image size.
+    Memory per task is bounded by (chunk + tile)^2 pixels, whatever the image size, and building
+    the graph is cheap (microseconds per chunk), so a 100k x 100k image is ready to view at once.
     """
-    import dask
     import dask.array as da
 
     H, W = image.shape[:2]
@@ -386,9 +429,19 @@ def _lazy(bundle: "ModelBundle", image, plan: _Plan, chunk: int) -> TiledHeatmap
     Hp, Wp = image.shape[:2]
     ys, xs = tile_starts(Hp, tile, plan.stride), tile_starts(Wp, tile, plan.stride)
     y_edges, x_edges = list(range(0, Hp, chunk)), list(range(0, Wp, chunk))
+    # input blocks aligned with the output chunks: a tile group's region lies within its own block
+    # and the next ones down and right
+    src = image.rechunk((chunk, chunk) + image.shape[2:])
+    extra_axes = (0,) * (src.ndim - 2)  # the channel axis is one block
 
-    def run_group(region: np.ndarray, origin, corners):
-        runner = _run_tiles(bundle, np.asarray(region), origin, corners, plan)
+    def run_group(parts, origin, rows, cols):
+        y0, x0 = origin
+        ey, ex = rows[-1] + tile - y0, cols[-1] + tile - x0  # the region's extent
+        region = np.concatenate(
+            [np.concatenate([np.asarray(p)[: ey - a * chunk, : ex - b * chunk] for b, p in enumerate(row)], axis=1)
+             for a, row in enumerate(parts)], axis=0)
+        corners = [(y, x) for y in rows for x in cols]
+        runner = _run_tiles(bundle, region, origin, corners, plan)
         while True:
             try:
                 next(runner)
@@ -397,7 +450,6 @@ def _lazy(bundle: "ModelBundle", image, plan: _Plan, chunk: int) -> TiledHeatmap
                 return corners, probs[:, plan.targets], maps
 
     def blend_chunk(groups, box) -> np.ndarray:
-        groups = [g for g in groups if g is not None]
         corners = [c for g in groups for c in g[0]]
         probs = np.concatenate([g[1] for g in groups])
         maps = np.concatenate([g[2] for g in groups])
@@ -407,30 +459,54 @@ def _lazy(bundle: "ModelBundle", image, plan: _Plan, chunk: int) -> TiledHeatmap
         both = _to_pixels(_cat(heat, prob), f)
         return both[:, y0 - ext[0] : y1 - ext[0], x0 - ext[2] : x1 - ext[2]]
 
-    groups = {}
-    for i, y0 in enumerate(y_edges):
-        for j, x0 in enumerate(x_edges):
-            corners = [(y, x) for y in ys if y0 <= y < y0 + chunk for x in xs if x0 <= x < x0 + chunk]
-            if not corners:
-                groups[i, j] = None
-                continue
-            ry1 = max(y for y, _ in corners) + tile
-            rx1 = max(x for _, x in corners) + tile
-            groups[i, j] = dask.delayed(run_group, pure=True)(image[y0:ry1, x0:rx1], (y0, x0), corners)
+    # The graph is written out directly (one task per tile group, one per output chunk), with named
+    # keys: building it costs microseconds per chunk, where dask.delayed would hash (pickle) the model
+    # and re-optimise the input graph for every task (minutes for a 100k x 100k image).
+    from dask.highlevelgraph import HighLevelGraph
 
-    rows = []
+    token = uuid.uuid4().hex
+    gname, name = f"napari-gradcam-tiles-{token}", f"napari-gradcam-heatmaps-{token}"
+    # the tile rows / columns starting in each chunk (bisect: no scan over all tiles per chunk)
+    row_sets = [ys[bisect_left(ys, y0) : bisect_left(ys, y0 + chunk)] for y0 in y_edges]
+    col_sets = [xs[bisect_left(xs, x0) : bisect_left(xs, x0 + chunk)] for x0 in x_edges]
+    layer: dict = {}
     for i, y0 in enumerate(y_edges):
-        row = []
         for j, x0 in enumerate(x_edges):
-            box = (y0, min(y0 + chunk, Hp), x0, min(x0 + chunk, Wp))
-            near = [groups.get((a, b)) for a in (i - 1, i, i + 1) for b in (j - 1, j, j + 1)]
-            task = dask.delayed(blend_chunk, pure=True)(near, box)
-            row.append(da.from_delayed(task, shape=(2 * T, box[1] - box[0], box[3] - box[2]), dtype=np.float32))
-        rows.append(da.concatenate(row, axis=2))
-    both = da.concatenate(rows, axis=1)[:, :H, :W]
+            rows, cols = row_sets[i], col_sets[j]
+            if not rows or not cols:
+                continue
+            n_down = 2 if rows[-1] + tile > y0 + chunk else 1
+            n_right = 2 if cols[-1] + tile > x0 + chunk else 1
+            parts = [[(src.name, a, b, *extra_axes) for b in range(j, j + n_right)] for a in range(i, i + n_down)]
+            layer[(gname, i, j)] = (run_group, parts, [y0, x0], list(rows), list(cols))
+    for i, y0 in enumerate(y_edges):
+        for j, x0 in enumerate(x_edges):
+            box = [y0, min(y0 + chunk, Hp), x0, min(x0 + chunk, Wp)]
+            near = [(gname, a, b) for a in (i - 1, i, i + 1) for b in (j - 1, j, j + 1) if (gname, a, b) in layer]
+            layer[(name, 0, i, j)] = (blend_chunk, near, box)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[src])
+    chunks = ((2 * T,), tuple(min(chunk, Hp - y) for y in y_edges), tuple(min(chunk, Wp - x) for x in x_edges))
+    both = da.Array(graph, name, chunks, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))[:, :H, :W]
     n_tiles = len(ys) * len(xs)
     return TiledHeatmaps(both[:T], both[T:], [bundle.classes[i] for i in plan.targets], list(plan.targets), n_tiles,
                          tile, plan.stride, plan.method, "tiles", {"chunk": chunk, "blend_step": f})
+
+
+class _Window:
+    """A read-only view of an array for ``dask.array.from_array``, which copies numpy arrays whole
+    (an image too large for memory, a memory map, a zero-stride broadcast); blocks are read on demand."""
+
+    def __init__(self, arr) -> None:
+        self._arr = arr
+        self.shape, self.dtype, self.ndim = tuple(arr.shape), np.dtype(arr.dtype), len(arr.shape)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return np.asarray(self._arr[key])
+
+
+def _is_lazy(image) -> bool:
+    """A dask array (or another array computed on demand)."""
+    return hasattr(image, "dask") or (hasattr(image, "compute") and not isinstance(image, np.ndarray))
 
 
 def _cat(*tensors):
