@@ -39,3 +39,29 @@ def sample_mosaic() -> list[tuple]:
         (class_map.astype("uint8") + 1, {"name": "xray_mosaic_classes", "opacity": 0.25, "visible": False,
                                           "metadata": {"classes": list(CLASSES)}}, "labels"),
     ]
+
+
+def sample_demo() -> list[tuple]:
+    """The pneumonia X-ray, and the demo model loaded into the Model widget (docked if needed)."""
+    layers = _xray("pneumonia")
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+    except Exception:  # noqa: BLE001 - no Qt / no viewer: just the image
+        viewer = None
+    if viewer is not None:
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, lambda: _load_demo_model(viewer))
+    return layers
+
+
+def _load_demo_model(viewer) -> None:
+    from ._base import notify_error
+
+    try:
+        _, widget = viewer.window.add_plugin_dock_widget("napari-gradcam", "Model")
+        widget.load_demo()
+    except Exception as e:  # noqa: BLE001 - the image is there; say why the model is not
+        notify_error(e, "Loading the demo model")

@@ -1,0 +1,105 @@
+"""Feature maps widget: the most active channels of a layer, as a stack (slider) or a grid."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from qtpy.QtWidgets import QLabel, QPushButton
+
+from ._base import GradCamWidget, ImageLayerPicker, notify_error
+from .layers import add_layer_tuples, feature_layers, layer_plane, remove_plugin_layers
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+DISPLAYS = [("stack (slider)", "stack"), ("grid", "grid")]
+
+
+def _features(state, data, layer: str | None, n: int):
+    from ..explain import feature_maps
+
+    with state.lock:
+        return feature_maps(state.bundle, data, layer=layer, n=n)
+
+
+class FeatureMapsWidget(GradCamWidget):
+    """Show what a layer of the shared model responds to in an image."""
+
+    what = "Computing feature maps"
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
+        super().__init__(napari_viewer)
+        from magicgui.widgets import CheckBox, ComboBox, Container, SpinBox
+
+        lay = self.layout()
+        self.image = ImageLayerPicker(self.viewer)
+        self.layer = ComboBox(label="layer", choices=self._layer_choices)
+        self.count = SpinBox(label="channels", min=1, max=512, value=16)
+        self.count.native.setToolTip("How many of the most active channels (highest mean activation) to show.")
+        self.display = ComboBox(label="display", choices=DISPLAYS, value="stack")
+        self.keep = CheckBox(text="keep previous feature maps", value=False)
+        form = Container(widgets=[self.image.combo, self.layer, self.count, self.display, self.keep], labels=True)
+        form.native.layout().setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(form.native)
+        self.run_button = QPushButton("Show feature maps")
+        self.run_button.clicked.connect(lambda: self.run())
+        lay.addWidget(self.run_button)
+        self.result_label = QLabel("")
+        self.result_label.setWordWrap(True)
+        lay.addWidget(self.result_label)
+        lay.addStretch(1)
+        self.layers_added: list = []
+        self.state.model_changed.connect(self._on_model)
+        self.state.target_layer_changed.connect(self._on_target_layer)
+        self._on_model()
+
+    def _layer_choices(self, _widget=None) -> list[str]:
+        return list(self.state.layers)
+
+    def _on_model(self, _bundle=None) -> None:
+        self.layer.reset_choices()
+        self._on_target_layer(self.state.target_layer)
+
+    def _on_target_layer(self, name: str) -> None:
+        if name and name in self.layer.choices:
+            self.layer.value = name
+
+    def reset_choices(self, *_args) -> None:
+        self.image.reset_choices()
+        self.layer.reset_choices()
+
+    def run(self, layer=None, model_layer: str | None = None, n: int | None = None, display: str | None = None):
+        """Compute and add the feature maps; returns the worker (or None)."""
+        if model_layer is not None:
+            self.layer.value = model_layer
+        if n is not None:
+            self.count.value = int(n)
+        if display is not None:
+            self.display.value = display
+        if self.require_model() is None:
+            return None
+        layer = self.pick_image(layer)
+        if layer is None:
+            return None
+        try:
+            plane = layer_plane(self.viewer, layer)
+        except Exception as e:  # noqa: BLE001
+            notify_error(e, self.what)
+            return None
+        grid = self.display.value == "grid"
+        keep = bool(self.keep.value)
+        model = self.state.name
+        shape = tuple(plane.data.shape[:2])
+        return self.start(_features, self.state, plane.data, self.layer.value or None, int(self.count.value),
+                          on_returned=lambda fm: self._add(fm, plane, shape, grid, keep, model))
+
+    def _add(self, fm, plane, shape, grid: bool, keep: bool, model: str) -> None:
+        if not keep:
+            remove_plugin_layers(self.viewer, "features", plane.name)
+        source = next((lyr for lyr in self.viewer.layers if lyr.name == plane.name), None)
+        self.layers_added = add_layer_tuples(self.viewer, feature_layers(fm, plane, shape, grid=grid, model=model))
+        if source is not None:
+            self.viewer.layers.selection.active = source
+        n, h, w = fm.maps.shape
+        self.result_label.setText(f"{n} channels of {fm.layer} ({h} x {w}), most active first: "
+                                  + ", ".join(str(int(c)) for c in fm.channels[:8]) + ("…" if n > 8 else ""))

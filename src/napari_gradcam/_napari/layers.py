@@ -1,0 +1,302 @@
+"""Core results -> napari layers (LayerDataTuples), and napari layers -> 2D images for the core.
+
+Nothing here computes anything: it picks the slice to analyse, and copies the source layer's
+geometry (scale, translate, the slice position) onto the result layers so that they overlay it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from ..errors import GradCamError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+    from napari.layers import Image
+
+    from ..explain import FeatureMaps, Heatmap, TiledHeatmaps
+
+#: metadata key marking the layers this plugin made (so widgets can replace / skip them)
+TAG = "napari_gradcam"
+
+METHOD_TITLES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
+
+#: colormap of single-image heatmaps: perceptual, black at 0 (so additive blending leaves the image as is)
+HEATMAP_COLORMAP = "inferno"
+
+#: one colormap per class for tiled heatmaps shown together (single hues, black at 0)
+CLASS_COLORMAPS = ("green", "magenta", "cyan", "yellow", "bop orange", "blue", "red", "bop purple", "bop blue")
+
+#: classify / explain work on at most this many pixels; larger multiscale layers use a coarser level
+MAX_EXPLAIN_PIXELS = 4096 * 4096
+
+
+def is_plugin_layer(layer) -> bool:
+    """True for the heatmap / feature-map layers this plugin added."""
+    return isinstance(getattr(layer, "metadata", None), dict) and TAG in layer.metadata
+
+
+def source_layers(viewer: "napari.Viewer") -> list:
+    """Image layers that can be classified / explained (not our own heatmaps)."""
+    from napari.layers import Image
+
+    return [layer for layer in viewer.layers if isinstance(layer, Image) and not is_plugin_layer(layer)]
+
+
+@dataclass
+class ImagePlane:
+    """One 2D plane of an image layer, ready for the core, and where it sits in the world.
+
+    Attributes
+    ----------
+    data : (H, W) or (H, W, 3|4) array (numpy or dask: read it in a worker, not on the GUI thread).
+    index : the indices of the leading (non-spatial) axes of the plane; () for a 2D layer.
+    scale, translate : world geometry of the plane's pixels in the layer (all layer axes),
+        already corrected for the multiscale level used.
+    level : multiscale level used (0 for single-scale layers).
+    name : the source layer's name.
+    """
+
+    data: Any
+    index: tuple[int, ...]
+    scale: np.ndarray
+    translate: np.ndarray
+    level: int = 0
+    name: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """``"xray"`` or ``"stack[3]"``: the source name with its slice."""
+        return f"{self.name}[{','.join(map(str, self.index))}]" if self.index else self.name
+
+
+def _leading_index(viewer: "napari.Viewer", layer, n_lead: int, shape: Sequence[int]) -> tuple[int, ...]:
+    if n_lead == 0:
+        return ()
+    coords = np.asarray(layer.world_to_data(viewer.dims.point), dtype=float)
+    coords = coords[-layer.ndim:] if len(coords) >= layer.ndim else np.pad(coords, (layer.ndim - len(coords), 0))
+    return tuple(int(np.clip(round(c), 0, n - 1)) for c, n in zip(coords[:n_lead], shape[:n_lead]))
+
+
+def _pick_level(levels: Sequence, spatial: slice, max_pixels: int) -> int:
+    """The finest level whose plane has at most ``max_pixels`` pixels (else the coarsest)."""
+    for i, lev in enumerate(levels):
+        h, w = lev.shape[spatial][:2]
+        if h * w <= max_pixels:
+            return i
+    return len(levels) - 1
+
+
+def layer_plane(
+    viewer: "napari.Viewer",
+    layer: "Image",
+    index: tuple[int, ...] | None = None,
+    level: int | None = None,
+    max_pixels: int = MAX_EXPLAIN_PIXELS,
+) -> ImagePlane:
+    """The 2D plane of ``layer`` shown at the viewer's current slice (or at ``index``).
+
+    For a multiscale layer, ``level`` (default: the finest level with at most ``max_pixels``
+    pixels) is used and the returned scale/translate describe that level's pixels.
+    The data is not read (dask stays lazy).
+    """
+    from napari.layers import Image
+
+    if not isinstance(layer, Image):
+        raise GradCamError(f"Layer {getattr(layer, 'name', layer)!r} is not an image layer; pick an image layer.")
+    rgb = bool(layer.rgb)
+    ndim = int(layer.ndim)  # spatial + leading axes, without the rgb channel axis
+    if ndim < 2:
+        raise GradCamError(f"Layer {layer.name!r} is not a 2D image (it has {ndim} dimension).")
+    n_lead = ndim - 2
+    levels = list(layer.data) if layer.multiscale else [layer.data]
+    full_shape = tuple(levels[0].shape)
+    if level is None:
+        level = _pick_level(levels, slice(n_lead, n_lead + 2), max_pixels) if layer.multiscale else 0
+    data = levels[level]
+    if index is None:
+        index = _leading_index(viewer, layer, n_lead, full_shape)
+    index = tuple(int(i) for i in index)
+    if len(index) != n_lead:
+        raise GradCamError(f"Layer {layer.name!r} needs {n_lead} slice indices, not {len(index)}.")
+    plane = data[index] if index else data
+    scale = np.asarray(layer.scale, dtype=float).copy()
+    translate = np.asarray(layer.translate, dtype=float).copy()
+    if level:
+        # level pixels are bigger: napari's pixel centres sit at i * scale + translate
+        factor = np.array([full_shape[n_lead + k] / data.shape[n_lead + k] for k in range(2)])
+        translate[-2:] += scale[-2:] * (factor - 1) / 2
+        scale[-2:] *= factor
+    if rgb and plane.shape[-1] not in (3, 4):  # defensive: napari's rgb means the last axis is 3 or 4
+        raise GradCamError(f"Layer {layer.name!r} is RGB but its last axis has {plane.shape[-1]} values.")
+    return ImagePlane(plane, index, scale, translate, level, layer.name)
+
+
+def stack_planes(layer: "Image") -> tuple[Any, list[tuple[int, ...]]]:
+    """All 2D planes of a (non-multiscale) stack as an (N, H, W[, C]) array (lazy for dask) and their indices."""
+    data = layer.data[0] if layer.multiscale else layer.data
+    n_lead = int(layer.ndim) - 2
+    lead_shape = tuple(data.shape[:n_lead])
+    indices = [tuple(int(i) for i in ix) for ix in np.ndindex(*lead_shape)] if n_lead else [()]
+    flat = data.reshape((-1, *data.shape[n_lead:])) if n_lead else data[None]
+    return flat, indices
+
+
+def _place(arr: np.ndarray, plane: ImagePlane, extra_scale=(1.0, 1.0)) -> tuple[np.ndarray, dict]:
+    """Give a 2D result the source plane's geometry: leading axes of length 1 at the plane's slice."""
+    n_lead = len(plane.index)
+    scale = plane.scale.copy()
+    translate = plane.translate.copy()
+    f = np.asarray(extra_scale, dtype=float)
+    translate[-2:] += scale[-2:] * (f - 1) / 2
+    scale[-2:] *= f
+    if n_lead:
+        translate[:n_lead] += np.asarray(plane.index, dtype=float) * scale[:n_lead]
+        arr = arr.reshape((1,) * n_lead + arr.shape)
+    return arr, {"scale": tuple(scale), "translate": tuple(translate)}
+
+
+def heatmap_name(method: str, target: str, layer: str, source: str) -> str:
+    """``"Grad-CAM pneumonia @features [xray_pneumonia]"``."""
+    return f"{METHOD_TITLES.get(method, method)} {target} @{layer} [{source}]"
+
+
+def heatmap_layer(heatmap: "Heatmap", plane: ImagePlane, model: str = "", colormap: str = HEATMAP_COLORMAP) -> tuple:
+    """A :class:`Heatmap` as an Image LayerDataTuple overlaying ``plane``."""
+    data, geo = _place(np.asarray(heatmap.data, dtype=np.float32), plane)
+    meta = {
+        TAG: "heatmap",
+        "widget": "explain",
+        "method": heatmap.method,
+        "target": heatmap.target,
+        "target_index": int(heatmap.target_index),
+        "score": float(heatmap.score),
+        "layer": heatmap.layer,
+        "source": plane.name,
+        "slice": list(plane.index),
+        "max": float(heatmap.max),
+        "probabilities": [float(p) for p in heatmap.probabilities],
+        "model": model,
+    }
+    kwargs = {
+        "name": heatmap_name(heatmap.method, heatmap.target, heatmap.layer, plane.label),
+        "colormap": colormap,
+        "blending": "additive",
+        "opacity": 0.5,
+        "contrast_limits": (0.0, 1.0),
+        "interpolation2d": "linear",
+        "metadata": meta,
+        **geo,
+    }
+    return data, kwargs, "image"
+
+
+def tiled_layers(result: "TiledHeatmaps", plane: ImagePlane, model: str = "") -> list[tuple]:
+    """One Image LayerDataTuple per class of a :class:`TiledHeatmaps`, each with its own colormap."""
+    out = []
+    heat = result.heatmaps
+    lazy = bool(getattr(result, "extra", {}).get("lazy"))  # not computed: no breakdown (it needs every pixel)
+    breakdown = {} if lazy else result.breakdown
+    probabilities = {} if lazy else result.probabilities
+    for k, cls in enumerate(result.classes):
+        ci = result.class_indices[k] if k < len(result.class_indices) else k
+        data, geo = _place(heat[k], plane)
+        meta = {
+            TAG: "tiled",
+            "widget": "tiled",
+            "method": result.method,
+            "target": cls,
+            "source": plane.name,
+            "slice": list(plane.index),
+            "share": breakdown.get(cls),
+            "probability": probabilities.get(cls),
+            "tile": int(result.tile),
+            "stride": int(result.stride),
+            "tiles": int(result.tiles),
+            "model": model,
+        }
+        kwargs = {
+            "name": f"{METHOD_TITLES.get(result.method, result.method)} tiled {cls} [{plane.label}]",
+            "colormap": CLASS_COLORMAPS[ci % len(CLASS_COLORMAPS)],
+            "blending": "additive",
+            "opacity": 0.6,
+            "contrast_limits": (0.0, 1.0),
+            "interpolation2d": "linear",
+            "metadata": meta,
+            **geo,
+        }
+        out.append((data, kwargs, "image"))
+    return out
+
+
+def montage(maps: np.ndarray, pad: int = 1) -> tuple[np.ndarray, tuple[int, int]]:
+    """(n, h, w) -> one (rows*(h+pad)-pad, cols*(w+pad)-pad) image, each map scaled to [0, 1]."""
+    n, h, w = maps.shape
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    out = np.zeros((rows * (h + pad) - pad, cols * (w + pad) - pad), np.float32)
+    for i, m in enumerate(normalise_maps(maps)):
+        r, c = divmod(i, cols)
+        out[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = m
+    return out, (rows, cols)
+
+
+def normalise_maps(maps: np.ndarray) -> np.ndarray:
+    """Each (h, w) map scaled to [0, 1] by its own min and max (constant maps become 0)."""
+    maps = np.asarray(maps, dtype=np.float32)
+    lo = maps.min(axis=(1, 2), keepdims=True)
+    hi = maps.max(axis=(1, 2), keepdims=True)
+    rng = np.where(hi > lo, hi - lo, 1.0)
+    return ((maps - lo) / rng).astype(np.float32)
+
+
+def feature_layers(fm: "FeatureMaps", plane: ImagePlane, image_shape: tuple[int, int], grid: bool = False,
+                   model: str = "", colormap: str = "viridis") -> list[tuple]:
+    """Feature maps as one stacked layer (a slider over channels) or one montage beside the image."""
+    maps = np.asarray(fm.maps, dtype=np.float32)
+    n, h, w = maps.shape
+    H, W = image_shape
+    meta = {TAG: "features", "widget": "features", "layer": fm.layer, "channels": [int(c) for c in fm.channels],
+            "scores": [float(s) for s in fm.scores], "source": plane.name, "slice": list(plane.index), "model": model}
+    name = f"features @{fm.layer} [{plane.label}]"
+    if not grid:
+        # (n, h, w) over the image: a new leading axis (the channel slider) with the image's geometry
+        data, geo = _place(normalise_maps(maps)[0], plane, (H / h, W / w))
+        stack = normalise_maps(maps).reshape((n,) + data.shape[:-2] + (h, w))
+        scale = (1.0, *geo["scale"])
+        translate = (0.0, *geo["translate"])
+        kwargs = {"name": name, "colormap": colormap, "contrast_limits": (0.0, 1.0), "metadata": meta,
+                  "scale": scale, "translate": translate, "blending": "translucent"}
+        return [(stack, kwargs, "image")]
+    mont, (rows, cols) = montage(maps)
+    # the montage has the image's height and sits to its right
+    f = H / mont.shape[0]
+    data, geo = _place(mont, plane, (f, f))
+    translate = list(geo["translate"])
+    translate[-1] += plane.scale[-1] * W * 1.05
+    kwargs = {"name": f"{name} grid", "colormap": colormap, "contrast_limits": (0.0, 1.0),
+              "metadata": {**meta, "grid": [rows, cols]}, "scale": geo["scale"], "translate": tuple(translate)}
+    return [(data, kwargs, "image")]
+
+
+def remove_plugin_layers(viewer: "napari.Viewer", widget: str, source: str | None = None) -> int:
+    """Remove the layers a widget added (for ``source`` only when given); returns how many."""
+    doomed = [
+        layer for layer in list(viewer.layers)
+        if is_plugin_layer(layer) and layer.metadata.get("widget") == widget
+        and (source is None or layer.metadata.get("source") == source)
+    ]
+    for layer in doomed:
+        viewer.layers.remove(layer)
+    return len(doomed)
+
+
+def add_layer_tuples(viewer: "napari.Viewer", tuples: Sequence[tuple]) -> list:
+    """Add LayerDataTuples to the viewer; returns the layers."""
+    from napari.layers import Layer
+
+    return [viewer.add_layer(Layer.create(data, dict(kwargs), ltype)) for data, kwargs, ltype in tuples]

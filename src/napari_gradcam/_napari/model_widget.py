@@ -1,0 +1,285 @@
+"""Model widget: open a model file, build an architecture by name, or load the demo model.
+
+The loaded model is the viewer's shared model (:mod:`.state`): the other widgets use it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
+
+from ..errors import GradCamError, ModelFileError
+from ._base import GradCamWidget, notify_error, section
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+    from ..bundle import ModelBundle
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DEFAULT_CLASSES = "normal, pneumonia, covid"
+
+
+def demo_model_path() -> Path:
+    """Where the shipped demo model lives (``napari_gradcam.data.demo_model_path`` when available)."""
+    try:
+        from ..data import demo_model_path as _path
+
+        return Path(_path())
+    except (ImportError, AttributeError):
+        return Path(__file__).resolve().parent.parent / "sample_data" / "demo_model.safetensors"
+
+
+def _parse_classes(text: str) -> list[str]:
+    classes = [c.strip() for c in text.replace(";", ",").split(",") if c.strip()]
+    if len(classes) < 2:
+        raise GradCamError("Give at least two class names, separated by commas (e.g. 'normal, pneumonia').")
+    return classes
+
+
+def _load_file(path: str, device: str, arch: str, classes: str, in_channels: int, input_size: int):
+    """Worker: load a bundle (or bare weights described by the form) and list its layers."""
+    from ..bundle import load_model
+
+    p = Path(path)
+    bare = p.suffix.lower() in (".pt", ".pth", ".bin")
+    if not bare:
+        try:
+            bundle = load_model(p, device=device)
+            return bundle, bundle.layers(), str(p)
+        except ModelFileError as e:
+            if "bare weights" not in str(e):
+                raise
+    bundle = load_model(p, architecture=arch, classes=_parse_classes(classes), in_channels=in_channels,
+                        input_size=input_size, device=device)
+    return bundle, bundle.layers(), str(p)
+
+
+def _build(arch: str, classes: str, in_channels: int, input_size: int, device: str):
+    from ..bundle import build_model
+
+    bundle = build_model(arch, _parse_classes(classes), in_channels=in_channels, input_size=input_size,
+                         device=device)
+    return bundle, bundle.layers(), f"untrained {bundle.architecture}"
+
+
+def _load_demo(device: str):
+    from ..bundle import load_model
+
+    path = demo_model_path()
+    if not path.is_file():
+        raise GradCamError(f"The demo model is not installed (expected at {path}); train one in the Train widget.")
+    bundle = load_model(path, device=device)
+    return bundle, bundle.layers(), "demo model"
+
+
+class ModelWidget(GradCamWidget):
+    """Load, build or pick the model every other widget uses; choose its device and target layer."""
+
+    what = "Loading the model"
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
+        super().__init__(napari_viewer)
+        from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, SpinBox
+
+        from ..models import list_architectures
+
+        lay = self.layout()
+        self.info = QLabel()
+        self.info.setWordWrap(True)
+        self.info.setTextFormat(Qt.TextFormat.RichText)
+        self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        lay.addWidget(section("Current model"))
+        lay.addWidget(self.info)
+
+        self.file = FileEdit(label="file", mode="r", filter="Model files (*.safetensors *.pt *.pth *.bin)")
+        self.file.native.setToolTip("A napari-gradcam .safetensors bundle, or a PyTorch state dict "
+                                    "(.pt/.pth: then give architecture and classes below).")
+        self.architecture = ComboBox(label="architecture", choices=list_architectures(), value="simple_cnn")
+        self.classes = LineEdit(label="classes", value=DEFAULT_CLASSES)
+        self.classes.native.setToolTip("Class names, comma separated (for building, or for bare state dicts).")
+        self.in_channels = ComboBox(label="channels", choices=[1, 3], value=1)
+        self.input_size = SpinBox(label="input size", min=16, max=4096, step=16, value=224)
+        self.form = Container(widgets=[self.file, self.architecture, self.classes, self.in_channels,
+                                       self.input_size], labels=True)
+        self.form.native.layout().setContentsMargins(0, 0, 0, 0)
+        hint = QLabel("<small>Bundles (.safetensors) describe themselves; architecture, classes, channels and "
+                      "input size are for building a model or reading bare .pt/.pth weights.</small>")
+        hint.setWordWrap(True)
+        hint.setTextFormat(Qt.TextFormat.RichText)
+        from superqt import QCollapsible
+
+        self.open_section = QCollapsible("Open or build a model")
+        self.open_section.addWidget(self.form.native)
+        self.open_section.addWidget(hint)
+
+        buttons = QWidget()
+        blay = QHBoxLayout(buttons)
+        blay.setContentsMargins(0, 0, 0, 0)
+        self.load_button = QPushButton("Load file")
+        self.build_button = QPushButton("Build untrained")
+        self.demo_button = QPushButton("Demo model")
+        self.load_button.setToolTip("Load the model file chosen above.")
+        self.build_button.setToolTip("Build the architecture above with random weights (for trying things out).")
+        self.demo_button.setToolTip("Load the small demo model trained on synthetic chest X-rays.")
+        for b in (self.load_button, self.build_button, self.demo_button):
+            blay.addWidget(b)
+        self.load_button.clicked.connect(lambda: self.load_file())
+        self.build_button.clicked.connect(lambda: self.build())
+        self.demo_button.clicked.connect(lambda: self.load_demo())
+        self.open_section.addWidget(buttons)
+        self.open_section.expand(animate=False)
+        lay.addWidget(self.open_section)
+
+        lay.addWidget(section("Run on"))
+        self.device = ComboBox(label="device", choices=list(DEVICES), value="auto")
+        self.target_layer = ComboBox(label="target layer", choices=self._layer_choices)
+        self.target_layer.native.setToolTip("The layer Grad-CAM explains by default (the last convolutional "
+                                            "block is the usual choice).")
+        self.run_form = Container(widgets=[self.device, self.target_layer], labels=True)
+        self.run_form.native.layout().setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.run_form.native)
+        lay.addStretch(1)
+
+        self._device_in_use = "auto"
+        self.file.changed.connect(self._on_file_chosen)
+        self.device.changed.connect(self._on_device)
+        self.target_layer.changed.connect(self._on_target_layer)
+        self.state.model_changed.connect(self._on_model_changed)
+        self.state.target_layer_changed.connect(self._on_state_target_layer)
+        self._on_model_changed(self.state.bundle)
+
+    # ----------------------------------------------------------------- actions
+    def load_file(self, path: str | os.PathLike | None = None):
+        """Load a model file (the one in the form when ``path`` is None)."""
+        if path is not None:
+            with self.file.changed.blocked():
+                self.file.value = path
+        value = self.file.value
+        if value is None or str(value) in ("", ".") or Path(value).is_dir():
+            notify_error("Choose a model file first (.safetensors, .pt or .pth).")
+            return None
+        return self.start(_load_file, str(value), self.device.value, self.architecture.value,
+                          self.classes.value, int(self.in_channels.value), int(self.input_size.value),
+                          on_returned=self._set_loaded, what="Loading the model")
+
+    def build(self, architecture: str | None = None, classes: str | list[str] | None = None,
+              in_channels: int | None = None, input_size: int | None = None):
+        """Build an untrained model of the form's (or the given) architecture."""
+        if architecture is not None:
+            self.architecture.value = architecture
+        if classes is not None:
+            self.classes.value = classes if isinstance(classes, str) else ", ".join(classes)
+        if in_channels is not None:
+            self.in_channels.value = int(in_channels)
+        if input_size is not None:
+            self.input_size.value = int(input_size)
+        return self.start(_build, self.architecture.value, self.classes.value, int(self.in_channels.value),
+                          int(self.input_size.value), self.device.value,
+                          on_returned=self._set_loaded, what="Building the model")
+
+    def load_demo(self):
+        """Load the shipped demo model (simple_cnn on synthetic chest X-rays)."""
+        return self.start(_load_demo, self.device.value, on_returned=self._set_loaded,
+                          what="Loading the demo model")
+
+    def set_bundle(self, bundle: "ModelBundle", source: str = "", layers: list[str] | None = None) -> None:
+        """Make ``bundle`` the shared model (on the GUI thread; lists its layers if not given)."""
+        self.state.set_model(bundle, source, layers)
+
+    def _on_file_chosen(self, value) -> None:
+        """A bundle picked in the file dialog loads at once (bare weights wait for the form and Load)."""
+        if value is not None and Path(value).suffix.lower() == ".safetensors" and Path(value).is_file():
+            self.load_file()
+
+    def _set_loaded(self, result) -> None:
+        bundle, layers, source = result
+        self._device_in_use = self.device.value
+        self.state.set_model(bundle, source, layers)
+
+    # ----------------------------------------------------------------- reactions
+    def _layer_choices(self, _widget=None) -> list[str]:
+        return list(self.state.layers)
+
+    def _sync_form(self, bundle) -> None:
+        """Show the loaded model's description in the form (so "Build untrained" rebuilds its like)."""
+        with self.architecture.changed.blocked():
+            if bundle.architecture in self.architecture.choices:
+                self.architecture.value = bundle.architecture
+        self.classes.value = ", ".join(bundle.classes)
+        self.in_channels.value = bundle.in_channels
+        self.input_size.value = bundle.input_size
+
+    def _on_model_changed(self, bundle) -> None:
+        if bundle is not None:
+            self._sync_form(bundle)
+        with self.target_layer.changed.blocked():
+            self.target_layer.reset_choices()
+            if bundle is not None and self.state.target_layer in self.target_layer.choices:
+                self.target_layer.value = self.state.target_layer
+        self._update_info()
+
+    def _on_state_target_layer(self, name: str) -> None:
+        if name and name in self.target_layer.choices and self.target_layer.value != name:
+            with self.target_layer.changed.blocked():
+                self.target_layer.value = name
+
+    def _on_target_layer(self, name) -> None:
+        if name and self.state.bundle is not None:
+            self.state.target_layer = str(name)
+
+    def _on_device(self, device: str) -> None:
+        bundle = self.state.bundle
+        if bundle is None:
+            self._device_in_use = device
+            return
+        if self.state.lock.acquire(timeout=0.1):
+            try:
+                bundle.to(device)
+                self._device_in_use = device
+            except (GradCamError, RuntimeError, AssertionError) as e:
+                notify_error(e if isinstance(e, GradCamError) else GradCamError(
+                    f"The model cannot run on {device!r} here ({str(e).splitlines()[0]})."))
+                self.device.changed.disconnect(self._on_device)
+                self.device.value = self._device_in_use
+                self.device.changed.connect(self._on_device)
+            finally:
+                self.state.lock.release()
+        else:
+            notify_error("The model is busy; change the device when the running job has finished.")
+            self.device.changed.disconnect(self._on_device)
+            self.device.value = self._device_in_use
+            self.device.changed.connect(self._on_device)
+        self._update_info()
+
+    def _update_info(self) -> None:
+        b = self.state.bundle
+        if b is None:
+            self.info.setText("<i>No model loaded.</i> Open a model file, build an architecture, or load the "
+                              "demo model.")
+            return
+        classes = ", ".join(b.classes)
+        lines = [
+            f"<b>{b.architecture}</b> &nbsp;<span style='color:gray'>{self.state.source}</span>",
+            f"classes ({b.n_classes}): {classes}",
+            f"input: {b.input_size} x {b.input_size} px, {b.in_channels} channel{'s' if b.in_channels > 1 else ''}"
+            f" &nbsp;·&nbsp; device: {b.device}",
+        ]
+        training = getattr(b.config, "training", None) or {}
+        if training.get("epochs_done"):
+            text = f"trained {training['epochs_done']} epoch{'s' if training['epochs_done'] != 1 else ''}"
+            best, monitor = training.get("best_metric"), training.get("monitor")
+            if isinstance(best, (int, float)) and monitor:
+                label = str(monitor).replace("val_", "").replace("_", " ")
+                text += f"; best validation {label} {best:.3f}"
+                if training.get("best_epoch"):
+                    text += f" (epoch {training['best_epoch']})"
+            lines.append(text)
+        self.info.setText("<br>".join(lines))
+
+    def reset_choices(self, *_args) -> None:
+        self.target_layer.reset_choices()

@@ -1,0 +1,311 @@
+"""Train widget: train a classifier on a folder of images, in the background, with live curves.
+
+Runs :func:`napari_gradcam.train.train` (a generator of TrainEvents) in a napari thread_worker;
+Cancel asks it to stop between two batches (the best model so far is kept and loaded).  When it
+ends, the best model becomes the viewer's shared model and its validation report is shown.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QLabel, QPushButton, QTableWidget, QTableWidgetItem
+
+from ..errors import GradCamError
+from ._base import GradCamWidget, notify_error, notify_info, section
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+WEIGHTING = [("balanced loss", "balanced"), ("balanced sampling", "sampler"), ("none", "none")]
+
+
+def _train(config):
+    """Worker: the training generator, then the result and the best model's layers."""
+    from ..train import train
+
+    result = yield from train(config)
+    layers = result.bundle.layers() if result.bundle is not None else []
+    return result, layers
+
+
+def default_output(data_dir: str, arch: str) -> Path:
+    """``~/napari-gradcam-models/<data folder name>-<arch>.safetensors``."""
+    name = Path(data_dir).resolve().name or "model"
+    return Path.home() / "napari-gradcam-models" / f"{name}-{arch}.safetensors"
+
+
+class _Curves:
+    """Loss and metric curves: a matplotlib canvas when matplotlib is there, else a text line."""
+
+    def __init__(self) -> None:
+        self.batch_x: list[float] = []
+        self.batch_loss: list[float] = []
+        self.epochs: list[dict[str, Any]] = []
+        self._last_draw = 0.0
+        try:
+            from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+            from matplotlib.figure import Figure
+        except ImportError:  # pragma: no cover - matplotlib is optional
+            self.widget = QLabel("")
+            self.widget.setWordWrap(True)
+            self.fig = None
+            return
+        self.fig = Figure(figsize=(4, 2.4), dpi=80, tight_layout=True)
+        self.widget = FigureCanvasQTAgg(self.fig)
+        self.widget.setMinimumHeight(170)
+        self.ax_loss, self.ax_metric = self.fig.subplots(1, 2)
+        self._style_from_palette()
+        self.clear()
+
+    def _style_from_palette(self) -> None:
+        """Match the figure to napari's theme (the Qt palette): background and text colours."""
+        from qtpy.QtGui import QPalette
+        from qtpy.QtWidgets import QApplication
+
+        app = QApplication.instance()
+        pal = app.palette() if app is not None else QPalette()
+        bg = pal.color(QPalette.ColorRole.Window)
+        fg = pal.color(QPalette.ColorRole.WindowText)
+        self.bg, self.fg = bg.name(), fg.name()
+        self.fig.set_facecolor(self.bg)
+
+    def clear(self) -> None:
+        self.batch_x.clear()
+        self.batch_loss.clear()
+        self.epochs.clear()
+        self.draw(force=True)
+
+    def add_batch(self, x: float, loss: float | None) -> None:
+        if loss is not None:
+            self.batch_x.append(x)
+            self.batch_loss.append(loss)
+            self.draw()
+
+    def add_epoch(self, metrics: dict[str, Any]) -> None:
+        self.epochs.append(metrics)
+        self.draw(force=True)
+
+    def draw(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_draw < 0.5:
+            return
+        self._last_draw = now
+        if self.fig is None:
+            if self.epochs:
+                m = self.epochs[-1]
+                self.widget.setText(f"epoch {m.get('epoch')}: loss {m.get('train_loss')}, val loss {m.get('val_loss')}, "
+                                    f"balanced accuracy {m.get('balanced_accuracy')}")
+            return
+        ax, bx = self.ax_loss, self.ax_metric
+        ax.clear()
+        bx.clear()
+        ax.set_title("loss", fontsize=9)
+        bx.set_title("validation", fontsize=9)
+        if self.batch_x:
+            ax.plot(self.batch_x, self.batch_loss, lw=1, color="tab:blue", label="train")
+        ep = [m["epoch"] for m in self.epochs]
+        if ep:
+            ax.plot(ep, [m.get("val_loss") for m in self.epochs], "o-", color="tab:orange", ms=3, label="val")
+            bx.plot(ep, [m.get("accuracy") for m in self.epochs], "o-", ms=3, label="accuracy")
+            bx.plot(ep, [m.get("balanced_accuracy") for m in self.epochs], "s-", ms=3, label="balanced")
+            bx.set_ylim(0, 1.02)
+            bx.legend(fontsize=7, loc="lower right")
+        if self.batch_x or ep:
+            ax.legend(fontsize=7, loc="upper right")
+        for a in (ax, bx):
+            a.set_xlabel("epoch", fontsize=8, color=self.fg)
+            a.set_facecolor(self.bg)
+            a.tick_params(labelsize=7, colors=self.fg)
+            a.title.set_color(self.fg)
+            for spine in a.spines.values():
+                spine.set_color(self.fg)
+            legend = a.get_legend()
+            if legend is not None:
+                legend.get_frame().set_facecolor(self.bg)
+                for text in legend.get_texts():
+                    text.set_color(self.fg)
+        self.widget.draw_idle()
+
+
+class TrainWidget(GradCamWidget):
+    """Train a classifier on a data folder (one sub-folder per class); the best model is loaded when done."""
+
+    what = "Training"
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
+        super().__init__(napari_viewer)
+        from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, LineEdit, SpinBox
+
+        from ..models import list_architectures
+
+        lay = self.layout()
+        self.data_dir = FileEdit(label="data folder", mode="d")
+        self.data_dir.native.setToolTip("A folder with one sub-folder of images per class.")
+        self.output = FileEdit(label="save as", mode="w", filter="*.safetensors")
+        self.output.native.setToolTip("Where the best model is written (default: ~/napari-gradcam-models/).")
+        self.architecture = ComboBox(label="architecture", choices=list_architectures(), value="simple_cnn")
+        self.image_size = SpinBox(label="image size", min=16, max=1024, step=16, value=128)
+        self.epochs = SpinBox(label="epochs", min=1, max=1000, value=10)
+        self.batch_size = SpinBox(label="batch size", min=1, max=1024, value=32)
+        self.lr = LineEdit(label="learning rate", value="0.001")
+        self.augment = CheckBox(text="augmentation (small rotations, shifts, zoom, contrast)", value=True)
+        self.val_fraction = FloatSpinBox(label="validation share", min=0.05, max=0.5, step=0.05, value=0.2)
+        self.weighting = ComboBox(label="class weighting", choices=WEIGHTING, value="balanced")
+        self.device = ComboBox(label="device", choices=list(DEVICES), value="auto")
+        form = Container(widgets=[self.data_dir, self.output, self.architecture, self.image_size, self.epochs,
+                                  self.batch_size, self.lr, self.augment, self.val_fraction, self.weighting,
+                                  self.device], labels=True)
+        form.native.layout().setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(form.native)
+        self.run_button = QPushButton("Train")
+        self.run_button.clicked.connect(lambda: self.run())
+        lay.addWidget(self.run_button)
+        lay.addWidget(self._make_progress_row())
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+        self.curves = _Curves()
+        lay.addWidget(self.curves.widget)
+        lay.addWidget(section("Validation report (best epoch)"))
+        self.report_label = QLabel("")
+        self.report_label.setWordWrap(True)
+        self.report_label.setTextFormat(Qt.TextFormat.RichText)
+        lay.addWidget(self.report_label)
+        self.confusion = QTableWidget(0, 0)
+        self.confusion.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.confusion.setMinimumHeight(80)
+        lay.addWidget(self.confusion)
+        self._stop = threading.Event()
+        self.result = None
+        self.events: list = []
+
+    # ----------------------------------------------------------------- run / cancel
+    def config(self):
+        """The TrainConfig of the form (GradCamError for a bad value)."""
+        from ..train import TrainConfig
+
+        data = self.data_dir.value
+        if data is None or str(data) in ("", ".") or not Path(data).is_dir():
+            raise GradCamError("Choose a data folder (one sub-folder of images per class).")
+        try:
+            lr = float(str(self.lr.value).strip())
+        except ValueError:
+            raise GradCamError(f"The learning rate must be a number, not {self.lr.value!r}.") from None
+        out = self.output.value
+        if out is None or str(out) in ("", "."):
+            out = default_output(str(data), self.architecture.value)
+            self.output.value = out
+        out = Path(out)
+        if out.suffix != ".safetensors":
+            out = out.with_suffix(".safetensors")
+        return TrainConfig(
+            data_dir=str(data), out=str(out), arch=self.architecture.value, image_size=int(self.image_size.value),
+            epochs=int(self.epochs.value), batch_size=int(self.batch_size.value), lr=lr,
+            augment=bool(self.augment.value), val_fraction=float(self.val_fraction.value),
+            class_weighting=self.weighting.value, device=self.device.value, stop_event=self._stop,
+        )
+
+    def run(self, **options):
+        """Start training (``options`` set the form: data_dir, output, architecture, image_size, epochs, ...)."""
+        for name, value in options.items():
+            getattr(self, name).value = value
+        try:
+            cfg = self.config()
+        except GradCamError as e:
+            notify_error(e, self.what)
+            self.last_error = str(e)
+            return None
+        self._stop.clear()
+        self.events = []
+        self.result = None
+        self.curves.clear()
+        self.report_label.setText("")
+        self.confusion.setRowCount(0)
+        self.confusion.setColumnCount(0)
+        self.status.setText("starting…")
+        worker = self.start(_train, cfg, on_returned=self._done, on_yielded=self._on_event, progress_total=1000)
+        return worker
+
+    def cancel(self) -> None:
+        """Stop after the current batch; the best model so far (if an epoch finished) is still loaded."""
+        if self._busy:
+            self._stop.set()
+            self.status.setText("stopping after this batch…")
+            if getattr(self, "cancel_button", None) is not None:
+                self.cancel_button.setEnabled(False)
+
+    # ----------------------------------------------------------------- events
+    def _on_event(self, event) -> None:
+        self.events.append(event)
+        kind = getattr(event, "kind", "")
+        p = int(round(event.progress * 1000))
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setValue(p)
+        if self._progress is not None:
+            self._progress.n = p
+            self._progress.refresh()
+        if kind == "load":
+            self.status.setText(f"reading images {event.batch}/{event.n_batches}")
+        elif kind == "batch":
+            ips = f", {event.images_per_s:.0f} img/s" if event.images_per_s else ""
+            loss = f"{event.loss:.4f}" if event.loss is not None else "…"
+            self.status.setText(f"epoch {event.epoch}/{event.n_epochs}, batch {event.batch}/{event.n_batches}: "
+                                f"loss {loss}{ips}")
+            if event.n_batches:
+                self.curves.add_batch(event.epoch - 1 + event.batch / event.n_batches, event.loss)
+        elif kind == "epoch":
+            self.curves.add_epoch(event.metrics)
+            self.status.setText(event.message)
+        elif kind in ("start", "done", "stopped"):
+            self.status.setText(event.message)
+
+    def _done(self, result) -> None:
+        res, layers = result
+        self.result = res
+        if res.bundle is not None:
+            source = str(res.best_path) if res.best_path else "trained here"
+            self.state.set_model(res.bundle, source, layers)
+            done = "stopped" if res.stopped else "finished"
+            notify_info(f"Training {done} after {res.epochs_done} epoch(s); the best model (epoch {res.best_epoch}) "
+                        f"is loaded{' and saved to ' + str(res.best_path) if res.best_path else ''}.")
+        else:
+            notify_info("Training stopped before an epoch finished; no model was saved.")
+        self.progress_bar.setValue(1000 if not res.stopped else self.progress_bar.value())
+        best = next((h for h in res.history if h.get("epoch") == res.best_epoch), None)
+        if best is not None:
+            self._show_report(best, res.bundle.classes if res.bundle is not None else [])
+
+    def _show_report(self, m: dict, classes: list[str]) -> None:
+        def pct(v):
+            return "n/a" if v is None else f"{100 * v:.1f}%"
+
+        auc = m.get("roc_auc")
+        sens = m.get("sensitivity") or {}
+        spec = m.get("specificity") or {}
+        per_class = "<br>".join(f"{c}: sensitivity {pct(sens.get(c))}, specificity {pct(spec.get(c))}" for c in classes)
+        self.report_label.setText(
+            f"epoch {m.get('epoch')}: accuracy <b>{pct(m.get('accuracy'))}</b>, balanced accuracy "
+            f"<b>{pct(m.get('balanced_accuracy'))}</b>, ROC AUC {'n/a' if auc is None else f'{auc:.3f}'}<br>"
+            f"{per_class}<br><i>confusion matrix: rows true class, columns predicted</i>")
+        cm = m.get("confusion_matrix") or []
+        t = self.confusion
+        t.setRowCount(len(cm))
+        t.setColumnCount(len(cm))
+        t.setHorizontalHeaderLabels(list(classes)[: len(cm)])
+        t.setVerticalHeaderLabels(list(classes)[: len(cm)])
+        for i, row in enumerate(cm):
+            for j, v in enumerate(row):
+                item = QTableWidgetItem(str(v))
+                item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+                if i == j:
+                    font = item.font()
+                    font.setBold(True)
+                    item.setFont(font)
+                t.setItem(i, j, item)
+        t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)

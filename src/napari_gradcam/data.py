@@ -1,0 +1,615 @@
+"""Data folders for training and evaluation: scanning, patient-grouped splits, a cached Dataset.
+
+A data set is a folder of class subfolders::
+
+    DATA_DIR/NORMAL/IM-0115-0001.jpeg
+    DATA_DIR/PNEUMONIA/person1_bacteria_1.jpeg
+    ...
+
+(any image format Pillow or tifffile reads, any size, grayscale or RGB; nested folders inside a
+class folder are fine), or a CSV of ``path,label[,group]`` rows (paths relative to the CSV's folder).
+
+* :func:`scan_folder` lists the images (cheaply checking that each one can be opened) and returns an
+  :class:`ImageFolderData`; files that cannot be read are *skipped and listed*, never fatal.
+* :func:`split_indices` / :meth:`ImageFolderData.split` make a deterministic train/validation
+  split that is stratified by class and grouped by patient, so that no patient is on both sides.
+  The group of a file comes from a regular expression on its file name (``PATIENT_PATTERN``
+  recognises the Kermany pneumonia set's ``person123_...`` and ``IM-0115-...`` names); files
+  that do not match are their own group.
+* :class:`ImageDataset` turns items into network inputs through exactly the preprocessing used for
+  inference (:func:`napari_gradcam.preprocess.image_to_tensor`), caches the decoded, resized
+  images in memory as uint8 when they fit, and applies augmentation to the unit-range tensor.
+"""
+
+from __future__ import annotations
+
+import csv as _csv
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import DatasetError, ImageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".pbm", ".jp2"}
+)
+#: Patient id in the Kermany chest X-ray file names: ``person1234_bacteria_...`` (pneumonia),
+#: ``IM-0115-0001`` and ``NORMAL2-IM-0383-0001`` (normal: the first number is the patient).
+PATIENT_PATTERN = r"(person\d+|(?:NORMAL2-)?IM-\d+)"
+#: Fewest images (and groups) per class that a train/validation split accepts.
+MIN_PER_CLASS = 2
+#: Decoded images are cached in memory up to this many bytes (uint8, at the network's input size).
+CACHE_LIMIT_BYTES = 2 << 30
+
+
+def demo_model_path() -> Path:
+    """Path of the small demo model shipped inside the package (simple_cnn, normal/pneumonia/covid phantoms)."""
+    return Path(__file__).parent / "sample_data" / "demo_model.safetensors"
+
+
+# ----------------------------------------------------------------------------- reading images
+def read_image(path: str | Path) -> np.ndarray:
+    """Read one 2D image file as (H, W) or (H, W, 3|4), keeping its dtype.
+
+    TIFFs go through tifffile (any dtype, including float), everything else through Pillow.
+    Palette, 1-bit and two-channel (gray + alpha) images are converted to grayscale or RGB.
+
+    Raises
+    ------
+    ImageError
+        The file is missing, not an image, or not a single 2D image; one sentence.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"No image file at {path}.")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            arr = np.asarray(tifffile.imread(path))
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+                    im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+                elif im.mode == "LA":
+                    im = im.convert("L")
+                elif im.mode == "1":
+                    im = im.convert("L")
+                arr = np.asarray(im)
+    except ImageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a user-file problem
+        raise ImageError(f"{path.name} could not be read as an image ({type(e).__name__}: {e}).") from None
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # planar RGB TIFF
+    if arr.ndim == 3 and arr.shape[-1] == 2:
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))):
+        raise ImageError(f"{path.name} is not a single 2D image (shape {arr.shape}).")
+    return arr
+
+
+def _quick_check(path: Path) -> str | None:
+    """None if the file looks like a readable image (header only), else the reason."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as t:
+                if not t.pages:
+                    return "TIFF without images"
+            return None
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.size  # noqa: B018 - parsing the header is the check
+        return None
+    except Exception as e:  # noqa: BLE001
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
+
+
+# ----------------------------------------------------------------------------- the data set listing
+@dataclass(frozen=True)
+class Item:
+    """One image of a data set: its file, class index and patient/group id."""
+
+    path: Path
+    label: int
+    group: str
+
+
+@dataclass
+class ImageFolderData:
+    """The images of a data folder (or CSV) with their classes and groups.
+
+    Attributes
+    ----------
+    root : Path
+        The data folder (or the CSV's folder).
+    classes : list[str]
+        Class names; ``Item.label`` indexes this list.
+    items : list[Item]
+        The readable images, sorted by class then path (a stable order for reproducible splits).
+    skipped : list[tuple[Path, str]]
+        Files that were not used, with the reason (unreadable, unknown suffix, unknown class).
+    """
+
+    root: Path
+    classes: list[str]
+    items: list[Item]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [it.path for it in self.items]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(N,) int64 class indices."""
+        return np.array([it.label for it in self.items], dtype=np.int64)
+
+    @property
+    def groups(self) -> list[str]:
+        return [it.group for it in self.items]
+
+    def class_counts(self) -> dict[str, int]:
+        """Images per class, in class order."""
+        counts = np.bincount(self.labels, minlength=len(self.classes)) if self.items else [0] * len(self.classes)
+        return {c: int(n) for c, n in zip(self.classes, counts)}
+
+    def subset(self, indices: Sequence[int]) -> "ImageFolderData":
+        """The items at ``indices`` (same classes, no skipped list)."""
+        return replace(self, items=[self.items[int(i)] for i in indices], skipped=[])
+
+    def split(self, val_fraction: float = 0.2, seed: int = 0) -> tuple["ImageFolderData", "ImageFolderData"]:
+        """(train, validation): stratified by class, grouped by patient; see :func:`split_indices`."""
+        tr, va = split_indices(self.labels, self.groups, val_fraction, seed, self.classes)
+        return self.subset(tr), self.subset(va)
+
+    def check_trainable(self, min_per_class: int = MIN_PER_CLASS) -> None:
+        """Raise one-sentence DatasetError unless there are >= 2 classes with >= ``min_per_class`` images each."""
+        where = f" in {self.root}" if self.root else ""
+        if not self.items:
+            raise DatasetError(f"No readable images were found{where}; expected one subfolder of images per class.")
+        counts = self.class_counts()
+        present = [c for c, n in counts.items() if n > 0]
+        if len(present) < 2:
+            raise DatasetError(
+                f"Only one class ({present[0]!r}) was found{where}; a classifier needs at least two class subfolders."
+            )
+        few = {c: n for c, n in counts.items() if n < min_per_class}
+        if few:
+            c, n = next(iter(few.items()))
+            raise DatasetError(
+                f"Class {c!r} has only {n} image(s); at least {min_per_class} per class are needed "
+                "to train and validate."
+            )
+
+
+def group_of(path: Path, pattern: "str | re.Pattern | None") -> str:
+    """Patient/group id of a file: the regex's first capture group (or whole match) on the file name, else the stem."""
+    if pattern is None:
+        return path.stem
+    rx = re.compile(pattern) if isinstance(pattern, str) else pattern
+    m = rx.search(path.name)
+    if m is None:
+        return path.stem
+    return m.group(1) if rx.groups else m.group(0)
+
+
+def _resolve_pattern(group_pattern: "str | None") -> "re.Pattern | None":
+    if group_pattern is None or str(group_pattern).lower() in ("", "none", "file"):
+        return None
+    if str(group_pattern).lower() == "auto":
+        group_pattern = PATIENT_PATTERN
+    try:
+        return re.compile(group_pattern)
+    except re.error as e:
+        raise DatasetError(f"The grouping pattern {group_pattern!r} is not a valid regular expression ({e}).") from None
+
+
+def _image_files(folder: Path) -> Iterator[Path]:
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts):
+            yield p
+
+
+def scan_folder(
+    root: str | Path,
+    csv: str | Path | None = None,
+    group_pattern: str | None = "auto",
+    classes: Sequence[str] | None = None,
+    check: bool = True,
+) -> ImageFolderData:
+    """List the images of a data folder (class subfolders) or of a CSV of ``path,label[,group]``.
+
+    Parameters
+    ----------
+    root : path
+        Folder with one subfolder per class.  With ``csv`` it is only the base for relative paths
+        (pass the CSV's folder or None).
+    csv : path, optional
+        A CSV with columns ``path,label`` and optionally ``group`` (header row optional).
+    group_pattern : str or None
+        Regular expression whose first capture group, searched in the file name, is the patient/group;
+        ``"auto"`` uses :data:`PATIENT_PATTERN`; None or ``"none"`` makes every file its own group.
+        A CSV ``group`` column wins over the pattern.
+    classes : sequence of str, optional
+        Use these classes in this order (e.g. a model's classes); other subfolders/labels are skipped
+        and listed. Default: every subfolder (or label) with images, sorted.
+    check : bool
+        Open each file's header and skip the ones that fail (fast: no decoding).
+
+    Returns
+    -------
+    ImageFolderData
+        Items sorted by class then path; ``skipped`` lists files not used and why.
+
+    Raises
+    ------
+    DatasetError
+        The folder or CSV does not exist or cannot be parsed; one sentence.
+    """
+    rx = _resolve_pattern(group_pattern)
+    skipped: list[tuple[Path, str]] = []
+    entries: list[tuple[Path, str, str | None]] = []  # path, label, group
+    if csv is not None:
+        csv = Path(csv)
+        if not csv.is_file():
+            raise DatasetError(f"No CSV file at {csv}.")
+        base = Path(root) if root is not None else csv.parent
+        entries = _read_csv(csv, base)
+        root = base
+    else:
+        if root is None:
+            raise DatasetError("No data folder was given.")
+        root = Path(root)
+        if not root.exists():
+            raise DatasetError(f"No data folder at {root}.")
+        if not root.is_dir():
+            raise DatasetError(f"{root} is a file, not a folder of class subfolders.")
+        subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        if loose and not subdirs:
+            raise DatasetError(
+                f"{root} holds images directly; put them in one subfolder per class (e.g. {root}/NORMAL, {root}/PNEUMONIA)."
+            )
+        for p in loose:
+            skipped.append((p, "not in a class subfolder"))
+        for d in subdirs:
+            for p in _image_files(d):
+                entries.append((p, d.name, None))
+
+    wanted = [str(c) for c in classes] if classes is not None else None
+    items_raw: list[tuple[Path, str, str]] = []
+    for path, label, group in entries:
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append((path, f"not an image file type ({path.suffix or 'no suffix'})"))
+            continue
+        if wanted is not None and label not in wanted:
+            skipped.append((path, f"class {label!r} is not one of {wanted}"))
+            continue
+        if check:
+            reason = _quick_check(path) if path.exists() else "file not found"
+            if reason is not None:
+                skipped.append((path, reason))
+                continue
+        items_raw.append((path, label, group if group else group_of(path, rx)))
+
+    names = wanted if wanted is not None else sorted({lab for _, lab, _ in items_raw})
+    index = {c: i for i, c in enumerate(names)}
+    items = [Item(p, index[lab], g) for p, lab, g in items_raw]
+    items.sort(key=lambda it: (it.label, str(it.path)))
+    return ImageFolderData(Path(root), list(names), items, skipped)
+
+
+def _read_csv(path: Path, base: Path) -> list[tuple[Path, str, str | None]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in _csv.reader(f) if r and any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError, _csv.Error) as e:
+        raise DatasetError(f"The CSV {path.name} could not be read ({e}).") from None
+    if not rows:
+        raise DatasetError(f"The CSV {path.name} is empty; expected rows of path,label.")
+    header = [c.strip().lower() for c in rows[0]]
+    if "path" in header and "label" in header:
+        ip, il = header.index("path"), header.index("label")
+        ig = header.index("group") if "group" in header else None
+        rows = rows[1:]
+    else:
+        ip, il, ig = 0, 1, (2 if len(rows[0]) > 2 else None)
+    out = []
+    for n, r in enumerate(rows, start=2):
+        if len(r) <= max(ip, il):
+            raise DatasetError(f"Line {n} of {path.name} has no label; expected path,label.")
+        p = Path(r[ip].strip())
+        out.append((p if p.is_absolute() else base / p, r[il].strip(),
+                    r[ig].strip() if ig is not None and len(r) > ig and r[ig].strip() else None))
+    return out
+
+
+# ----------------------------------------------------------------------------- splitting
+def split_indices(
+    labels: Sequence[int],
+    groups: Sequence[str] | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    classes: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic stratified, grouped train/validation split.
+
+    Each group (patient) goes wholly to one side.  Groups are assigned to their majority class; within
+    each class the groups are shuffled with ``seed`` and taken for validation until they hold about
+    ``val_fraction`` of that class's images (at least one group; at least one group stays for training).
+
+    Returns
+    -------
+    (train_idx, val_idx) : np.ndarray, np.ndarray
+        Sorted int64 indices into ``labels``.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    if not 0.0 < float(val_fraction) < 1.0:
+        raise DatasetError(f"The validation fraction must be between 0 and 1, not {val_fraction}.")
+    groups = [str(i) for i in range(n)] if groups is None else [str(g) for g in groups]
+    if len(groups) != n:
+        raise DatasetError("There must be one group per label.")
+    names = list(classes) if classes is not None else [str(c) for c in range(int(labels.max()) + 1 if n else 0)]
+    uniq, ginv = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    gsize = np.bincount(ginv, minlength=len(uniq))
+    # majority class of every group
+    counts = np.zeros((len(uniq), max(len(names), int(labels.max()) + 1 if n else 1)), dtype=np.int64)
+    np.add.at(counts, (ginv, labels), 1)
+    gclass = counts.argmax(1)
+    rng = np.random.default_rng(seed)
+    val_groups: list[int] = []
+    for c in range(counts.shape[1]):
+        gs = np.flatnonzero(gclass == c)
+        n_c = int(gsize[gs].sum())
+        if n_c == 0:
+            continue
+        name = names[c] if c < len(names) else str(c)
+        if len(gs) < 2:
+            raise DatasetError(
+                f"Class {name!r} has images from only one patient/group; at least two are needed "
+                "to hold some out for validation."
+            )
+        gs = gs[rng.permutation(len(gs))]
+        target = float(val_fraction) * n_c
+        taken = 0
+        for k, g in enumerate(gs):
+            if k >= len(gs) - 1:
+                break
+            if taken > 0 and taken + gsize[g] / 2 > target:
+                break
+            val_groups.append(int(g))
+            taken += int(gsize[g])
+    is_val = np.isin(ginv, np.asarray(val_groups, dtype=np.int64))
+    return np.flatnonzero(~is_val).astype(np.int64), np.flatnonzero(is_val).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- augmentation
+@dataclass
+class Augmentation:
+    """Random geometry and intensity changes applied to unit-range image tensors during training.
+
+    Defaults suit chest X-rays: small rotations, shifts and zoom, mild brightness/contrast, and no
+    flips (a flipped chest puts the heart on the wrong side); set ``flips=True`` for other images.
+    Each image of a batch gets its own random parameters, applied in one batched
+    ``affine_grid``/``grid_sample`` call on whatever device the batch is (bilinear, zero fill,
+    like ``torchvision.transforms.v2.RandomAffine`` + ``ColorJitter``, but without a Python loop
+    over images).  ``erase > 0`` hides random grid cells (filled with the image's mean), which makes
+    a network look at all of the evidence rather than its single most telling part; class activation
+    maps then cover objects better (Singh & Lee 2017, "Hide-and-Seek").
+    """
+
+    rotation: float = 7.0  # degrees, +/-
+    translate: float = 0.06  # fraction of the image size, +/-
+    zoom: float = 0.08  # scale in [1 - zoom, 1 + zoom]
+    brightness: float = 0.15  # multiply by [1 - b, 1 + b]
+    contrast: float = 0.15  # blend with the image mean by [1 - c, 1 + c]
+    flips: bool = False  # random horizontal flips
+    erase: float = 0.0  # "hide-and-seek": probability of hiding each cell of an erase_grid x erase_grid grid
+    erase_grid: int = 4
+
+    def __call__(self, x: "torch.Tensor", generator: "torch.Generator | None" = None) -> "torch.Tensor":
+        """Augment (C, H, W) or (N, C, H, W) float tensors in [0, 1]; returns the same shape, in [0, 1]."""
+        import torch
+        import torch.nn.functional as F
+
+        single = x.ndim == 3
+        if single:
+            x = x[None]
+        n, dev = x.shape[0], x.device
+
+        def uniform(lo: float, hi: float) -> "torch.Tensor":
+            return torch.rand(n, generator=generator, device="cpu").mul_(hi - lo).add_(lo).to(dev)
+
+        if self.rotation or self.translate or self.zoom or self.flips:
+            ang = torch.deg2rad(uniform(-self.rotation, self.rotation))
+            scale = uniform(1 - self.zoom, 1 + self.zoom)
+            tx, ty = uniform(-self.translate, self.translate) * 2, uniform(-self.translate, self.translate) * 2
+            flip = torch.ones(n, device=dev)
+            if self.flips:
+                flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
+            cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
+            theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
+            grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if self.brightness:
+            x = x * uniform(1 - self.brightness, 1 + self.brightness).view(n, 1, 1, 1).to(x.dtype)
+        if self.contrast:
+            c = uniform(1 - self.contrast, 1 + self.contrast).view(n, 1, 1, 1).to(x.dtype)
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            x = (x - mean) * c + mean
+        x = x.clamp(0.0, 1.0)
+        if self.erase > 0:
+            g = max(1, int(self.erase_grid))
+            keep = (torch.rand((n, 1, g, g), generator=generator, device="cpu") >= self.erase).to(dev, x.dtype)
+            keep = F.interpolate(keep, size=x.shape[-2:], mode="nearest")
+            fill = x.mean(dim=(1, 2, 3), keepdim=True)
+            x = x * keep + fill * (1 - keep)
+        return x[0] if single else x
+
+
+# ----------------------------------------------------------------------------- the torch data set
+class ImageDataset:
+    """Map-style data set (usable by ``torch.utils.data.DataLoader``) of (input tensor, label).
+
+    Images are read with :func:`read_image` and turned into unit-range (C, S, S) tensors by
+    :func:`napari_gradcam.preprocess.image_to_tensor` (the inference preprocessing), optionally
+    augmented, then normalised with ``mean``/``std``.  With ``cache`` the decoded, resized images are
+    kept in memory as uint8, so only the first pass decodes files (call :meth:`load` to fill it up
+    front).  An image that fails to decode later is replaced by another image of the same class and
+    recorded in :attr:`failed`.
+    """
+
+    def __init__(
+        self,
+        data: ImageFolderData,
+        in_channels: int,
+        input_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: Augmentation | Callable | None = None,
+        cache: bool | None = None,
+        normalise: bool = True,
+    ) -> None:
+        import torch
+
+        self.data = data
+        self.in_channels = int(in_channels)
+        self.input_size = int(input_size)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.transform = augment
+        self.normalise_output = bool(normalise)
+        nbytes = len(data) * self.in_channels * self.input_size**2
+        self.cache_enabled = bool(nbytes <= CACHE_LIMIT_BYTES) if cache is None else bool(cache)
+        self._cache: "torch.Tensor | None" = None
+        self._filled: np.ndarray | None = None
+        self.failed: list[tuple[Path, str]] = []
+        self.labels = data.labels
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def _decode(self, i: int) -> "torch.Tensor":
+        """Unit-range (C, S, S) float32 tensor of item i, read from disk."""
+        from .preprocess import check_image, image_to_tensor
+
+        img = check_image(read_image(self.data.items[i].path))
+        c = self.in_channels
+        return image_to_tensor(img, c, self.input_size, [0.0] * c, [1.0] * c)
+
+    def _substitute(self, i: int, err: Exception) -> int:
+        path = self.data.items[i].path
+        if all(p != path for p, _ in self.failed):
+            self.failed.append((path, str(err)))
+        same = np.flatnonzero(self.labels == self.labels[i])
+        bad = {p for p, _ in self.failed}
+        ok = [j for j in same if self.data.items[j].path not in bad]
+        if not ok:
+            raise DatasetError(f"No image of class {self.data.classes[self.labels[i]]!r} could be read.") from None
+        return int(ok[(i * 7919) % len(ok)])
+
+    def unit(self, i: int) -> "torch.Tensor":
+        """Unit-range (C, S, S) float32 tensor of item i, before augmentation and normalisation."""
+        import torch
+
+        if not self.cache_enabled:
+            while True:
+                try:
+                    return self._decode(i)
+                except (ImageError, DatasetError, OSError) as e:
+                    i = self._substitute(i, e)
+        if self._cache is None:
+            self._cache = torch.zeros((len(self), self.in_channels, self.input_size, self.input_size), dtype=torch.uint8)
+            self._filled = np.zeros(len(self), dtype=bool)
+        j = i
+        while not self._filled[j]:
+            try:
+                self._cache[j] = self._decode(j).mul_(255.0).round_().to(torch.uint8)
+                self._filled[j] = True
+            except (ImageError, DatasetError, OSError) as e:
+                j = self._substitute(j, e)
+        if j != i:  # an unreadable image stands in for by another of its class from now on
+            self._cache[i] = self._cache[j]
+            self._filled[i] = True
+        return self._cache[i].float().div_(255.0)
+
+    def load(self, threads: int | None = None) -> Iterator[tuple[int, int]]:
+        """Decode every image into the cache, yielding (done, total) every 64 images (no-op without cache).
+
+        Decoding runs in ``threads`` threads (default: the CPU count, at most 8; Pillow and torch release
+        the GIL); stopping the iteration stops after the current chunk.
+        """
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        import torch
+
+        n = len(self)
+        if not self.cache_enabled or n == 0:
+            return
+        self.unit(0)  # allocates the cache
+        threads = threads or min(8, os.cpu_count() or 1)
+
+        def decode(i: int):
+            try:
+                return self._decode(i).mul_(255.0).round_().to(torch.uint8)
+            except (ImageError, DatasetError, OSError) as e:
+                return e
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for start in range(0, n, 64):
+                todo = [i for i in range(start, min(n, start + 64)) if not self._filled[i]]
+                for i, res in zip(todo, pool.map(decode, todo)):
+                    if isinstance(res, Exception):
+                        self.unit(i)  # records the failure and fills in a substitute of the same class
+                    else:
+                        self._cache[i] = res
+                        self._filled[i] = True
+                yield min(n, start + 64), n
+
+    def normalise(self, x: "torch.Tensor") -> "torch.Tensor":
+        return (x - self.mean) / self.std
+
+    @property
+    def fully_cached(self) -> bool:
+        return self._cache is not None and bool(self._filled.all())
+
+    def cached_batch(self, indices: Sequence[int]) -> "torch.Tensor":
+        """(B, C, S, S) uint8 images from the filled cache (unit range x 255)."""
+        import torch
+
+        return self._cache[torch.as_tensor(np.asarray(indices), dtype=torch.long)]
+
+    def __getitem__(self, i: int) -> tuple["torch.Tensor", int]:
+        """(C, S, S) float32 tensor (augmented, then normalised unless ``normalise=False``) and the label."""
+        x = self.unit(int(i))
+        if self.transform is not None:
+            x = self.transform(x)
+        return (self.normalise(x) if self.normalise_output else x), int(self.labels[int(i)])
+
+    def tensors(self) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """All images (no augmentation) as one normalised (N, C, S, S) float32 tensor, and (N,) labels."""
+        import torch
+
+        xs = torch.stack([self.normalise(self.unit(i)) for i in range(len(self))]) if len(self) else torch.zeros(0)
+        return xs, torch.as_tensor(self.labels, dtype=torch.long)

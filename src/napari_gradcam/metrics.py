@@ -1,0 +1,203 @@
+"""Evaluation metrics, computed with scikit-learn.
+
+Classification (this module): accuracy, balanced accuracy, ROC AUC, per-class sensitivity and
+specificity, the confusion matrix; a readable table and a PNG (confusion matrix + ROC curves).
+
+* ROC AUC: binary problems use the probability of the second class (index 1, the "positive" class,
+  e.g. PNEUMONIA after NORMAL); more classes use one-vs-rest, macro-averaged.  A class that is absent
+  from ``y_true`` makes the AUC undefined: it is reported as ``None``.
+* Sensitivity of class k (recall, true-positive rate) = TP_k / (TP_k + FN_k); specificity of class k
+  (true-negative rate) = TN_k / (TN_k + FP_k), both read off the confusion matrix (rows = truth,
+  columns = prediction).  ``None`` where the denominator is 0.
+
+Localisation metrics (pointing game, energy inside masks) belong here too (see other functions).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import GradCamError
+
+__all__ = ["classification_report", "format_report", "plot_report", "save_report"]
+
+
+def _check(y_true, probs, classes) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    y = np.asarray(y_true).astype(np.int64).ravel()
+    p = np.asarray(probs, dtype=np.float64)
+    classes = [str(c) for c in classes]
+    if p.ndim != 2 or p.shape[0] != y.shape[0] or p.shape[1] != len(classes):
+        raise GradCamError(
+            f"Probabilities of shape {p.shape} do not fit {y.shape[0]} labels and {len(classes)} classes."
+        )
+    if y.size == 0:
+        raise GradCamError("There are no images to evaluate.")
+    if y.min() < 0 or y.max() >= len(classes):
+        raise GradCamError(f"Labels must be class indices between 0 and {len(classes) - 1}.")
+    return y, p, classes
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return float(num / den) if den > 0 else None
+
+
+def roc_auc(y_true, probs) -> float | None:
+    """ROC AUC (binary: probability of class 1; multi-class: one-vs-rest macro), or None if undefined."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y_true).astype(np.int64).ravel()
+    p = np.asarray(probs, dtype=np.float64)
+    n_classes = p.shape[1]
+    if len(np.unique(y)) < n_classes:
+        return None
+    if n_classes == 2:
+        return float(roc_auc_score(y, p[:, 1]))
+    # sklearn wants rows summing to 1 for ovr
+    p = p / np.clip(p.sum(1, keepdims=True), 1e-12, None)
+    return float(roc_auc_score(y, p, multi_class="ovr", average="macro", labels=list(range(n_classes))))
+
+
+def classification_report(y_true, probs, classes: Sequence[str]) -> dict[str, Any]:
+    """Classification metrics of predicted probabilities.
+
+    Parameters
+    ----------
+    y_true : array-like of int, (N,)
+        True class indices.
+    probs : array-like of float, (N, n_classes)
+        Predicted probabilities (rows sum to 1); the prediction is the argmax.
+    classes : sequence of str
+        Class names, in column order.
+
+    Returns
+    -------
+    dict
+        ``accuracy``, ``balanced_accuracy``, ``roc_auc`` (float or None), ``sensitivity`` and
+        ``specificity`` ({class: float or None}), ``confusion_matrix`` (list of lists, rows = truth,
+        columns = prediction), ``classes``, ``n`` (images) and ``support`` ({class: images}).
+
+    Examples
+    --------
+    >>> r = classification_report([0, 0, 1, 1], [[.9, .1], [.4, .6], [.2, .8], [.3, .7]], ["a", "b"])
+    >>> r["accuracy"], r["sensitivity"]["b"], r["specificity"]["b"]
+    (0.75, 1.0, 0.5)
+    """
+    import warnings
+
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
+
+    y, p, classes = _check(y_true, probs, classes)
+    pred = p.argmax(1)
+    labels = list(range(len(classes)))
+    cm = confusion_matrix(y, pred, labels=labels)
+    total = cm.sum()
+    sens, spec = {}, {}
+    for k, c in enumerate(classes):
+        tp = cm[k, k]
+        fn = cm[k].sum() - tp
+        fp = cm[:, k].sum() - tp
+        tn = total - tp - fn - fp
+        sens[c] = _ratio(tp, tp + fn)
+        spec[c] = _ratio(tn, tn + fp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # balanced accuracy warns when a class is absent
+        bal = float(balanced_accuracy_score(y, pred))
+    return {
+        "n": int(y.size),
+        "classes": classes,
+        "support": {c: int(cm[k].sum()) for k, c in enumerate(classes)},
+        "accuracy": float(accuracy_score(y, pred)),
+        "balanced_accuracy": bal,
+        "roc_auc": roc_auc(y, p),
+        "sensitivity": sens,
+        "specificity": spec,
+        "confusion_matrix": cm.astype(int).tolist(),
+    }
+
+
+def _fmt(v: float | None, pct: bool = False) -> str:
+    if v is None:
+        return "n/a"
+    return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A plain-text table of a :func:`classification_report` (for terminals and logs)."""
+    classes = report["classes"]
+    w = max(9, *(len(c) for c in classes)) + 2
+    lines = [
+        f"images             {report.get('n', sum(map(sum, report['confusion_matrix'])))}",
+        f"accuracy           {_fmt(report['accuracy'], True)}",
+        f"balanced accuracy  {_fmt(report['balanced_accuracy'], True)}",
+        f"ROC AUC            {_fmt(report['roc_auc'])}",
+        "",
+        f"{'class':<{w}}{'support':>9}{'sensitivity':>13}{'specificity':>13}",
+    ]
+    support = report.get("support") or {c: sum(r) for c, r in zip(classes, report["confusion_matrix"])}
+    for c in classes:
+        lines.append(
+            f"{c:<{w}}{support[c]:>9}{_fmt(report['sensitivity'][c], True):>13}{_fmt(report['specificity'][c], True):>13}"
+        )
+    lines += ["", "confusion matrix (rows: true class, columns: predicted)"]
+    cw = max(7, *(len(c) + 1 for c in classes))
+    lines.append(" " * w + "".join(f"{c:>{cw}}" for c in classes))
+    for c, row in zip(classes, report["confusion_matrix"]):
+        lines.append(f"{c:<{w}}" + "".join(f"{v:>{cw}}" for v in row))
+    return "\n".join(lines)
+
+
+def save_report(report: dict[str, Any], path: str | Path) -> Path:
+    """Write a report as JSON (UTF-8, indented)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def plot_report(report: dict[str, Any], y_true, probs, path: str | Path) -> Path:
+    """Save a PNG with the confusion matrix (left) and ROC curves (right; one per class, one-vs-rest)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+    from sklearn.metrics import roc_curve
+
+    y, p, classes = _check(y_true, probs, report["classes"])
+    cm = np.asarray(report["confusion_matrix"])
+    fig = Figure(figsize=(10, 4.5), dpi=100, layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
+    im = ax1.imshow(cm, cmap="Blues")
+    ax1.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+    ax1.set_yticks(range(len(classes)), classes)
+    ax1.set_xlabel("predicted")
+    ax1.set_ylabel("true")
+    thresh = cm.max() / 2 if cm.size else 0
+    for (i, j), v in np.ndenumerate(cm):
+        ax1.text(j, i, str(v), ha="center", va="center", color="white" if v > thresh else "black")
+    ax1.set_title(f"accuracy {_fmt(report['accuracy'], True)}, balanced {_fmt(report['balanced_accuracy'], True)}")
+    fig.colorbar(im, ax=ax1, shrink=0.8)
+    binary = len(classes) == 2
+    for k, c in enumerate(classes):
+        if binary and k == 0:
+            continue
+        pos = y == k
+        if pos.all() or not pos.any():
+            continue
+        fpr, tpr, _ = roc_curve(pos.astype(int), p[:, k])
+        ax2.plot(fpr, tpr, label=c if not binary else f"{c} vs {classes[0]}")
+    ax2.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
+    ax2.set_xlim(0, 1)
+    ax2.set_ylim(0, 1.01)
+    ax2.set_xlabel("false positive rate (1 - specificity)")
+    ax2.set_ylabel("true positive rate (sensitivity)")
+    ax2.set_title(f"ROC, AUC {_fmt(report['roc_auc'])}")
+    if ax2.lines[:-1]:
+        ax2.legend(loc="lower right")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path

@@ -1,0 +1,757 @@
+"""Training as a generator of events, for the napari worker, the CLI and the tests alike.
+
+::
+
+    from napari_gradcam.train import TrainConfig, train
+
+    cfg = TrainConfig(data_dir="chest_xray/train", out="model.safetensors", arch="simple_cnn",
+                      image_size=128, epochs=8)
+    gen = train(cfg)
+    for event in gen:                      # TrainEvent: start, load, batch, epoch, checkpoint, done|stopped
+        print(event.kind, event.epoch, event.batch, event.loss, event.metrics)
+    # or: result = run_training(cfg)       -> TrainResult (best/last paths, history, the best model)
+
+**Stopping.** Between any two batches: call ``gen.close()``, set ``cfg.stop_event`` (a
+``threading.Event``) or pass ``cfg.should_stop`` (a callable returning True).  With the flag or
+callable the generator yields a final ``"stopped"`` event and returns a :class:`TrainResult`; with
+``close()`` it just ends.  Either way no file is half-written: checkpoints are written only at the
+end of an epoch and atomically (temp file + rename), so the last written checkpoint stays loadable.
+
+**Checkpoints.** After every epoch ``<out stem>.last.safetensors`` is written, and ``out`` whenever
+the monitored validation metric improves (the best model).  Both are ordinary model bundles (load
+them with :func:`napari_gradcam.load_model`) whose ``config.training`` holds the training summary:
+epochs done, the metrics history, best metric and epoch, the data folder, split seed and fraction,
+class counts and the recipe.  Next to each, ``<stem>.optim.pt`` holds the optimizer (and AMP scaler)
+state as plain tensors (``torch.load(weights_only=True)``).
+
+**Resuming.** ``TrainConfig(resume="model.last.safetensors", epochs=20, ...)`` loads the weights and the
+summary, re-creates the same train/validation split (the stored seed, fraction and grouping rule),
+restores the optimizer state from the sidecar when present (otherwise restarts the optimizer, and the
+start event says so), and continues counting epochs from the stored ``epochs_done``; the learning-rate
+schedule is a function of the global step, so it continues too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Generator
+
+import numpy as np
+
+from .data import Augmentation, ImageDataset, ImageFolderData, scan_folder
+from .errors import DatasetError, GradCamError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import threading
+
+    import torch
+
+    from .bundle import ModelBundle
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "step", "constant")
+CLASS_WEIGHTING = ("balanced", "sampler", "none")
+MONITORS = ("balanced_accuracy", "accuracy", "roc_auc", "val_loss")
+EVENT_KINDS = ("start", "load", "batch", "epoch", "checkpoint", "done", "stopped")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs (all plain values, stored in the checkpoints' summary).
+
+    Data: ``data_dir`` (class subfolders) or ``csv`` (path,label[,group]); ``classes`` picks and
+    orders classes; ``val_fraction`` of the images (by patient, see ``group_pattern``) are held out.
+    """
+
+    data_dir: str | None = None
+    out: str = "model.safetensors"
+    csv: str | None = None
+    classes: list[str] | None = None
+    group_pattern: str | None = "auto"  # regex for the patient id in file names; "none": every file its own group
+    val_fraction: float = 0.2
+    # model
+    arch: str = "simple_cnn"
+    in_channels: int = 1
+    image_size: int = 224
+    pretrained: bool | str = "auto"  # "auto": ImageNet weights when torchvision's file is in the cache
+    freeze_epochs: int = 0  # train only the head for this many first epochs
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # sgd only
+    schedule: str = "cosine"  # per batch; "step": x0.1 at 1/2 and 3/4 of the run
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    class_weighting: str = "balanced"  # loss weights (balanced), balanced sampling (sampler) or none
+    # augmentation (training images only)
+    augment: bool = True
+    flips: bool = False
+    rotation: float = 7.0
+    translate: float = 0.06
+    zoom: float = 0.08
+    brightness: float = 0.15
+    contrast: float = 0.15
+    erase: float = 0.0  # hide-and-seek: hide each cell of a 4 x 4 grid with this probability
+    # control
+    patience: int | None = 5  # early stopping: epochs without improvement of ``monitor``; None: never
+    monitor: str = "balanced_accuracy"
+    min_delta: float = 0.0
+    amp: bool = True  # mixed precision on CUDA (bfloat16 where supported, else float16 + loss scaling)
+    channels_last: bool | None = None  # memory layout; None: on for CPU and CUDA
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    cache: bool | None = None  # keep decoded images in memory; None: when they fit
+    steps_per_epoch: int | None = None  # cap batches per epoch (quick runs, tests)
+    max_minutes: float | None = None  # time budget: no epoch starts that would end after it, and the
+    #                                   learning-rate schedule runs by the clock when that is further along
+    log_every: int | None = None  # compute the loss value every N batches; None: 1 on CPU, 10 on GPU
+    resume: str | None = None
+    # stop flags (not stored)
+    stop_event: "threading.Event | None" = field(default=None, repr=False, compare=False)
+    should_stop: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def last_path(self) -> Path:
+        out = Path(self.out)
+        return out.with_name(out.name[: -len(out.suffix)] + ".last" + out.suffix if out.suffix else out.name + ".last")
+
+    def recipe(self) -> dict[str, Any]:
+        """The options as a JSON-ready dict (without stop flags)."""
+        skip = {"stop_event", "should_stop"}
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if f.name not in skip}
+
+    def validate(self) -> None:
+        """Raise GradCamError (one sentence) for impossible options."""
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise GradCamError(msg)
+
+        need(int(self.epochs) >= 1, f"epochs must be at least 1, not {self.epochs}.")
+        need(int(self.batch_size) >= 1, f"batch size must be at least 1, not {self.batch_size}.")
+        need(float(self.lr) > 0, f"The learning rate must be positive, not {self.lr}.")
+        need(0 < float(self.val_fraction) < 1, f"The validation fraction must be between 0 and 1, not {self.val_fraction}.")
+        need(self.optimizer.lower() in OPTIMIZERS, f"Unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
+        need(self.schedule.lower() in SCHEDULES, f"Unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}.")
+        need(self.class_weighting.lower() in CLASS_WEIGHTING,
+             f"Unknown class weighting {self.class_weighting!r}; choose one of {', '.join(CLASS_WEIGHTING)}.")
+        need(self.monitor in MONITORS, f"Unknown monitor {self.monitor!r}; choose one of {', '.join(MONITORS)}.")
+        need(16 <= int(self.image_size) <= 4096, f"The image size must be between 16 and 4096 pixels, not {self.image_size}.")
+        need(int(self.in_channels) in (1, 3), f"in_channels must be 1 or 3, not {self.in_channels}.")
+        need(Path(self.out).suffix == ".safetensors", f"The output model must be a .safetensors file, not {self.out}.")
+        need(self.data_dir is not None or self.csv is not None, "No data folder was given.")
+        need(self.patience is None or int(self.patience) >= 1, f"patience must be at least 1 (or None), not {self.patience}.")
+        need(self.max_minutes is None or float(self.max_minutes) > 0, f"max_minutes must be positive, not {self.max_minutes}.")
+
+
+@dataclass
+class TrainEvent:
+    """One step of progress.
+
+    Attributes
+    ----------
+    kind : str
+        ``"start"`` (set-up done; message describes data and model), ``"load"`` (decoding images
+        into memory: ``batch``/``n_batches`` are images done/total), ``"batch"`` (one optimisation step
+        done), ``"epoch"`` (epoch done; ``metrics`` has validation results), ``"checkpoint"`` (a file
+        was written: ``path``), ``"done"`` (finished or stopped early by patience) or ``"stopped"``
+        (stopped on request).
+    epoch : int
+        1-based epoch in progress or just finished (0 before the first).
+    n_epochs, batch, n_batches : int
+        Planned epochs; batches done in this epoch and per epoch.
+    loss : float or None
+        Mean training loss over this epoch so far.
+    metrics : dict
+        ``train_loss, val_loss, accuracy, balanced_accuracy, roc_auc, sensitivity, specificity, lr,
+        seconds, images_per_s`` on epoch events; the summary on done/stopped.
+    images_per_s : float or None
+        Training throughput this epoch (optimisation only, without validation and consumer time).
+    elapsed_s : float
+        Wall time since the run started.
+    """
+
+    kind: str
+    epoch: int = 0
+    n_epochs: int = 0
+    batch: int = 0
+    n_batches: int = 0
+    loss: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    images_per_s: float | None = None
+    elapsed_s: float = 0.0
+    message: str = ""
+    path: str | None = None
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the planned optimisation steps done, in [0, 1]."""
+        if self.kind in ("done",):
+            return 1.0
+        if self.n_epochs <= 0 or self.n_batches <= 0 or self.kind in ("start", "load"):
+            return 0.0
+        return min(1.0, ((self.epoch - 1) + self.batch / self.n_batches) / self.n_epochs)
+
+
+@dataclass
+class TrainResult:
+    """What a run returns (``result = yield from train(cfg)``, or :func:`run_training`)."""
+
+    bundle: "ModelBundle | None"  # the best model (eval mode), None if no epoch finished
+    best_path: Path | None
+    last_path: Path | None
+    epochs_done: int
+    best_epoch: int | None
+    best_metric: float | None
+    monitor: str
+    history: list[dict[str, Any]]
+    stopped: bool
+    reason: str
+    summary: dict[str, Any]
+    skipped: list[tuple[Path, str]]
+
+
+# ----------------------------------------------------------------------------- helpers
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def optimizer_state_path(checkpoint: str | Path) -> Path:
+    """The sidecar file with optimizer state for a checkpoint: ``<stem>.optim.pt``."""
+    p = Path(checkpoint)
+    return p.with_name(p.name[: -len(p.suffix)] + ".optim.pt" if p.suffix else p.name + ".optim.pt")
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Learning-rate multiplier at optimisation step ``step`` (0-based) of ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "cosine":
+        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t))
+    return 1.0 if t < 0.5 else (0.1 if t < 0.75 else 0.01)  # step
+
+
+def _make_optimizer(cfg: TrainConfig, params) -> "torch.optim.Optimizer":
+    import torch
+
+    name = cfg.optimizer.lower()
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.momentum > 0)
+
+
+def _set_trunk_frozen(model, head: str, frozen: bool) -> None:
+    for name, p in model.named_parameters():
+        if not (name == head or name.startswith(head + ".")):
+            p.requires_grad_(not frozen)
+
+
+def _batches(n: int, batch_size: int, labels: np.ndarray, weighting: str, seed: int, epoch: int,
+             limit: int | None) -> list[np.ndarray]:
+    """Index batches for one epoch (deterministic in seed and epoch)."""
+    rng = np.random.default_rng([seed, epoch])
+    if weighting == "sampler":
+        counts = np.bincount(labels)
+        w = 1.0 / counts[labels]
+        order = rng.choice(n, size=n, replace=True, p=w / w.sum())
+    else:
+        order = rng.permutation(n)
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < max(2, batch_size // 4):
+        batches = batches[:-1]  # a tiny last batch only adds noise (and breaks BatchNorm at size 1)
+    return batches[:limit] if limit else batches
+
+
+def evaluate_arrays(model, x_iter, device, autocast) -> tuple[np.ndarray, float]:
+    """Softmax probabilities and mean cross-entropy over (x, y) batches."""
+    import torch
+    import torch.nn.functional as F
+
+    probs, loss_sum, n = [], torch.zeros((), device=device), 0
+    was = model.training
+    model.eval()
+    with torch.inference_mode():
+        for x, y in x_iter:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast():
+                logits = model(x)
+            logits = logits.float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            probs.append(torch.softmax(logits, 1).cpu())
+            n += len(y)
+    model.train(was)
+    return torch.cat(probs).numpy(), float(loss_sum.item() / max(1, n))
+
+
+# ----------------------------------------------------------------------------- the generator
+def train(
+    config: TrainConfig,
+    data: ImageFolderData | None = None,
+    val_data: ImageFolderData | None = None,
+) -> Generator[TrainEvent, None, TrainResult]:
+    """Train a classifier, yielding :class:`TrainEvent` s; returns a :class:`TrainResult`.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The recipe (see its fields); ``config.data_dir``/``config.csv`` are scanned unless ``data`` is given.
+    data : ImageFolderData, optional
+        Already-scanned images; split into train/validation by ``config.val_fraction`` and ``seed``
+        (grouped by patient) unless ``val_data`` is given too.
+    val_data : ImageFolderData, optional
+        An explicit validation set (same classes as ``data``).
+
+    Raises
+    ------
+    GradCamError / DatasetError
+        Bad options or data (empty folder, one class, too few images); one sentence.  Raised on the
+        first ``next()``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .bundle import build_model, load_model, resolve_device, save_model
+    from .metrics import classification_report
+    from .models import get_architecture, imagenet_weights_path
+
+    cfg = config
+    cfg.validate()
+    t_start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    monitor = cfg.monitor
+    higher_better = monitor != "val_loss"
+
+    def elapsed() -> float:
+        return time.perf_counter() - t_start
+
+    def stop_requested() -> bool:
+        return bool((cfg.stop_event is not None and cfg.stop_event.is_set())
+                    or (cfg.should_stop is not None and cfg.should_stop()))
+
+    # ---- resume: weights + summary first (they fix the classes and the split)
+    resumed: "ModelBundle | None" = None
+    prev: dict[str, Any] = {}
+    notes: list[str] = []
+    if cfg.resume:
+        resumed = load_model(cfg.resume, device=device)
+        prev = dict(resumed.config.training or {})
+        if prev.get("recipe"):
+            notes.append(f"resumed from {Path(cfg.resume).name} after epoch {prev.get('epochs_done', 0)}")
+        else:  # a model trained elsewhere: fine-tune it, counting epochs from 0
+            prev = {}
+            notes.append(f"starting from the weights in {Path(cfg.resume).name}")
+    split_seed = int(prev.get("split_seed", cfg.seed))
+    val_fraction = float(prev.get("val_fraction", cfg.val_fraction))
+    group_pattern = prev["group_pattern"] if "group_pattern" in prev else cfg.group_pattern
+
+    # ---- data
+    classes = resumed.classes if resumed is not None else cfg.classes
+    if data is None:
+        data = scan_folder(cfg.data_dir, csv=cfg.csv, group_pattern=group_pattern, classes=classes)
+    elif resumed is not None and list(data.classes) != resumed.classes:
+        raise DatasetError(f"The data's classes {data.classes} differ from the checkpoint's {resumed.classes}.")
+    data.check_trainable()
+    if val_data is None:
+        train_data, val_data = data.split(val_fraction, split_seed)
+    else:
+        train_data = data
+        if list(val_data.classes) != list(data.classes):
+            raise DatasetError(f"The validation classes {val_data.classes} differ from the training classes {data.classes}.")
+    if len(val_data) == 0:
+        raise DatasetError("The validation split is empty; add images or raise the validation fraction.")
+    classes = list(data.classes)
+    n_classes = len(classes)
+
+    # ---- model
+    if resumed is not None:
+        bundle = resumed
+    else:
+        arch = get_architecture(cfg.arch)
+        pretrained: bool | str = cfg.pretrained
+        if isinstance(pretrained, str) and pretrained.lower() in ("auto", "true", "false", "none", ""):
+            if pretrained.lower() == "auto":
+                pretrained = bool(arch.weights_enum) and imagenet_weights_path(arch).is_file()
+            else:
+                pretrained = pretrained.lower() == "true"
+        bundle = build_model(arch.name, classes, cfg.in_channels, cfg.image_size, pretrained=pretrained, device=device)
+        notes.append("ImageNet initialisation" if pretrained else "trained from scratch")
+    model = bundle.model
+    head = get_architecture(bundle.architecture).head
+    mc = bundle.config
+    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type in ("cpu", "cuda")
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    aug = (Augmentation(cfg.rotation, cfg.translate, cfg.zoom, cfg.brightness, cfg.contrast, cfg.flips, cfg.erase)
+           if cfg.augment else None)
+    # the data sets give unit-range images; augmentation and normalisation run batched on the device
+    train_ds = ImageDataset(train_data, mc.in_channels, mc.input_size, mc.mean, mc.std, cache=cfg.cache, normalise=False)
+    val_ds = ImageDataset(val_data, mc.in_channels, mc.input_size, mc.mean, mc.std, cache=cfg.cache)
+    mean = torch.tensor(mc.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    inv_std = 1.0 / torch.tensor(mc.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    aug_gen = torch.Generator().manual_seed(cfg.seed)
+    train_counts = train_data.class_counts()
+    val_counts = val_data.class_counts()
+    labels = train_data.labels
+
+    weighting = cfg.class_weighting.lower()
+    class_weight = None
+    if weighting == "balanced":
+        cnt = np.bincount(labels, minlength=n_classes).astype(np.float64)
+        w = np.where(cnt > 0, len(labels) / (n_classes * np.maximum(cnt, 1)), 0.0)
+        class_weight = torch.tensor(w, dtype=torch.float32, device=device)
+
+    # ---- optimisation state
+    opt = _make_optimizer(cfg, model.parameters())
+    use_amp = bool(cfg.amp) and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=amp_dtype) if use_amp else contextlib.nullcontext()
+
+    start_epoch = int(prev.get("epochs_done", 0))
+    history: list[dict[str, Any]] = list(prev.get("history", []))
+    best_metric = prev.get("best_metric")
+    best_epoch = prev.get("best_epoch")
+    global_step = int(prev.get("global_step", 0))
+    if resumed is not None:
+        side = optimizer_state_path(cfg.resume)
+        state = None
+        if side.is_file():
+            try:
+                state = torch.load(side, map_location="cpu", weights_only=True)
+            except Exception:  # noqa: BLE001 - a damaged sidecar only costs the optimizer state
+                state = None
+        if state is not None and int(state.get("epochs_done", -1)) == start_epoch:
+            try:
+                opt.load_state_dict(state["optimizer"])
+                if "scaler" in state and scaler.is_enabled():
+                    scaler.load_state_dict(state["scaler"])
+                notes.append("optimizer state restored")
+            except (ValueError, KeyError, RuntimeError):
+                opt = _make_optimizer(cfg, model.parameters())
+                notes.append("optimizer restarted (its saved state did not fit)")
+        else:
+            notes.append("optimizer restarted (no saved optimizer state)")
+
+    skipped = list(data.skipped) + (list(val_data.skipped) if val_data is not data else [])
+    n_batches = len(_batches(len(train_ds), cfg.batch_size, labels, weighting, cfg.seed, 0, cfg.steps_per_epoch))
+    total_steps = cfg.epochs * n_batches
+    warmup_steps = int(round(cfg.warmup_epochs * n_batches))
+    log_every = cfg.log_every or (1 if device.type == "cpu" else 10)
+    best_path, last_path = Path(cfg.out), cfg.last_path
+    best_state: dict[str, "torch.Tensor"] | None = None
+    best_written = resumed is not None and best_path.is_file()
+    if resumed is not None and not best_written:  # a new output file: its best starts with this run
+        best_metric, best_epoch = None, None
+    last_written = False
+
+    def ev(kind: str, **kw) -> TrainEvent:
+        kw.setdefault("n_epochs", cfg.epochs)
+        kw.setdefault("n_batches", n_batches)
+        return TrainEvent(kind, elapsed_s=elapsed(), **kw)
+
+    def summary(epochs_done: int, reason: str = "") -> dict[str, Any]:
+        return _jsonable({
+            "epochs_done": epochs_done, "epochs_planned": cfg.epochs, "global_step": global_step,
+            "monitor": monitor, "best_metric": best_metric, "best_epoch": best_epoch,
+            "history": history, "data": str(data.root), "n_train": len(train_data), "n_val": len(val_data),
+            "class_counts": {"train": train_counts, "val": val_counts},
+            "split_seed": split_seed, "val_fraction": val_fraction, "group_pattern": group_pattern,
+            "n_skipped": len(skipped), "device": str(device), "torch": torch.__version__,
+            "recipe": cfg.recipe(), "finished": reason,
+        })
+
+    def result(stopped: bool, reason: str, epochs_done: int) -> TrainResult:
+        out_bundle = None
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        elif best_written and best_path.is_file():  # resumed, no improvement in this run: the stored best
+            try:
+                model.load_state_dict(load_model(best_path, device=device).model.state_dict())
+            except GradCamError:
+                pass
+        if best_state is not None or epochs_done > 0:
+            model.eval()
+            bundle.config.training = summary(epochs_done, reason)
+            out_bundle = bundle
+        return TrainResult(out_bundle, best_path if best_written else None, last_path if last_written else None,
+                           epochs_done, best_epoch, best_metric, monitor, history, stopped, reason,
+                           summary(epochs_done, reason), skipped)
+
+    def save_checkpoint(path: Path, epochs_done: int) -> None:
+        bundle.config.training = summary(epochs_done)
+        save_model(bundle, path)
+        st = {"optimizer": opt.state_dict(), "epochs_done": epochs_done, "global_step": global_step}
+        if scaler.is_enabled():
+            st["scaler"] = scaler.state_dict()
+        _atomic_torch_save(st, optimizer_state_path(path))
+
+    # ---- go
+    where = f"{data.root}" if cfg.csv is None else f"{cfg.csv}"
+    msg = (f"{len(train_data)} training and {len(val_data)} validation images "
+           f"({', '.join(f'{c}: {train_counts[c]}+{val_counts[c]}' for c in classes)}) from {where}; "
+           f"{bundle.architecture} at {mc.input_size} px on {device}"
+           + (f"; {', '.join(notes)}" if notes else "")
+           + (f"; {len(skipped)} file(s) skipped" if skipped else ""))
+    yield ev("start", epoch=start_epoch, message=msg, metrics={"skipped": [str(p) for p, _ in skipped[:50]]})
+
+    if start_epoch >= cfg.epochs:
+        yield ev("done", epoch=start_epoch, message=f"Already trained {start_epoch} epochs; ask for more epochs to continue.")
+        return result(False, "already done", start_epoch)
+
+    # decode images into memory up front (progress: load events)
+    total_imgs = len(train_ds) + len(val_ds)
+    offset = 0
+    for ds in (train_ds, val_ds):
+        for done, _ in ds.load():
+            if stop_requested():
+                yield ev("stopped", epoch=start_epoch, message="Stopped while reading images; nothing was trained.")
+                return result(True, "stopped", start_epoch)
+            yield ev("load", epoch=start_epoch, batch=offset + done, n_batches=total_imgs, message="reading images")
+        offset += len(ds)
+    if train_ds.failed or val_ds.failed:
+        skipped += train_ds.failed + val_ds.failed
+
+    from torch.utils.data import DataLoader
+
+    # validation batches: fixed, un-augmented (held in memory when the images fit)
+    eval_bs = max(cfg.batch_size, 64)
+    val_y = torch.as_tensor(val_ds.labels, dtype=torch.long)
+    val_x = val_ds.tensors()[0] if val_ds.cache_enabled else None
+    if val_x is not None and channels_last:
+        val_x = val_x.contiguous(memory_format=torch.channels_last)
+
+    def val_batches():
+        if val_x is None:
+            yield from DataLoader(val_ds, batch_size=eval_bs, num_workers=cfg.num_workers)
+            return
+        for i in range(0, len(val_y), eval_bs):
+            yield val_x[i : i + eval_bs], val_y[i : i + eval_bs]
+
+    pin = device.type == "cuda"
+    bad_epochs = 0
+    if history and best_metric is not None:
+        for h in history[::-1]:
+            if h.get("epoch") == best_epoch:
+                break
+            bad_epochs += 1
+    model.train()
+    epoch = start_epoch
+    budget_s = 60.0 * cfg.max_minutes if cfg.max_minutes is not None else None
+    t_train0 = elapsed()
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        frozen = epoch <= cfg.freeze_epochs
+        _set_trunk_frozen(model, head, frozen)
+        batches = _batches(len(train_ds), cfg.batch_size, labels, weighting, cfg.seed, epoch, cfg.steps_per_epoch)
+        if train_ds.fully_cached:  # gather uint8 batches straight from memory
+            it = (((train_ds.cached_batch(ix), torch.as_tensor(labels[ix])) for ix in batches))
+        else:
+            it = iter(DataLoader(train_ds, batch_sampler=batches, num_workers=cfg.num_workers, pin_memory=pin))
+        aug_gen.manual_seed(cfg.seed * 1_000_003 + epoch)
+        loss_sum = torch.zeros((), device=device)
+        seen, loss_val, train_time, ips = 0, None, 0.0, None
+        t_ep = time.perf_counter()
+        model.train()
+        for b in range(len(batches)):
+            if stop_requested():
+                reason = f"Stopped during epoch {epoch}; " + (
+                    f"the last checkpoint (epoch {epoch - 1}) is kept."
+                    if last_written or resumed is not None
+                    else "no epoch had finished, so no model was written.")
+                yield ev("stopped", epoch=epoch, batch=b, loss=loss_val, message=reason)
+                return result(True, "stopped", epoch - 1)
+            t0 = time.perf_counter()
+            x, y = next(it)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x = x.float().mul_(1.0 / 255.0) if x.dtype == torch.uint8 else x.float()
+            if aug is not None:
+                x = aug(x, generator=aug_gen)
+            x = (x - mean) * inv_std
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            step = global_step
+            if budget_s is not None:  # with a time budget the schedule also follows the clock
+                used = (elapsed() - t_train0) / max(1e-9, budget_s - t_train0)
+                step = max(step, warmup_steps + int(used * (total_steps - warmup_steps)))
+            lr = cfg.lr * lr_factor(step, total_steps, warmup_steps, cfg.schedule.lower())
+            for g in opt.param_groups:
+                g["lr"] = lr
+            with autocast():
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, weight=class_weight, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            global_step += 1
+            loss_sum += loss.detach() * len(y)
+            seen += len(y)
+            if (b + 1) % log_every == 0 or b + 1 == len(batches):
+                loss_val = float(loss_sum.item() / seen)  # syncs the device: only every log_every batches
+                train_time += time.perf_counter() - t0
+                ips = seen / train_time if train_time > 0 else None
+            else:
+                train_time += time.perf_counter() - t0
+            if loss_val is not None and not math.isfinite(loss_val):
+                raise GradCamError(
+                    f"The training loss became {loss_val} in epoch {epoch}; lower the learning rate (now {cfg.lr})."
+                )
+            yield ev("batch", epoch=epoch, batch=b + 1, loss=loss_val, images_per_s=ips, metrics={"lr": lr})
+        del it
+
+        # ---- validate
+        probs, val_loss = evaluate_arrays(model, val_batches(), device, autocast)
+        rep = classification_report(val_y.numpy(), probs, classes)
+        metrics = {
+            "epoch": epoch, "train_loss": loss_val, "val_loss": val_loss, "accuracy": rep["accuracy"],
+            "balanced_accuracy": rep["balanced_accuracy"], "roc_auc": rep["roc_auc"],
+            "sensitivity": rep["sensitivity"], "specificity": rep["specificity"],
+            "confusion_matrix": rep["confusion_matrix"], "lr": lr, "frozen_trunk": frozen,
+            "seconds": time.perf_counter() - t_ep, "train_seconds": train_time, "images_per_s": ips,
+        }
+        history.append(_jsonable(metrics))
+        value = metrics[monitor]
+        if value is None:  # AUC undefined (a class missing from validation)
+            value = metrics["balanced_accuracy"]
+        improved = best_metric is None or (
+            value > best_metric + cfg.min_delta if higher_better else value < best_metric - cfg.min_delta)
+        if improved:
+            best_metric, best_epoch, bad_epochs = float(value), epoch, 0
+        else:
+            bad_epochs += 1
+        yield ev("epoch", epoch=epoch, batch=len(batches), loss=loss_val, metrics=metrics, images_per_s=ips,
+                 message=(f"epoch {epoch}/{cfg.epochs}: loss {loss_val:.4f}, val loss {val_loss:.4f}, "
+                          f"accuracy {rep['accuracy']:.3f}, balanced {rep['balanced_accuracy']:.3f}, AUC "
+                          + (f"{rep['roc_auc']:.3f}" if rep["roc_auc"] is not None else "n/a")
+                          + (" (best)" if improved else "")))
+
+        # ---- checkpoints (atomic; a stop request is honoured only after they are written)
+        save_checkpoint(last_path, epoch)
+        last_written = True
+        yield ev("checkpoint", epoch=epoch, batch=len(batches), path=str(last_path), message=f"saved {last_path.name}")
+        if improved:
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            save_checkpoint(best_path, epoch)
+            best_written = True
+            yield ev("checkpoint", epoch=epoch, batch=len(batches), path=str(best_path),
+                     message=f"saved {best_path.name} (best {monitor} {best_metric:.4f})")
+        if cfg.patience is not None and bad_epochs >= cfg.patience and epoch < cfg.epochs:
+            msg = (f"Early stopping after epoch {epoch}: no {monitor} improvement for {bad_epochs} epochs; "
+                   f"best {best_metric:.4f} at epoch {best_epoch}.")
+            res = result(False, "early stopping", epoch)
+            yield ev("done", epoch=epoch, batch=len(batches), message=msg, metrics=res.summary, path=str(best_path))
+            return res
+        epoch_s = time.perf_counter() - t_ep
+        if cfg.max_minutes is not None and epoch < cfg.epochs and elapsed() + epoch_s > 60 * cfg.max_minutes:
+            msg = (f"Stopped after epoch {epoch} of {cfg.epochs}: another epoch would exceed the time budget of "
+                   f"{cfg.max_minutes:g} min; best {monitor} {best_metric:.4f} at epoch {best_epoch}.")
+            res = result(False, "time limit", epoch)
+            yield ev("done", epoch=epoch, batch=len(batches), message=msg, metrics=res.summary, path=str(best_path))
+            return res
+
+    res = result(False, "finished", epoch)
+    msg = (f"Finished {epoch} epochs in {elapsed():.0f} s; best {monitor} "
+           + (f"{best_metric:.4f} at epoch {best_epoch}" if best_metric is not None else "n/a")
+           + (f" -> {best_path}" if best_written else ""))
+    yield ev("done", epoch=epoch, batch=n_batches, message=msg, metrics=res.summary, path=str(best_path))
+    return res
+
+
+def run_training(
+    config: TrainConfig,
+    data: ImageFolderData | None = None,
+    val_data: ImageFolderData | None = None,
+    callback: Callable[[TrainEvent], object] | None = None,
+) -> TrainResult:
+    """Run :func:`train` to the end (calling ``callback`` on every event) and return its result."""
+    gen = train(config, data, val_data)
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if callback is not None:
+            callback(event)
+
+
+def evaluate_model(
+    bundle: "ModelBundle",
+    data: ImageFolderData,
+    batch_size: int = 64,
+    progress: Callable[[int, int], object] | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[tuple[Path, str]]]:
+    """Probabilities of a bundle on every image of ``data``, with the same preprocessing as training.
+
+    Returns (probs (N, n_classes) float32, labels (N,) int64, failed [(path, reason)]); images that
+    fail to decode are dropped from both arrays.
+    """
+    import torch
+
+    from .data import read_image
+    from .errors import ImageError
+    from .preprocess import bundle_tensor, check_image
+
+    probs, labels, failed = [], [], []
+    items = data.items
+    model = bundle.model
+    model.eval()
+    n = len(items)
+    for i in range(0, n, batch_size):
+        imgs, ys = [], []
+        for it in items[i : i + batch_size]:
+            try:
+                imgs.append(check_image(read_image(it.path)))
+                ys.append(it.label)
+            except ImageError as e:
+                failed.append((it.path, str(e)))
+        if imgs:
+            with torch.inference_mode():
+                x = bundle_tensor(bundle, imgs).to(bundle.device)
+                probs.append(torch.softmax(model(x).float(), 1).cpu().numpy())
+            labels.extend(ys)
+        if progress is not None:
+            progress(min(n, i + batch_size), n)
+    p = np.concatenate(probs) if probs else np.zeros((0, bundle.n_classes), np.float32)
+    return p, np.asarray(labels, dtype=np.int64), failed
