@@ -10,7 +10,7 @@ import pytest
 
 from napari_gradcam.cli import build_parser, main
 
-COMMANDS = ("train", "evaluate", "predict", "explain", "tile", "demo")
+COMMANDS = ("train", "evaluate", "predict", "explain", "tile", "localize", "demo")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -214,3 +214,19 @@ def test_every_command_has_a_parser():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(COMMANDS) <= set(sub.choices)
+
+
+def test_localize_json_and_table(model, tmp_path, capsys):
+    from napari_gradcam.phantoms import write_dataset
+
+    images = write_dataset(tmp_path / "images", n_per_class=3, size=40, seed=9, mask_dir=tmp_path / "masks")
+    out = tmp_path / "loc.json"
+    code = main(["localize", str(model), str(images), str(tmp_path / "masks"), "--method", "cam", "gradcam",
+                 "--json", str(out), "--device", "cpu", "-q"])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "Grad-CAM" in table and "CAM" in table
+    report = json.loads(out.read_text())
+    assert report  # per-image rows and means were written
+    assert main(["localize", str(model), str(images), str(tmp_path / "nowhere"), "-q"]) == 2
+    _one_line_error(capsys, 2)
