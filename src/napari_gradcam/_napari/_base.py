@@ -292,6 +292,22 @@ class GradCamWidget(QWidget):
         self.last_error = "wrong layer"
         return None
 
+    def plane_to_explain(self, layer=None):
+        """(layer, its plane on screen as numpy) when a model and an image layer are ready; else a
+        notification and None."""
+        if self.require_model() is None:
+            return None
+        layer = self.pick_image(layer)
+        if layer is None:
+            return None
+        from .layers import layer_plane
+
+        try:
+            return layer, layer_plane(self.viewer, layer)
+        except Exception as e:  # noqa: BLE001 - any failure to read the layer is the user's to see
+            notify_error(e, self.what)
+            return None
+
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt name
         self.cancel()
         super().closeEvent(event)

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
 
-from ._base import GradCamWidget, ImageLayerPicker, notify_error
-from .layers import add_layer_tuples, heatmap_layer, layer_plane, remove_plugin_layers
+from ._base import GradCamWidget, ImageLayerPicker
+from .layers import add_layer_tuples, heatmap_layer, remove_plugin_layers
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -132,16 +132,10 @@ class ExplainWidget(GradCamWidget):
             self.layer.value = target_layer
         if keep is not None:
             self.keep.value = keep
-        if self.require_model() is None:
+        picked = self.plane_to_explain(layer)
+        if picked is None:
             return None
-        layer = self.pick_image(layer)
-        if layer is None:
-            return None
-        try:
-            plane = layer_plane(self.viewer, layer)
-        except Exception as e:  # noqa: BLE001
-            notify_error(e, self.what)
-            return None
+        layer, plane = picked
         method = self.method.value
         choice = self.target.value
         tgt = None if choice in (None, PREDICTED) else ("all" if choice == ALL else choice)

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from qtpy.QtWidgets import QLabel, QPushButton
 
-from ._base import GradCamWidget, ImageLayerPicker, notify_error
-from .layers import add_layer_tuples, feature_layers, layer_plane, remove_plugin_layers
+from ._base import GradCamWidget, ImageLayerPicker
+from .layers import add_layer_tuples, feature_layers, remove_plugin_layers
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -76,16 +76,10 @@ class FeatureMapsWidget(GradCamWidget):
             self.count.value = int(n)
         if display is not None:
             self.display.value = display
-        if self.require_model() is None:
+        picked = self.plane_to_explain(layer)
+        if picked is None:
             return None
-        layer = self.pick_image(layer)
-        if layer is None:
-            return None
-        try:
-            plane = layer_plane(self.viewer, layer)
-        except Exception as e:  # noqa: BLE001
-            notify_error(e, self.what)
-            return None
+        layer, plane = picked
         grid = self.display.value == "grid"
         keep = bool(self.keep.value)
         model = self.state.name
