@@ -152,7 +152,7 @@ def cmd_train(args) -> int:
         freeze_epochs=args.freeze_epochs, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         optimizer=args.optimizer, weight_decay=args.weight_decay, schedule=args.schedule,
         warmup_epochs=args.warmup_epochs, class_weighting=args.class_weighting, augment=not args.no_augment,
-        flips=args.flips, patience=(args.patience or None), monitor=args.monitor, amp=not args.no_amp,
+        flips=args.flips, erase=args.erase, erase_grid=args.erase_grid, patience=(args.patience or None), monitor=args.monitor, amp=not args.no_amp,
         seed=args.seed, device=args.device, num_workers=args.workers, steps_per_epoch=args.steps_per_epoch,
         max_minutes=args.max_minutes, resume=args.resume,
     )
@@ -498,6 +498,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-augment", action="store_true",
                    help="switch off augmentation (small rotations, shifts, zoom, brightness/contrast)")
     g.add_argument("--flips", action="store_true", help="add random horizontal flips (off for chest X-rays)")
+    g.add_argument("--erase", type=float, default=0.0, metavar="P",
+                   help="hide-and-seek: hide each cell of a grid with probability P while training, so that "
+                        "heatmaps cover all of the evidence (try 0.2-0.3)")
+    g.add_argument("--erase-grid", type=int, default=4, metavar="N", help="hide-and-seek grid, N x N cells")
     g.add_argument("--patience", type=int, default=5, metavar="N",
                    help="early stopping after N epochs without improvement; 0: never")
     g.add_argument("--monitor", default="balanced_accuracy",

@@ -100,7 +100,8 @@ class TrainConfig:
     zoom: float = 0.08
     brightness: float = 0.15
     contrast: float = 0.15
-    erase: float = 0.0  # hide-and-seek: hide each cell of a 4 x 4 grid with this probability
+    erase: float = 0.0  # hide-and-seek: hide each cell of an erase_grid x erase_grid grid with this probability
+    erase_grid: int = 4
     # control
     patience: int | None = 5  # early stopping: epochs without improvement of ``monitor``; None: never
     monitor: str = "balanced_accuracy"
@@ -151,6 +152,7 @@ class TrainConfig:
         need(self.data_dir is not None or self.csv is not None, "No data folder was given.")
         need(self.patience is None or int(self.patience) >= 1, f"patience must be at least 1 (or None), not {self.patience}.")
         need(self.max_minutes is None or float(self.max_minutes) > 0, f"max_minutes must be positive, not {self.max_minutes}.")
+        need(0 <= float(self.erase) < 1, f"The hide-and-seek probability must be in [0, 1), not {self.erase}.")
 
 
 @dataclass
@@ -422,7 +424,8 @@ def train(
     if channels_last:
         model.to(memory_format=torch.channels_last)
 
-    aug = (Augmentation(cfg.rotation, cfg.translate, cfg.zoom, cfg.brightness, cfg.contrast, cfg.flips, cfg.erase)
+    aug = (Augmentation(cfg.rotation, cfg.translate, cfg.zoom, cfg.brightness, cfg.contrast, cfg.flips, cfg.erase,
+                        cfg.erase_grid)
            if cfg.augment else None)
     # the data sets give unit-range images; augmentation and normalisation run batched on the device
     train_ds = ImageDataset(train_data, mc.in_channels, mc.input_size, mc.mean, mc.std, cache=cfg.cache, normalise=False)
