@@ -147,12 +147,15 @@ class GradCamWidget(QWidget):
 
     def _set_busy(self, busy: bool) -> None:
         self._busy = busy
-        for name in ("run_button",):
-            button = getattr(self, name, None)
-            if button is not None:
-                button.setEnabled(not busy)
-        if getattr(self, "cancel_button", None) is not None:
-            self.cancel_button.setEnabled(busy)
+        try:
+            for name in ("run_button",):
+                button = getattr(self, name, None)
+                if button is not None:
+                    button.setEnabled(not busy)
+            if getattr(self, "cancel_button", None) is not None:
+                self.cancel_button.setEnabled(busy)
+        except RuntimeError:  # the Qt widgets are gone (the viewer was closed while the job ran)
+            pass
 
     def cancel(self) -> None:
         """Stop the running generator job between two of its steps (a no-op when idle)."""
@@ -226,8 +229,11 @@ class GradCamWidget(QWidget):
                 pbar.n = done
                 pbar.refresh()
                 if getattr(self, "progress_bar", None) is not None:
-                    self.progress_bar.setRange(0, max(total, 1))
-                    self.progress_bar.setValue(done)
+                    try:
+                        self.progress_bar.setRange(0, max(total, 1))
+                        self.progress_bar.setValue(done)
+                    except RuntimeError:  # the viewer was closed
+                        pass
             elif on_yielded is not None:
                 try:
                     on_yielded(value)

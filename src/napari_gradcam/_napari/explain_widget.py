@@ -18,11 +18,12 @@ PREDICTED = "predicted class"
 ALL = "all classes"
 
 
-def _explain(state, data, method: str, target, layer: str | None):
+def _explain(state, data, method: str, target, layer: str | None, bundle=None):
     from ..explain import explain
 
-    with state.lock:
-        result = explain(state.bundle, data, method=method, target=target, layer=layer)
+    with state.lock:  # ``bundle``: the model when the run started (a model switched mid-run is not used)
+        bundle = bundle if bundle is not None else state.bundle
+        result = explain(bundle, data, method=method, target=target, layer=layer)
     return result if isinstance(result, list) else [result]
 
 
@@ -142,10 +143,16 @@ class ExplainWidget(GradCamWidget):
         tl = None if method == "cam" else (self.layer.value or None)
         keep = bool(self.keep.value)
         model = self.state.name
-        return self.start(_explain, self.state, plane.data, method, tgt, tl,
+        return self.start(_explain, self.state, plane.data, method, tgt, tl, self.state.bundle,
                           on_returned=lambda hs: self._add(plane, hs, keep, model))
 
     def _add(self, plane, heatmaps, keep: bool, model: str) -> None:
+        if not any(lyr.name == plane.name for lyr in self.viewer.layers):
+            from ._base import notify_info
+
+            self.layers_added = []
+            notify_info(f"Layer {plane.name!r} was removed while it was being explained; no heatmap was added.")
+            return
         if not keep:
             remove_plugin_layers(self.viewer, "explain", plane.name)
         tuples = [heatmap_layer(h, plane, model) for h in heatmaps]

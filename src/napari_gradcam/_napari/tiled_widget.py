@@ -42,11 +42,12 @@ def _materialise(result):
     return result
 
 
-def _tiled(state, data, tile, overlap, classes, method):
+def _tiled(state, data, tile, overlap, classes, method, bundle=None):
     from ..explain import iter_tiled_heatmaps
 
-    with state.lock:
-        result = yield from iter_tiled_heatmaps(state.bundle, data, tile=tile, overlap=overlap, classes=classes,
+    with state.lock:  # ``bundle``: the model when the run started (a model switched mid-run is not used)
+        bundle = bundle if bundle is not None else state.bundle
+        result = yield from iter_tiled_heatmaps(bundle, data, tile=tile, overlap=overlap, classes=classes,
                                                 method=method)
         if hasattr(result.heatmaps, "dask"):
             nbytes = 2 * np.prod(result.heatmaps.shape, dtype=np.int64) * 4
@@ -184,9 +185,15 @@ class TiledHeatmapsWidget(GradCamWidget):
         keep = bool(self.keep.value)
         model = self.state.name
         return self.start(_tiled, self.state, data, int(self.tile.value) or None, float(self.overlap.value), cls,
-                          self.method.value, on_returned=lambda r: self._add(r, plane, keep, model))
+                          self.method.value, self.state.bundle, on_returned=lambda r: self._add(r, plane, keep, model))
 
     def _add(self, result, plane, keep: bool, model: str) -> None:
+        if not any(lyr.name == plane.name for lyr in self.viewer.layers):
+            from ._base import notify_info
+
+            self.layers_added = []
+            notify_info(f"Layer {plane.name!r} was removed while its heatmaps were computed; nothing was added.")
+            return
         if not keep:
             remove_plugin_layers(self.viewer, "tiled", plane.name)
         lazy = bool(result.extra.get("lazy"))
