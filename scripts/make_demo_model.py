@@ -6,13 +6,22 @@
 Reproducible: phantoms, split, initialisation, batches and augmentation all follow ``--seed``.
 Training goes through ``napari_gradcam.train`` (the same code as the CLI and the napari widget) on a
 folder of phantom PNGs rendered at 256 px; the network sees 128 px (the 512 px sample X-rays are
-resized to 128 as well).  Afterwards the script measures, on fresh phantoms (other seeds, 512 px
-like the sample data):
+resized to 128 as well).
+
+Recipe: 600 phantoms per class (80 % train, 20 % validation), 30 epochs, AdamW lr 3e-3 with
+cosine decay, the default augmentation plus "hide-and-seek" (each cell of a 4 x 4 grid hidden with
+probability 0.25; Singh & Lee 2017).  Hide-and-seek is what makes the heatmaps point *into* the
+lesions: without it the network learns the strongest single cue for lower-zone pneumonia, the lost
+outline of the diaphragm (the radiologists' silhouette sign), and CAM peaks just below the
+consolidation (pointing game 42-80 % instead of ~98 %).
+
+Afterwards the script measures, on fresh phantoms (other seeds, 512 px like the sample data):
 
 * accuracy over the three classes (target >= 97 %);
 * the pointing game for CAM and Grad-CAM on 100 lesion phantoms (50 pneumonia, 50 covid): a hit
   when the heatmap's maximum (``Heatmap.data.argmax()``) of the true class falls inside the lesion
-  mask dilated by ``--tolerance`` pixels (target >= 90 %).
+  mask dilated by ``--tolerance`` pixels (default 8 px at 512 px, i.e. 2 px at the network's input;
+  one heatmap cell is 32 px); target >= 90 %.  Hit rates at 0, 4, 8, 16 and 32 px are printed too.
 
 The numbers are printed and stored in the model's training summary (``config.training["demo"]``).
 """
@@ -80,14 +89,14 @@ def check(bundle, seed: int, n_accuracy: int, n_pointing: int, size: int, tolera
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(DEFAULT_OUT))
-    ap.add_argument("--n-per-class", type=int, default=400, help="training + validation phantoms per class")
+    ap.add_argument("--n-per-class", type=int, default=600, help="training + validation phantoms per class")
     ap.add_argument("--render-size", type=int, default=256)
     ap.add_argument("--input-size", type=int, default=128)
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--erase", type=float, default=0.0, help="hide-and-seek probability per grid cell")
+    ap.add_argument("--erase", type=float, default=0.25, help="hide-and-seek probability per grid cell")
     ap.add_argument("--erase-grid", type=int, default=4, help="hide-and-seek grid (cells per side)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tolerance", type=int, default=8, help="mask dilation (pixels at 512 px) for the pointing game")

@@ -250,6 +250,7 @@ def save_model(bundle: ModelBundle, path: str | os.PathLike) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a saved model gets the usual permissions
         save_file(tensors, tmp, metadata=metadata)
         os.replace(tmp, path)
     except BaseException:

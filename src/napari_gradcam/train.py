@@ -250,6 +250,7 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a saved file gets the usual permissions
         torch.save(obj, tmp)
         os.replace(tmp, path)
     except BaseException:
