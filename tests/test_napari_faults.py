@@ -14,7 +14,7 @@ pytest.importorskip("pytestqt")
 import torchvision  # noqa: E402,F401  - before any viewer: see _napari/_compat.py
 
 CLASSES = ["normal", "pneumonia", "covid"]
-PLUGIN = "napari-gradcam"
+from napari_helpers import PLUGIN, wait, dock, load
 
 
 @pytest.fixture(scope="module")
@@ -75,21 +75,7 @@ def slow_explain(monkeypatch):
     monkeypatch.setattr(ex, "explain", slow)
 
 
-def wait(qtbot, widget, timeout=60_000):
-    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
 
-
-def dock(viewer, name):
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
-    return widget
-
-
-def load(qtbot, viewer, path):
-    mw = dock(viewer, "Model")
-    mw.load_file(path)
-    wait(qtbot, mw)
-    assert mw.state.bundle is not None, mw.last_error
-    return mw
 
 
 def messages(records):
@@ -192,7 +178,7 @@ def test_viewer_closed_during_training(make_napari_viewer, qtbot, phantom_dir, t
     worker = tw.run(data_dir=phantom_dir, output=out, architecture="simple_cnn", image_size=32, epochs=500,
                     batch_size=8, device="cpu")
     assert worker is not None
-    qtbot.waitUntil(lambda: any(e.kind == "epoch" for e in tw.events), timeout=60_000)
+    qtbot.waitUntil(lambda: any(e.kind == "checkpoint" for e in tw.events), timeout=60_000)
     finished = []
     worker.finished.connect(lambda: finished.append(True))
     viewer.close()

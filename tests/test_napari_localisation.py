@@ -14,7 +14,7 @@ import torchvision  # noqa: E402,F401
 
 from napari_gradcam.localisation import localisation_scores  # noqa: E402
 
-PLUGIN = "napari-gradcam"
+from napari_helpers import PLUGIN, wait
 NAME = "Heatmap vs outline"
 CLASSES = ["normal", "pneumonia", "covid"]
 SIZE = 64
@@ -31,9 +31,6 @@ def square_mask(size=SIZE) -> np.ndarray:
     m[SQUARE] = 1
     return m
 
-
-def wait(qtbot, widget, timeout=60_000):
-    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
 
 
 def errors():

@@ -13,7 +13,7 @@ pytest.importorskip("pytestqt")
 import torchvision  # noqa: E402,F401
 
 CLASSES = ["normal", "pneumonia", "covid"]
-PLUGIN = "napari-gradcam"
+from napari_helpers import PLUGIN, wait, dock, load
 SCALE, TRANSLATE = (2.0, 2.0), (10.0, 5.0)
 
 
@@ -38,21 +38,7 @@ def xray():
     return make_xray("pneumonia", size=128, seed=3).image
 
 
-def wait(qtbot, widget, timeout=60_000):
-    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
 
-
-def dock(viewer, name):
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
-    return widget
-
-
-def load(qtbot, viewer, model_file):
-    mw = dock(viewer, "Model")
-    mw.load_file(model_file)
-    wait(qtbot, mw)
-    assert mw.state.bundle is not None, mw.last_error
-    return mw
 
 
 def errors():
