@@ -85,3 +85,15 @@ def test_table_json_and_plot(tmp_path):
     pb = np.stack([probs[:, 0], 1 - probs[:, 0]], 1)
     rb = classification_report(yb, pb, ["NORMAL", "PNEUMONIA"])
     assert plot_report(rb, yb, pb, tmp_path / "b.png").is_file()
+
+
+def test_large_confusion_matrix_is_left_to_the_json():
+    n = 30
+    classes = [f"c{i}" for i in range(n)]
+    y = np.arange(n).repeat(2)
+    r = classification_report(y, _probs(y, n), classes)
+    text = format_report(r)
+    assert "30 x 30, too large to print" in text and "--json" in text
+    assert len(text.splitlines()) < n + 15          # one row per class, no matrix
+    small = format_report(classification_report([0, 1], _probs([0, 1], 2), ["a", "b"]))
+    assert "confusion matrix (rows: true class" in small

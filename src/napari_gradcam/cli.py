@@ -124,18 +124,33 @@ def _tqdm(**kw):
 
 
 def _expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    from .data import IMAGE_SUFFIXES
+    """Image files among ``paths`` and in the folders among them (recursively, links followed, each
+    real file once), and what was passed over with the reason."""
+    import os
 
-    files, missing = [], []
+    from .data import IMAGE_SUFFIXES, walk_files
+
+    files: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    first: dict[str, Path] = {}  # real path -> the path it is listed under
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            found, passed = walk_files(p)
+            skipped += passed
+            found = [(f, r) for f, r in found if f.suffix.lower() in IMAGE_SUFFIXES]
         elif p.is_file():
-            files.append(p)
+            found = [(p, os.path.realpath(p))]
         else:
-            missing.append((p, "not found"))
-    return files, missing
+            why = "not a regular file" if p.exists() else ("a broken link" if p.is_symlink() else "not found")
+            skipped.append((p, why))
+            continue
+        for f, real in found:
+            if real in first:
+                skipped.append((f, f"the same file as {first[real]}, listed once"))
+            else:
+                first[real] = f
+                files.append(f)
+    return files, skipped
 
 
 # ----------------------------------------------------------------------------- train
@@ -220,9 +235,14 @@ def cmd_evaluate(args) -> int:
     bundle = _load(args.model, args.device)
     data = scan_folder(args.data_dir, csv=args.csv, group_pattern=None, classes=bundle.classes)
     if not data.items:
-        others = sorted({p.parent.name for p, _ in data.skipped})
+        bad = [f for files in data.unreadable_classes.values() for f in files]
+        if bad:
+            raise DatasetError(f"None of the {len(bad)} image file(s) of the model's classes in {args.data_dir} "
+                               f"could be read (e.g. {bad[0][0].name}: {bad[0][1]}).")
+        others = sorted({c for c in (_class_of(p, data.root) for p, _ in data.skipped) if c not in bundle.classes})
+        names = bundle.classes if len(bundle.classes) <= 10 else f"({len(bundle.classes)} classes)"
         raise DatasetError(
-            f"No readable images of the model's classes {bundle.classes} were found in {args.data_dir}"
+            f"No readable images of the model's classes {names} were found in {args.data_dir}"
             + (f" (it has {', '.join(others[:5])})." if others else ".")
         )
     bar = None if args.quiet else _tqdm(total=len(data), desc="evaluating", unit="img", leave=False)
@@ -253,6 +273,15 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _class_of(path: Path, root: Path) -> str:
+    """The class folder of a file under ``root`` (its first folder), else its parent folder's name."""
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        parts = ()
+    return parts[0] if len(parts) > 1 else path.parent.name
+
+
 def _write_predictions(path: Path, files, probs, classes, labels=None) -> None:
     import csv
 
@@ -275,7 +304,8 @@ def cmd_predict(args) -> int:
     bundle = _load(args.model, args.device)
     files, skipped = _expand_paths(args.paths)
     if not files:
-        raise GradCamError(f"No image files were found in {', '.join(args.paths)}.")
+        raise GradCamError(f"No image files were found in {', '.join(args.paths)}"
+                           + (f" ({skipped[0][0]}: {skipped[0][1]})." if skipped else "."))
     ok_files, rows = [], []
     bar = None if args.quiet else _tqdm(total=len(files), desc="predicting", unit="img", leave=False)
     for i in range(0, len(files), args.batch_size):

@@ -6,8 +6,8 @@ A data set is a folder of class subfolders::
     DATA_DIR/PNEUMONIA/person1_bacteria_1.jpeg
     ...
 
-(any image format Pillow or tifffile reads, any size, grayscale or RGB; nested folders inside a
-class folder are fine), or a CSV of ``path,label[,group]`` rows (paths relative to the CSV's folder).
+(any image format Pillow or tifffile reads, any size, grayscale or RGB; nested folders and symbolic
+links inside a class folder are fine; hidden files and ``__MACOSX`` folders are ignored), or a CSV of ``path,label[,group]`` rows (paths relative to the CSV's folder).
 
 * :func:`scan_folder` lists the images (cheaply checking that each one can be opened) and returns an
   :class:`ImageFolderData`; files that cannot be read are *skipped and listed*, never fatal.
@@ -24,7 +24,10 @@ class folder are fine), or a CSV of ``path,label[,group]`` rows (paths relative 
 from __future__ import annotations
 
 import csv as _csv
+import errno
+import os
 import re
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
@@ -39,6 +42,8 @@ if TYPE_CHECKING:  # pragma: no cover
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".pbm", ".jp2"}
 )
+#: Folders that never hold images of their own (macOS archives' resource forks); ignored like hidden ``.*`` entries.
+IGNORED_FOLDERS = frozenset({"__MACOSX"})
 #: Patient id in the Kermany chest X-ray file names: ``person1234_bacteria_...`` (pneumonia),
 #: ``IM-0115-0001`` and ``NORMAL2-IM-0383-0001`` (normal: the first number is the patient).
 PATIENT_PATTERN = r"(person\d+|(?:NORMAL2-)?IM-\d+)"
@@ -143,13 +148,17 @@ class ImageFolderData:
     items : list[Item]
         The readable images, sorted by class then path (a stable order for reproducible splits).
     skipped : list[tuple[Path, str]]
-        Files that were not used, with the reason (unreadable, unknown suffix, unknown class).
+        Files that were not used, with the reason (unreadable, unknown suffix, unknown class, broken
+        or looping link, a second path to an image already listed).
+    unreadable_classes : dict[str, list[tuple[Path, str]]]
+        Classes that have image files but not one readable image: their files and the reasons.
     """
 
     root: Path
     classes: list[str]
     items: list[Item]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    unreadable_classes: dict[str, list[tuple[Path, str]]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -174,7 +183,7 @@ class ImageFolderData:
 
     def subset(self, indices: Sequence[int]) -> "ImageFolderData":
         """The items at ``indices`` (same classes, no skipped list)."""
-        return replace(self, items=[self.items[int(i)] for i in indices], skipped=[])
+        return replace(self, items=[self.items[int(i)] for i in indices], skipped=[], unreadable_classes={})
 
     def split(self, val_fraction: float = 0.2, seed: int = 0) -> tuple["ImageFolderData", "ImageFolderData"]:
         """(train, validation): stratified by class, grouped by patient; see :func:`split_indices`."""
@@ -182,10 +191,21 @@ class ImageFolderData:
         return self.subset(tr), self.subset(va)
 
     def check_trainable(self, min_per_class: int = MIN_PER_CLASS) -> None:
-        """Raise one-sentence DatasetError unless there are >= 2 classes with >= ``min_per_class`` images each."""
+        """Raise one-sentence DatasetError unless there are >= 2 classes with >= ``min_per_class`` images each
+        and every class folder with image files has a readable one."""
         where = f" in {self.root}" if self.root else ""
+        bad = [f for files in self.unreadable_classes.values() for f in files]
         if not self.items:
+            if bad:
+                raise DatasetError(
+                    f"None of the {len(bad)} image file(s){where} could be read (e.g. {bad[0][0].name}: {bad[0][1]})."
+                )
             raise DatasetError(f"No readable images were found{where}; expected one subfolder of images per class.")
+        for c, files in self.unreadable_classes.items():
+            raise DatasetError(
+                f"None of the {len(files)} image file(s) of class {c!r} could be read "
+                f"(e.g. {files[0][0].name}: {files[0][1]}); replace or remove them."
+            )
         counts = self.class_counts()
         present = [c for c, n in counts.items() if n > 0]
         if len(present) < 2:
@@ -223,10 +243,166 @@ def _resolve_pattern(group_pattern: "str | None") -> "re.Pattern | None":
         raise DatasetError(f"The grouping pattern {group_pattern!r} is not a valid regular expression ({e}).") from None
 
 
-def _image_files(folder: Path) -> Iterator[Path]:
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts):
-            yield p
+def _link_problem(err: OSError) -> str:
+    """Why a symbolic link cannot be followed, from the error of ``os.stat``."""
+    if err.errno == errno.ELOOP:
+        return "a symbolic link loop"
+    if err.errno in (errno.ENOENT, errno.ENOTDIR):
+        return "a broken link (its target does not exist)"
+    return f"a link that cannot be followed ({err.strerror or type(err).__name__})"
+
+
+def _encloses(outer: str, inner: str) -> bool:
+    """Whether real path ``outer`` is ``inner`` or one of its parent folders."""
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
+def walk_files(folder: str | Path) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
+    """Every regular file under ``folder`` once, following symbolic links without looping.
+
+    Returns ``(files, passed_over)``.  ``files`` are ``(path, real path)`` pairs sorted by path, one per
+    real file (a path without links wins over a link to the same file).  ``passed_over`` lists, with
+    the reason, broken and looping links, links to an enclosing folder, folders that cannot be read,
+    second paths to a file or folder already listed, and special files (pipes, devices).  Hidden
+    entries (``.*``) and ``__MACOSX`` folders are ignored.
+    """
+    found: dict[str, Path] = {}  # real path -> the path it is listed under
+    passed: list[tuple[Path, str]] = []
+    seen_dirs: dict[str, Path] = {}
+    dir_links: list[tuple[Path, tuple[str, ...]]] = []  # (link, real paths of the folders it was reached through)
+    file_links: list[Path] = []
+
+    def walk(top: Path, chain: tuple[str, ...]) -> None:
+        stack = [(top, chain)]
+        while stack:
+            d, chain = stack.pop()
+            real = chain[-1]
+            if real in seen_dirs:
+                passed.append((d, f"the same folder as {seen_dirs[real]}, listed once"))
+                continue
+            seen_dirs[real] = d
+            try:
+                with os.scandir(d) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as e:
+                passed.append((d, f"the folder could not be read ({e.strerror or type(e).__name__})"))
+                continue
+            subdirs = []
+            for e in entries:
+                if e.name.startswith("."):
+                    continue
+                p = d / e.name
+                if e.is_symlink():
+                    try:
+                        mode = os.stat(p).st_mode
+                    except OSError as err:
+                        passed.append((p, _link_problem(err)))
+                        continue
+                    if stat.S_ISDIR(mode):
+                        if e.name not in IGNORED_FOLDERS:
+                            dir_links.append((p, chain))
+                    elif stat.S_ISREG(mode):
+                        file_links.append(p)
+                    else:
+                        passed.append((p, "not a regular file (a pipe, socket or device)"))
+                elif e.is_dir(follow_symlinks=False):
+                    if e.name not in IGNORED_FOLDERS:
+                        subdirs.append((p, (*chain, os.path.join(real, e.name))))
+                elif e.is_file(follow_symlinks=False):
+                    found[os.path.join(real, e.name)] = p
+                else:
+                    passed.append((p, "not a regular file (a pipe, socket or device)"))
+            stack.extend(reversed(subdirs))
+
+    folder = Path(folder)
+    walk(folder, (os.path.realpath(folder),))
+    for link, chain in dir_links:  # grows while linked folders are walked; each real folder once
+        target = os.path.realpath(link)
+        if any(_encloses(target, c) for c in chain):
+            passed.append((link, "a link to an enclosing folder (a loop), not followed"))
+        else:
+            walk(link, (*chain, target))
+    for link in file_links:
+        real = os.path.realpath(link)
+        if real in found:
+            passed.append((link, f"the same file as {found[real]}, listed once"))
+        else:
+            found[real] = link
+    files = sorted(((p, r) for r, p in found.items()), key=lambda pr: str(pr[0]))
+    return files, passed
+
+
+def _class_folders(root: Path, skipped: list[tuple[Path, str]]) -> tuple[dict[str, Path], list[Path]]:
+    """(real path -> class folder, loose image files) of a data folder.
+
+    Links that loop back to the data folder or repeat a class folder are added to ``skipped``.
+    """
+    try:
+        with os.scandir(root) as it:
+            entries = sorted(it, key=lambda e: (e.is_symlink(), e.name))  # folders before links to them
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise DatasetError(f"The data folder {root} could not be read ({why}).") from None
+    root_real = os.path.realpath(root)
+    folders: dict[str, Path] = {}
+    loose: list[Path] = []
+    for e in entries:
+        if e.name.startswith(".") or e.name in IGNORED_FOLDERS:
+            continue
+        p = root / e.name
+        try:
+            mode = os.stat(p).st_mode
+        except OSError as err:
+            skipped.append((p, _link_problem(err)))
+            continue
+        if stat.S_ISDIR(mode):
+            real = os.path.realpath(p)
+            if _encloses(real, root_real):
+                skipped.append((p, "a link to the data folder itself (a loop), not a class"))
+            elif real in folders:
+                skipped.append((p, f"the same folder as {folders[real].name}, not a class of its own"))
+            else:
+                folders[real] = p
+        elif stat.S_ISREG(mode) and p.suffix.lower() in IMAGE_SUFFIXES:
+            loose.append(p)
+    return dict(sorted(folders.items(), key=lambda kv: kv[1].name)), sorted(loose)
+
+
+def _folder_entries(root: Path, skipped: list[tuple[Path, str]]) -> list[tuple[Path, str, None]]:
+    """(path, class, None) of every file in the class folders of ``root``, each real file in one class only."""
+    folders, loose = _class_folders(root, skipped)
+    if loose and not folders:
+        raise DatasetError(
+            f"{root} holds images directly; put them in one subfolder per class (e.g. {root}/NORMAL, {root}/PNEUMONIA)."
+        )
+    skipped += [(p, "not in a class subfolder") for p in loose]
+    listed: list[tuple[Path, str, str]] = []
+    classes_of: dict[str, list[tuple[Path, str]]] = {}
+    for d in folders.values():
+        files, passed = walk_files(d)
+        skipped += passed
+        for p, real in files:
+            listed.append((p, d.name, real))
+            classes_of.setdefault(real, []).append((p, d.name))
+    entries = []
+    for p, label, real in listed:
+        where = classes_of[real]
+        if len(where) > 1:
+            owners = {folders[r].name for r in folders if _encloses(r, real)}
+            if len(owners) == 1 and label in owners:
+                pass  # the class whose folder really holds the file keeps it
+            elif len(owners) == 1:
+                owner = next(iter(owners))
+                first = next(q for q, c in where if c == owner)
+                skipped.append((p, f"a link to {first}, an image of class {owner!r}"))
+                continue
+            else:
+                names = sorted({c for _, c in where})
+                listing = ", ".join(map(repr, names))
+                skipped.append((p, f"the same file is in classes {listing}, so its class is ambiguous"))
+                continue
+        entries.append((p, label, None))
+    return entries
 
 
 def scan_folder(
@@ -258,12 +434,14 @@ def scan_folder(
     Returns
     -------
     ImageFolderData
-        Items sorted by class then path; ``skipped`` lists files not used and why.
+        Items sorted by class then path; ``skipped`` lists files not used and why.  Symbolic links
+        are followed (see :func:`walk_files`): each real image counts once, in the class whose folder
+        holds it; a file linked into several classes and held by none of them is skipped as ambiguous.
 
     Raises
     ------
     DatasetError
-        The folder or CSV does not exist or cannot be parsed; one sentence.
+        The folder or CSV does not exist or cannot be read or parsed; one sentence.
     """
     rx = _resolve_pattern(group_pattern)
     skipped: list[tuple[Path, str]] = []
@@ -279,35 +457,33 @@ def scan_folder(
         if root is None:
             raise DatasetError("No data folder was given.")
         root = Path(root)
-        if not root.exists():
-            raise DatasetError(f"No data folder at {root}.")
-        if not root.is_dir():
+        try:
+            mode = os.stat(root).st_mode
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                raise DatasetError(f"No data folder at {root}.") from None
+            why = e.strerror or type(e).__name__
+            raise DatasetError(f"The data folder {root} could not be read ({why}).") from None
+        if not stat.S_ISDIR(mode):
             raise DatasetError(f"{root} is a file, not a folder of class subfolders.")
-        subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-        if loose and not subdirs:
-            raise DatasetError(
-                f"{root} holds images directly; put them in one subfolder per class (e.g. {root}/NORMAL, {root}/PNEUMONIA)."
-            )
-        for p in loose:
-            skipped.append((p, "not in a class subfolder"))
-        for d in subdirs:
-            for p in _image_files(d):
-                entries.append((p, d.name, None))
+        entries = _folder_entries(root, skipped)
 
     wanted = [str(c) for c in classes] if classes is not None else None
     items_raw: list[tuple[Path, str, str]] = []
+    unreadable: dict[str, list[tuple[Path, str]]] = {}
     for path, label, group in entries:
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             skipped.append((path, f"not an image file type ({path.suffix or 'no suffix'})"))
             continue
         if wanted is not None and label not in wanted:
-            skipped.append((path, f"class {label!r} is not one of {wanted}"))
+            which = wanted if len(wanted) <= 10 else f"the {len(wanted)} requested classes"
+            skipped.append((path, f"class {label!r} is not one of {which}"))
             continue
         if check:
             reason = _quick_check(path) if path.exists() else "file not found"
             if reason is not None:
                 skipped.append((path, reason))
+                unreadable.setdefault(label, []).append((path, reason))
                 continue
         items_raw.append((path, label, group if group else group_of(path, rx)))
 
@@ -315,7 +491,9 @@ def scan_folder(
     index = {c: i for i, c in enumerate(names)}
     items = [Item(p, index[lab], g) for p, lab, g in items_raw]
     items.sort(key=lambda it: (it.label, str(it.path)))
-    return ImageFolderData(Path(root), list(names), items, skipped)
+    present = {lab for _, lab, _ in items_raw}
+    lost = {c: unreadable[c] for c in sorted(unreadable) if c not in present}
+    return ImageFolderData(Path(root), list(names), items, skipped, lost)
 
 
 def _read_csv(path: Path, base: Path) -> list[tuple[Path, str, str | None]]:

@@ -805,11 +805,11 @@ def _strip_mask_suffix(stem: str) -> str:
 
 
 def _listing(folder: Path) -> list[Path]:
-    from .data import IMAGE_SUFFIXES
+    """Image files under ``folder``, each real file once (links followed without looping; hidden entries ignored)."""
+    from .data import IMAGE_SUFFIXES, walk_files
 
-    return [p for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    files, _ = walk_files(folder)
+    return [p for p, _real in files if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
 def load_masks_folder(images_dir: "str | Path", masks_dir: "str | Path") -> PairedFiles:

@@ -125,6 +125,10 @@ def _fmt(v: float | None, pct: bool = False) -> str:
     return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
 
 
+#: Above this many classes :func:`format_report` leaves the confusion matrix to the JSON report.
+MAX_PRINTED_MATRIX = 20
+
+
 def format_report(report: dict[str, Any]) -> str:
     """A plain-text table of a :func:`classification_report` (for terminals and logs)."""
     classes = report["classes"]
@@ -142,6 +146,10 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             f"{c:<{w}}{support[c]:>9}{_fmt(report['sensitivity'][c], True):>13}{_fmt(report['specificity'][c], True):>13}"
         )
+    if len(classes) > MAX_PRINTED_MATRIX:
+        lines += ["", f"confusion matrix: {len(classes)} x {len(classes)}, too large to print; "
+                      "it is in the JSON report (--json)"]
+        return "\n".join(lines)
     lines += ["", "confusion matrix (rows: true class, columns: predicted)"]
     cw = max(7, *(len(c) + 1 for c in classes))
     lines.append(" " * w + "".join(f"{c:>{cw}}" for c in classes))
