@@ -35,6 +35,7 @@ _LAZY = {
     "ImageError": "errors",
     "LayerError": "errors",
     "DatasetError": "errors",
+    "TrainingError": "errors",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -54,7 +55,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from .bundle import ModelBundle, ModelConfig, build_model, load_model, resolve_device, save_model
-    from .errors import DatasetError, GradCamError, ImageError, LayerError, ModelFileError
+    from .errors import DatasetError, GradCamError, ImageError, LayerError, ModelFileError, TrainingError
     from .explain import Heatmap, TiledHeatmaps, explain, feature_maps, tiled_heatmaps
     from .inference import predict
     from .models import list_architectures

@@ -210,7 +210,7 @@ def cmd_train(args) -> int:
                     bar.close()
                     bar = None
                 print(ev.message, file=sys.stderr)
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C or an error: close the bar so the message gets a line of its own
         gen.close()
         if bar is not None:
             bar.close()

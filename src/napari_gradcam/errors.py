@@ -25,3 +25,7 @@ class LayerError(GradCamError):
 
 class DatasetError(GradCamError):
     """A data folder that cannot be trained or evaluated on."""
+
+
+class TrainingError(GradCamError):
+    """A training run that failed part-way (a batch, validation, a checkpoint write, the output folder)."""

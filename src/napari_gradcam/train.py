@@ -28,16 +28,29 @@ state as plain tensors (``torch.load(weights_only=True)``).
 summary, re-creates the same train/validation split (the stored seed, fraction and grouping rule),
 restores the optimizer state from the sidecar when present (otherwise restarts the optimizer, and the
 start event says so), and continues counting epochs from the stored ``epochs_done``; the learning-rate
-schedule is a function of the global step, so it continues too.
+schedule is a function of the global step, so it continues too.  Each checkpoint and its sidecar carry the
+same ``checkpoint_id``: a sidecar left from another save (a crash between the two writes) is not used.
+
+**Failures.** The output folder is checked before anything is trained (writable, room for the
+checkpoints), and temporary files left by a killed run are removed.  An exception in a batch, in
+validation or while writing a checkpoint ends the run with a :class:`TrainingError` (one sentence: where
+it failed, why, and which checkpoint is intact); files already written are never touched, a failed
+write leaves no temporary file.  Images that cannot be read mid-training are replaced by another image
+of their class and listed in ``TrainResult.skipped`` and the summary.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import math
 import os
+import re
+import shutil
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Generator
@@ -45,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generator
 import numpy as np
 
 from .data import Augmentation, ImageDataset, ImageFolderData, scan_folder
-from .errors import DatasetError, GradCamError
+from .errors import DatasetError, GradCamError, TrainingError
 
 if TYPE_CHECKING:  # pragma: no cover
     import threading
@@ -258,6 +271,96 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
         raise
 
 
+def _brief_exc(e: BaseException, limit: int = 160) -> str:
+    """``Type: message`` of an exception on one short line."""
+    text = " ".join(str(e).split())
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    if isinstance(e, (MemoryError, oom)):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and any(
+        w in text for w in ("out of memory", "can't allocate memory", "not enough memory"))
+
+
+def _write_errno(e: BaseException) -> int | None:
+    """The OS error number behind a failed write (OSError, or 'os error N' in a library's message)."""
+    if isinstance(e, OSError) and e.errno:
+        return e.errno
+    m = re.search(r"os error (\d+)", str(e))
+    return int(m.group(1)) if m else None
+
+
+def _classes_text(classes) -> str:
+    """Class names for a message: all of them up to 10, else the count and the first three."""
+    classes = list(classes)
+    if len(classes) <= 10:
+        return ", ".join(classes)
+    return f"{len(classes)} classes: {', '.join(classes[:3])}, ..."
+
+
+def _counts_text(classes, train_counts, val_counts) -> str:
+    """'a: 8+2, b: 8+2' (training + validation images per class), summarised above 10 classes."""
+    if len(classes) <= 10:
+        return ", ".join(f"{c}: {train_counts[c]}+{val_counts[c]}" for c in classes)
+    n = [train_counts[c] for c in classes]
+    return f"{len(classes)} classes, {min(n)} to {max(n)} training images each"
+
+
+def _output_names(out: Path, last: Path) -> list[Path]:
+    """The files a run writes: best and last model, and their optimizer sidecars."""
+    return [out, optimizer_state_path(out), last, optimizer_state_path(last)]
+
+
+def _prepare_output(out: Path, last: Path) -> int:
+    """Check that ``out``'s folder can be written (create and delete a probe file) and remove temporary
+    files left there by an interrupted run; returns how many were removed.  Raises TrainingError."""
+    folder = out.parent
+    if out.is_dir():
+        raise TrainingError(f"The output {out} is a folder; give a file name ending in .safetensors.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise TrainingError(
+            f"The output folder {folder} is not writable ({e.strerror or _brief_exc(e)}); "
+            "make it writable or choose another output file.") from None
+    removed = 0
+    for name in {p.name for p in _output_names(out, last)}:
+        for stale in folder.glob(f".{glob.escape(name)}.*.tmp"):
+            with contextlib.suppress(OSError):
+                if stale.is_file() and not stale.is_symlink():
+                    stale.unlink()
+                    removed += 1
+    return removed
+
+
+def _check_free_space(out: Path, last: Path, model, optimizer: str) -> None:
+    """Refuse to start when the output folder cannot hold the checkpoints (two model + optimizer pairs
+    and one temporary copy, less the files they replace)."""
+    model_b = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    param_b = sum(p.numel() * p.element_size() for p in model.parameters())
+    opt_b = param_b * (1 if optimizer.lower() == "sgd" else 2)
+    existing = sum(p.stat().st_size for p in _output_names(out, last) if p.is_file())
+    need = 2 * (model_b + opt_b) + max(model_b, opt_b) - existing
+    try:
+        free = shutil.disk_usage(out.parent).free
+    except OSError:
+        return
+    if need > free:
+        raise TrainingError(
+            f"Only {free / 1e6:.1f} MB is free in {out.parent}, but the checkpoints need about "
+            f"{need / 1e6:.1f} MB; free some space or choose another output folder.")
+
+
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     """Learning-rate multiplier at optimisation step ``step`` (0-based) of ``total``."""
     if warmup > 0 and step < warmup:
@@ -346,8 +449,11 @@ def train(
     Raises
     ------
     GradCamError / DatasetError
-        Bad options or data (empty folder, one class, too few images); one sentence.  Raised on the
-        first ``next()``.
+        Bad options or data (empty folder, one class, too few images), an output folder that cannot be
+        written or is too full; one sentence.  Raised on the first ``next()``.
+    TrainingError
+        A failure part-way (an exception in a batch or in validation, out of memory, a checkpoint that
+        could not be written); the sentence says where, why and which checkpoint is intact.
     """
     import torch
     import torch.nn.functional as F
@@ -358,6 +464,7 @@ def train(
 
     cfg = config
     cfg.validate()
+    stale = _prepare_output(Path(cfg.out), cfg.last_path)
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -375,6 +482,8 @@ def train(
     resumed: "ModelBundle | None" = None
     prev: dict[str, Any] = {}
     notes: list[str] = []
+    if stale:
+        notes.append(f"removed {stale} unfinished temporary file(s) of an interrupted run")
     if cfg.resume:
         resumed = load_model(cfg.resume, device=device)
         prev = dict(resumed.config.training or {})
@@ -392,14 +501,16 @@ def train(
     if data is None:
         data = scan_folder(cfg.data_dir, csv=cfg.csv, group_pattern=group_pattern, classes=classes)
     elif resumed is not None and list(data.classes) != resumed.classes:
-        raise DatasetError(f"The data's classes {data.classes} differ from the checkpoint's {resumed.classes}.")
+        raise DatasetError(f"The data's classes ({_classes_text(data.classes)}) differ from the checkpoint's "
+                           f"({_classes_text(resumed.classes)}).")
     data.check_trainable()
     if val_data is None:
         train_data, val_data = data.split(val_fraction, split_seed)
     else:
         train_data = data
         if list(val_data.classes) != list(data.classes):
-            raise DatasetError(f"The validation classes {val_data.classes} differ from the training classes {data.classes}.")
+            raise DatasetError(f"The validation classes ({_classes_text(val_data.classes)}) differ from the training "
+                               f"classes ({_classes_text(data.classes)}).")
     if len(val_data) == 0:
         raise DatasetError("The validation split is empty; add images or raise the validation fraction.")
     classes = list(data.classes)
@@ -446,6 +557,7 @@ def train(
         class_weight = torch.tensor(w, dtype=torch.float32, device=device)
 
     # ---- optimisation state
+    _check_free_space(Path(cfg.out), cfg.last_path, model, cfg.optimizer)
     opt = _make_optimizer(cfg, model.parameters())
     use_amp = bool(cfg.amp) and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -461,13 +573,21 @@ def train(
     global_step = int(prev.get("global_step", 0))
     if resumed is not None:
         side = optimizer_state_path(cfg.resume)
-        state = None
+        state, unread = None, False
         if side.is_file():
             try:
                 state = torch.load(side, map_location="cpu", weights_only=True)
             except Exception:  # noqa: BLE001 - a damaged sidecar only costs the optimizer state
-                state = None
-        if state is not None and int(state.get("epochs_done", -1)) == start_epoch:
+                unread = True
+        stamp = prev.get("checkpoint_id")
+        if not isinstance(state, dict):
+            notes.append("optimizer restarted (" + ("its saved state could not be read)" if unread or state is not None
+                                                    else "no saved optimizer state)"))
+        elif (state.get("checkpoint_id") != stamp if stamp or state.get("checkpoint_id")
+              else int(state.get("epochs_done", -1)) != start_epoch):
+            notes.append(f"optimizer restarted (the saved state in {side.name} belongs to another checkpoint, "
+                         "as after an interrupted save)")
+        else:
             try:
                 opt.load_state_dict(state["optimizer"])
                 if "scaler" in state and scaler.is_enabled():
@@ -476,10 +596,8 @@ def train(
             except (ValueError, KeyError, RuntimeError):
                 opt = _make_optimizer(cfg, model.parameters())
                 notes.append("optimizer restarted (its saved state did not fit)")
-        else:
-            notes.append("optimizer restarted (no saved optimizer state)")
 
-    skipped = list(data.skipped) + (list(val_data.skipped) if val_data is not data else [])
+    scan_skipped = list(data.skipped) + (list(val_data.skipped) if val_data is not data else [])
     n_batches = len(_batches(len(train_ds), cfg.batch_size, labels, weighting, cfg.seed, 0, cfg.steps_per_epoch))
     total_steps = cfg.epochs * n_batches
     warmup_steps = int(round(cfg.warmup_epochs * n_batches))
@@ -489,22 +607,34 @@ def train(
     best_written = resumed is not None and best_path.is_file()
     if resumed is not None and not best_written:  # a new output file: its best starts with this run
         best_metric, best_epoch = None, None
-    last_written = False
+    last_epoch: int | None = None  # the epoch held by last_path, once this run has written it
+
+    def all_skipped() -> list[tuple[Path, str]]:
+        """Files skipped by the scan, and images that failed to decode since (each once)."""
+        seen = {p for p, _ in scan_skipped}
+        out = list(scan_skipped)
+        for p, why in train_ds.failed + val_ds.failed:
+            if p not in seen:
+                seen.add(p)
+                out.append((p, why))
+        return out
 
     def ev(kind: str, **kw) -> TrainEvent:
         kw.setdefault("n_epochs", cfg.epochs)
         kw.setdefault("n_batches", n_batches)
         return TrainEvent(kind, elapsed_s=elapsed(), **kw)
 
-    def summary(epochs_done: int, reason: str = "") -> dict[str, Any]:
+    def summary(epochs_done: int, reason: str = "", stamp: str | None = None) -> dict[str, Any]:
+        skipped = all_skipped()
         return _jsonable({
             "epochs_done": epochs_done, "epochs_planned": cfg.epochs, "global_step": global_step,
             "monitor": monitor, "best_metric": best_metric, "best_epoch": best_epoch,
             "history": history, "data": str(data.root), "n_train": len(train_data), "n_val": len(val_data),
             "class_counts": {"train": train_counts, "val": val_counts},
             "split_seed": split_seed, "val_fraction": val_fraction, "group_pattern": group_pattern,
-            "n_skipped": len(skipped), "device": str(device), "torch": torch.__version__,
-            "recipe": cfg.recipe(), "finished": reason,
+            "n_skipped": len(skipped), "skipped": [[p, why] for p, why in skipped[:100]],
+            "device": str(device), "torch": torch.__version__, "recipe": cfg.recipe(), "finished": reason,
+            **({"checkpoint_id": stamp} if stamp else {}),
         })
 
     def result(stopped: bool, reason: str, epochs_done: int) -> TrainResult:
@@ -520,26 +650,74 @@ def train(
             model.eval()
             bundle.config.training = summary(epochs_done, reason)
             out_bundle = bundle
-        return TrainResult(out_bundle, best_path if best_written else None, last_path if last_written else None,
-                           epochs_done, best_epoch, best_metric, monitor, history, stopped, reason,
-                           summary(epochs_done, reason), skipped)
+        return TrainResult(out_bundle, best_path if best_written else None,
+                           last_path if last_epoch is not None else None, epochs_done, best_epoch, best_metric,
+                           monitor, history, stopped, reason, summary(epochs_done, reason), all_skipped())
+
+    def kept() -> str:
+        """What survives a failure, as the end of a sentence."""
+        if last_epoch is not None:
+            return f"the checkpoint of epoch {last_epoch} in {last_path} is intact; resume from it"
+        if resumed is not None:
+            return f"the checkpoint {cfg.resume} (epoch {start_epoch}) is unchanged; resume from it"
+        return "no epoch had finished, so no model was written"
+
+    def failure(e: Exception, where: str) -> GradCamError:
+        """The one-sentence error for an exception raised ``where`` (e.g. "in epoch 2 at batch 3 of 5")."""
+        if isinstance(e, GradCamError):
+            return type(e)(f"{str(e).rstrip('.')}; {kept()}.")
+        if _is_out_of_memory(e):
+            return TrainingError(
+                f"Training ran out of memory {where} ({_brief_exc(e, 100)}); use a smaller batch size (now "
+                f"{cfg.batch_size}) or image size (now {mc.input_size}); {kept()}.")
+        return TrainingError(f"Training failed {where} ({_brief_exc(e)}); {kept()}.")
+
+    def write_failure(e: Exception, path: Path, epochs_done: int, what: str = "checkpoint") -> TrainingError:
+        code = _write_errno(e)
+        if code is None:
+            with contextlib.suppress(OSError):
+                if shutil.disk_usage(path.parent).free < 1 << 20:
+                    code = errno.ENOSPC
+        why = os.strerror(code) if code else _brief_exc(e)
+        advice = {errno.ENOSPC: "free some space", getattr(errno, "EDQUOT", errno.ENOSPC): "free some space",
+                  errno.EACCES: f"make {path.parent} writable", errno.EPERM: f"make {path.parent} writable",
+                  errno.EROFS: f"make {path.parent} writable"}.get(code)
+        survived = kept()
+        if advice:
+            survived += f" after you {advice}" if survived.endswith("resume from it") else f"; {advice}"
+        return TrainingError(f"Could not write the {what} of epoch {epochs_done} to {path} ({why}); {survived}.")
 
     def save_checkpoint(path: Path, epochs_done: int) -> None:
-        bundle.config.training = summary(epochs_done)
-        save_model(bundle, path)
-        st = {"optimizer": opt.state_dict(), "epochs_done": epochs_done, "global_step": global_step}
+        """Model, then optimizer sidecar, both atomic and stamped with the same id; raises TrainingError."""
+        nonlocal last_epoch
+        stamp = uuid.uuid4().hex
+        bundle.config.training = summary(epochs_done, stamp=stamp)
+        try:
+            save_model(bundle, path)
+        except Exception as e:
+            raise write_failure(e, path, epochs_done) from e
+        if path == last_path:
+            last_epoch = epochs_done
+        st = {"optimizer": opt.state_dict(), "epochs_done": epochs_done, "global_step": global_step,
+              "checkpoint_id": stamp}
         if scaler.is_enabled():
             st["scaler"] = scaler.state_dict()
-        _atomic_torch_save(st, optimizer_state_path(path))
+        side = optimizer_state_path(path)
+        try:
+            _atomic_torch_save(st, side)
+        except Exception as e:
+            with contextlib.suppress(OSError):  # the old state belongs to the weights just replaced
+                side.unlink(missing_ok=True)
+            raise write_failure(e, side, epochs_done, "optimizer state") from e
 
     # ---- go
     where = f"{data.root}" if cfg.csv is None else f"{cfg.csv}"
     msg = (f"{len(train_data)} training and {len(val_data)} validation images "
-           f"({', '.join(f'{c}: {train_counts[c]}+{val_counts[c]}' for c in classes)}) from {where}; "
+           f"({_counts_text(classes, train_counts, val_counts)}) from {where}; "
            f"{bundle.architecture} at {mc.input_size} px on {device}"
            + (f"; {', '.join(notes)}" if notes else "")
-           + (f"; {len(skipped)} file(s) skipped" if skipped else ""))
-    yield ev("start", epoch=start_epoch, message=msg, metrics={"skipped": [str(p) for p, _ in skipped[:50]]})
+           + (f"; {len(scan_skipped)} file(s) skipped" if scan_skipped else ""))
+    yield ev("start", epoch=start_epoch, message=msg, metrics={"skipped": [str(p) for p, _ in scan_skipped[:50]]})
 
     if start_epoch >= cfg.epochs:
         yield ev("done", epoch=start_epoch, message=f"Already trained {start_epoch} epochs; ask for more epochs to continue.")
@@ -555,8 +733,6 @@ def train(
                 return result(True, "stopped", start_epoch)
             yield ev("load", epoch=start_epoch, batch=offset + done, n_batches=total_imgs, message="reading images")
         offset += len(ds)
-    if train_ds.failed or val_ds.failed:
-        skipped += train_ds.failed + val_ds.failed
 
     from torch.utils.data import DataLoader
 
@@ -585,6 +761,7 @@ def train(
     epoch = start_epoch
     budget_s = 60.0 * cfg.max_minutes if cfg.max_minutes is not None else None
     t_train0 = elapsed()
+    failed_before = len(train_ds.failed) + len(val_ds.failed)  # unreadable images met while loading: listed at the end
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         frozen = epoch <= cfg.freeze_epochs
         _set_trunk_frozen(model, head, frozen)
@@ -602,57 +779,65 @@ def train(
             if stop_requested():
                 reason = f"Stopped during epoch {epoch}; " + (
                     f"the last checkpoint (epoch {epoch - 1}) is kept."
-                    if last_written or resumed is not None
+                    if last_epoch is not None or resumed is not None
                     else "no epoch had finished, so no model was written.")
                 yield ev("stopped", epoch=epoch, batch=b, loss=loss_val, message=reason)
                 return result(True, "stopped", epoch - 1)
-            t0 = time.perf_counter()
-            x, y = next(it)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            x = x.float().mul_(1.0 / 255.0) if x.dtype == torch.uint8 else x.float()
-            if aug is not None:
-                x = aug(x, generator=aug_gen)
-            x = (x - mean) * inv_std
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            step = global_step
-            if budget_s is not None:  # with a time budget the schedule also follows the clock
-                used = (elapsed() - t_train0) / max(1e-9, budget_s - t_train0)
-                step = max(step, warmup_steps + int(used * (total_steps - warmup_steps)))
-            lr = cfg.lr * lr_factor(step, total_steps, warmup_steps, cfg.schedule.lower())
-            for g in opt.param_groups:
-                g["lr"] = lr
-            with autocast():
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, weight=class_weight, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            global_step += 1
-            loss_sum += loss.detach() * len(y)
-            seen += len(y)
-            if (b + 1) % log_every == 0 or b + 1 == len(batches):
-                loss_val = float(loss_sum.item() / seen)  # syncs the device: only every log_every batches
-                train_time += time.perf_counter() - t0
-                ips = seen / train_time if train_time > 0 else None
-            else:
-                train_time += time.perf_counter() - t0
-            if loss_val is not None and not math.isfinite(loss_val):
-                raise GradCamError(
-                    f"The training loss became {loss_val} in epoch {epoch}; lower the learning rate (now {cfg.lr})."
-                )
+            try:
+                t0 = time.perf_counter()
+                x, y = next(it)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                x = x.float().mul_(1.0 / 255.0) if x.dtype == torch.uint8 else x.float()
+                if aug is not None:
+                    x = aug(x, generator=aug_gen)
+                x = (x - mean) * inv_std
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                step = global_step
+                if budget_s is not None:  # with a time budget the schedule also follows the clock
+                    used = (elapsed() - t_train0) / max(1e-9, budget_s - t_train0)
+                    step = max(step, warmup_steps + int(used * (total_steps - warmup_steps)))
+                lr = cfg.lr * lr_factor(step, total_steps, warmup_steps, cfg.schedule.lower())
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                with autocast():
+                    logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, weight=class_weight, label_smoothing=cfg.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                global_step += 1
+                loss_sum += loss.detach() * len(y)
+                seen += len(y)
+                if (b + 1) % log_every == 0 or b + 1 == len(batches):
+                    loss_val = float(loss_sum.item() / seen)  # syncs the device: only every log_every batches
+                    train_time += time.perf_counter() - t0
+                    ips = seen / train_time if train_time > 0 else None
+                else:
+                    train_time += time.perf_counter() - t0
+                if loss_val is not None and not math.isfinite(loss_val):
+                    raise GradCamError(f"The training loss became {loss_val} in epoch {epoch}; "
+                                       f"lower the learning rate (now {cfg.lr})")
+            except Exception as e:
+                raise failure(e, f"in epoch {epoch} at batch {b + 1} of {len(batches)}") from e
             yield ev("batch", epoch=epoch, batch=b + 1, loss=loss_val, images_per_s=ips, metrics={"lr": lr})
         del it
 
         # ---- validate
-        probs, val_loss = evaluate_arrays(model, val_batches(), device, autocast)
-        rep = classification_report(val_y.numpy(), probs, classes)
+        try:
+            probs, val_loss = evaluate_arrays(model, val_batches(), device, autocast)
+            rep = classification_report(val_y.numpy(), probs, classes)
+        except Exception as e:
+            raise failure(e, f"while validating epoch {epoch}") from e
+        n_failed = len(train_ds.failed) + len(val_ds.failed)
         metrics = {
             "epoch": epoch, "train_loss": loss_val, "val_loss": val_loss, "accuracy": rep["accuracy"],
             "balanced_accuracy": rep["balanced_accuracy"], "roc_auc": rep["roc_auc"],
             "sensitivity": rep["sensitivity"], "specificity": rep["specificity"],
-            "confusion_matrix": rep["confusion_matrix"], "lr": lr, "frozen_trunk": frozen,
+            # the matrix grows with classes squared; above 20 it would bloat every checkpoint's header
+            "confusion_matrix": rep["confusion_matrix"] if len(classes) <= 20 else None, "lr": lr,
+            "frozen_trunk": frozen,
             "seconds": time.perf_counter() - t_ep, "train_seconds": train_time, "images_per_s": ips,
         }
         history.append(_jsonable(metrics))
@@ -669,11 +854,13 @@ def train(
                  message=(f"epoch {epoch}/{cfg.epochs}: loss {loss_val:.4f}, val loss {val_loss:.4f}, "
                           f"accuracy {rep['accuracy']:.3f}, balanced {rep['balanced_accuracy']:.3f}, AUC "
                           + (f"{rep['roc_auc']:.3f}" if rep["roc_auc"] is not None else "n/a")
-                          + (" (best)" if improved else "")))
+                          + (" (best)" if improved else "")
+                          + (f"; {n_failed - failed_before} unreadable image(s) replaced by others of their class"
+                             if n_failed > failed_before else "")))
+        failed_before = n_failed
 
         # ---- checkpoints (atomic; a stop request is honoured only after they are written)
         save_checkpoint(last_path, epoch)
-        last_written = True
         yield ev("checkpoint", epoch=epoch, batch=len(batches), path=str(last_path), message=f"saved {last_path.name}")
         if improved:
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -698,7 +885,8 @@ def train(
     res = result(False, "finished", epoch)
     msg = (f"Finished {epoch} epochs in {elapsed():.0f} s; best {monitor} "
            + (f"{best_metric:.4f} at epoch {best_epoch}" if best_metric is not None else "n/a")
-           + (f" -> {best_path}" if best_written else ""))
+           + (f" -> {best_path}" if best_written else "")
+           + (f"; {len(res.skipped)} file(s) skipped" if res.skipped else ""))
     yield ev("done", epoch=epoch, batch=n_batches, message=msg, metrics=res.summary, path=str(best_path))
     return res
 
