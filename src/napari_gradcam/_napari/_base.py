@@ -172,6 +172,7 @@ class GradCamWidget(QWidget):
         on_returned: Callable[[Any], None] | None = None,
         on_yielded: Callable[[Any], None] | None = None,
         on_aborted: Callable[[], None] | None = None,
+        on_finished: Callable[[], None] | None = None,
         what: str | None = None,
         progress_total: int = 0,
         **kwargs: Any,
@@ -180,7 +181,8 @@ class GradCamWidget(QWidget):
 
         Generators may yield ``(done, total)`` tuples (shown as progress) or anything else
         (passed to ``on_yielded``).  ``on_returned`` gets the result on the GUI thread;
-        exceptions become notifications.
+        exceptions become notifications.  ``on_finished`` runs at the end of every run (done, failed
+        or cancelled), after ``on_returned`` and before ``busy`` turns False; not when the run is refused.
         """
         from napari.qt.threading import create_worker
         from napari.utils import progress
@@ -253,6 +255,11 @@ class GradCamWidget(QWidget):
             pbar.close()
             if self._progress is pbar:
                 self._progress = None
+            if on_finished is not None:
+                try:
+                    on_finished()
+                except Exception as e:  # noqa: BLE001
+                    log.exception("cleaning up after %s failed: %s", what, e)
             self._set_busy(False)
 
         worker.returned.connect(returned)

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
 
-from ._base import GradCamWidget, ImageLayerPicker
-from .layers import add_layer_tuples, heatmap_layer, remove_plugin_layers
+from ._base import GradCamWidget, ImageLayerPicker, notify_info
+from .layers import CLASS_COLORMAPS, METHOD_TITLES, heatmap_layer, replace_plugin_layers
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -144,29 +144,20 @@ class ExplainWidget(GradCamWidget):
         keep = bool(self.keep.value)
         model = self.state.name
         return self.start(_explain, self.state, plane.data, method, tgt, tl, self.state.bundle,
-                          on_returned=lambda hs: self._add(plane, hs, keep, model))
+                          on_returned=lambda hs: self._add(plane, layer, hs, keep, model))
 
-    def _add(self, plane, heatmaps, keep: bool, model: str) -> None:
-        if not any(lyr.name == plane.name for lyr in self.viewer.layers):
-            from ._base import notify_info
-
-            self.layers_added = []
+    def _add(self, plane, layer, heatmaps, keep: bool, model: str) -> None:
+        self.layers_added = []
+        # the very layer the run started from (one deleted and re-added under its name is another image)
+        if not any(lyr is layer for lyr in self.viewer.layers):
             notify_info(f"Layer {plane.name!r} was removed while it was being explained; no heatmap was added.")
             return
-        if not keep:
-            remove_plugin_layers(self.viewer, "explain", plane.name)
         tuples = [heatmap_layer(h, plane, model) for h in heatmaps]
         if len(tuples) > 1:  # several classes at once: give each its own hue, like the tiled maps
-            from .layers import CLASS_COLORMAPS
-
             for (_, kwargs, _), h in zip(tuples, heatmaps):
                 kwargs["colormap"] = CLASS_COLORMAPS[h.target_index % len(CLASS_COLORMAPS)]
-        source = next((lyr for lyr in self.viewer.layers if lyr.name == plane.name), None)
-        self.layers_added = add_layer_tuples(self.viewer, tuples)
-        if source is not None:  # keep the source selected, so the next run uses it again
-            self.viewer.layers.selection.active = source
-        from .layers import METHOD_TITLES
-
+        self.layers_added = replace_plugin_layers(self.viewer, tuples, "explain", plane.name, keep)
+        self.viewer.layers.selection.active = layer  # keep the source selected, so the next run uses it again
         h = heatmaps[0]
         how = f"{METHOD_TITLES.get(h.method, h.method)} at <tt>{h.layer}</tt>"
         if len(heatmaps) == 1:

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from qtpy.QtWidgets import QLabel, QPushButton
 
-from ._base import GradCamWidget, ImageLayerPicker
-from .layers import add_layer_tuples, feature_layers, remove_plugin_layers
+from ._base import GradCamWidget, ImageLayerPicker, notify_info
+from .layers import feature_layers, replace_plugin_layers
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -15,11 +15,11 @@ if TYPE_CHECKING:  # pragma: no cover
 DISPLAYS = [("stack (slider)", "stack"), ("grid", "grid")]
 
 
-def _features(state, data, layer: str | None, n: int):
+def _features(state, data, layer: str | None, n: int, bundle=None):
     from ..explain import feature_maps
 
-    with state.lock:
-        return feature_maps(state.bundle, data, layer=layer, n=n)
+    with state.lock:  # ``bundle``: the model when the run started (a model switched meanwhile is not used)
+        return feature_maps(bundle if bundle is not None else state.bundle, data, layer=layer, n=n)
 
 
 class FeatureMapsWidget(GradCamWidget):
@@ -69,7 +69,13 @@ class FeatureMapsWidget(GradCamWidget):
         self.layer.reset_choices()
 
     def run(self, layer=None, model_layer: str | None = None, n: int | None = None, display: str | None = None):
-        """Compute and add the feature maps; returns the worker (or None)."""
+        """Compute and add the feature maps; returns the worker (or None).
+
+        While a run is going on, another is refused (a notification) and the form is left as it is.
+        """
+        if self.busy:
+            notify_info(f"{self.what} is still running; wait for it.")
+            return None
         if model_layer is not None:
             self.layer.value = model_layer
         if n is not None:
@@ -82,18 +88,21 @@ class FeatureMapsWidget(GradCamWidget):
         layer, plane = picked
         grid = self.display.value == "grid"
         keep = bool(self.keep.value)
-        model = self.state.name
+        model = self.state.name  # the model of the run's start: it computes the maps, and labels them
         shape = tuple(plane.data.shape[:2])
         return self.start(_features, self.state, plane.data, self.layer.value or None, int(self.count.value),
-                          on_returned=lambda fm: self._add(fm, plane, shape, grid, keep, model))
+                          self.state.bundle,
+                          on_returned=lambda fm: self._add(fm, plane, layer, shape, grid, keep, model))
 
-    def _add(self, fm, plane, shape, grid: bool, keep: bool, model: str) -> None:
-        if not keep:
-            remove_plugin_layers(self.viewer, "features", plane.name)
-        source = next((lyr for lyr in self.viewer.layers if lyr.name == plane.name), None)
-        self.layers_added = add_layer_tuples(self.viewer, feature_layers(fm, plane, shape, grid=grid, model=model))
-        if source is not None:
-            self.viewer.layers.selection.active = source
+    def _add(self, fm, plane, layer, shape, grid: bool, keep: bool, model: str) -> None:
+        self.layers_added = []
+        # the very layer the run started from (one deleted and re-added under its name is another image)
+        if not any(lyr is layer for lyr in self.viewer.layers):
+            notify_info(f"Layer {plane.name!r} was removed while its feature maps were computed; nothing was added.")
+            return
+        tuples = feature_layers(fm, plane, shape, grid=grid, model=model)
+        self.layers_added = replace_plugin_layers(self.viewer, tuples, "features", plane.name, keep)
+        self.viewer.layers.selection.active = layer
         n, h, w = fm.maps.shape
         self.result_label.setText(f"{n} channels of {fm.layer} ({h} x {w}), most active first: "
                                   + ", ".join(str(int(c)) for c in fm.channels[:8]) + ("…" if n > 8 else ""))

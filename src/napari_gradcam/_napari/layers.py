@@ -283,20 +283,33 @@ def feature_layers(fm: "FeatureMaps", plane: ImagePlane, image_shape: tuple[int,
     return [(data, kwargs, "image")]
 
 
-def remove_plugin_layers(viewer: "napari.Viewer", widget: str, source: str | None = None) -> int:
-    """Remove the layers a widget added (for ``source`` only when given); returns how many."""
-    doomed = [
-        layer for layer in list(viewer.layers)
-        if is_plugin_layer(layer) and layer.metadata.get("widget") == widget
-        and (source is None or layer.metadata.get("source") == source)
-    ]
-    for layer in doomed:
-        viewer.layers.remove(layer)
-    return len(doomed)
+def replace_plugin_layers(viewer: "napari.Viewer", tuples: Sequence[tuple], widget: str, source: str,
+                          keep: bool = False) -> list:
+    """Add the LayerDataTuples, replacing the layers ``widget`` made for ``source`` unless ``keep``:
+    all or nothing; returns the layers added.
 
-
-def add_layer_tuples(viewer: "napari.Viewer", tuples: Sequence[tuple]) -> list:
-    """Add LayerDataTuples to the viewer; returns the layers."""
+    Every layer is built before the viewer changes, so a tuple that cannot become a layer leaves the
+    viewer as it was; if adding fails part way, the layers added are taken out again and the previous
+    ones put back where they were.
+    """
     from napari.layers import Layer
 
-    return [viewer.add_layer(Layer.create(data, dict(kwargs), ltype)) for data, kwargs, ltype in tuples]
+    new = [Layer.create(data, dict(kwargs), ltype) for data, kwargs, ltype in tuples]
+    old = [] if keep else [
+        (i, layer) for i, layer in enumerate(viewer.layers)
+        if is_plugin_layer(layer) and layer.metadata.get("widget") == widget and layer.metadata.get("source") == source
+    ]
+    for _, layer in reversed(old):  # before adding: the new layers get the same names, not "name [1]"
+        viewer.layers.remove(layer)
+    added: list = []
+    try:
+        for layer in new:
+            added.append(viewer.add_layer(layer))
+    except Exception:
+        for layer in added:
+            if any(layer is lyr for lyr in viewer.layers):
+                viewer.layers.remove(layer)
+        for i, layer in old:
+            viewer.layers.insert(min(i, len(viewer.layers)), layer)
+        raise
+    return added

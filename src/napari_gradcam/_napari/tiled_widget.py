@@ -9,8 +9,8 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QBrush, QColor
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QLabel, QPushButton, QTableWidget, QTableWidgetItem
 
-from ._base import GradCamWidget, ImageLayerPicker, notify_error, section
-from .layers import CLASS_COLORMAPS, add_layer_tuples, layer_plane, remove_plugin_layers, tiled_layers
+from ._base import GradCamWidget, ImageLayerPicker, notify_error, notify_info, section
+from .layers import CLASS_COLORMAPS, layer_plane, replace_plugin_layers, tiled_layers
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -112,6 +112,9 @@ class TiledHeatmapsWidget(GradCamWidget):
         lay.addWidget(self.table, 1)
         self.result = None
         self.layers_added: list = []
+        self._job_source = None  # the layer the running job computes the maps of
+        self._source_removed = False  # ... and whether it was removed from the viewer meanwhile
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self.class_mode.changed.connect(self._on_mode)
         self.state.model_changed.connect(self._on_model)
         self._on_model()
@@ -139,7 +142,11 @@ class TiledHeatmapsWidget(GradCamWidget):
         """Compute the tiled heatmaps of ``layer`` (default: the chosen one); returns the worker (or None).
 
         ``classes``: "all", an int (top-k) or a list of class names (sets the form).
+        While a run is going on, another is refused (a notification) and the form is left as it is.
         """
+        if self.busy:
+            notify_info(f"{self.what} is still running; wait for it or cancel it.")
+            return None
         if tile is not None:
             self.tile.value = int(tile)
         if overlap is not None:
@@ -183,26 +190,47 @@ class TiledHeatmapsWidget(GradCamWidget):
         else:
             cls = "all"
         keep = bool(self.keep.value)
-        model = self.state.name
-        return self.start(_tiled, self.state, data, int(self.tile.value) or None, float(self.overlap.value), cls,
-                          self.method.value, self.state.bundle, on_returned=lambda r: self._add(r, plane, keep, model))
+        model = self.state.name  # the model of the run's start: it computes the maps, and labels them
+        self._job_source, self._source_removed = layer, False
+        worker = self.start(_tiled, self.state, data, int(self.tile.value) or None, float(self.overlap.value), cls,
+                            self.method.value, self.state.bundle,
+                            on_returned=lambda r: self._add(r, plane, layer, keep, model), on_finished=self._job_over)
+        if worker is None:
+            self._job_over()
+        return worker
 
-    def _add(self, result, plane, keep: bool, model: str) -> None:
-        if not any(lyr.name == plane.name for lyr in self.viewer.layers):
-            from ._base import notify_info
+    def _job_over(self) -> None:
+        """The run is over (done, failed, cancelled or refused): forget its source layer."""
+        self._job_source, self._source_removed = None, False
 
-            self.layers_added = []
-            notify_info(f"Layer {plane.name!r} was removed while its heatmaps were computed; nothing was added.")
+    def _on_layer_removed(self, event=None) -> None:
+        """The running job's source layer was removed: stop the job at its next step (it adds nothing)."""
+        layer = getattr(event, "value", None)
+        if not self.busy or layer is None or layer is not self._job_source or self._source_removed:
             return
-        if not keep:
-            remove_plugin_layers(self.viewer, "tiled", plane.name)
+        self._source_removed = True
+        notify_info(f"Layer {layer.name!r} was removed while its tiled heatmaps were computed; the run was "
+                    "stopped and nothing was added.")
+        try:
+            self.cancel()
+        except RuntimeError:  # the Qt widgets are gone (the viewer is closing)
+            self._stop_requested = True
+
+    def _add(self, result, plane, layer, keep: bool, model: str) -> None:
+        removed = self._source_removed  # both reset by _job_over when the run finishes
+        # the very layer the run started from (one deleted and re-added under its name is another image)
+        if removed or not any(lyr is layer for lyr in self.viewer.layers):
+            self.layers_added = []
+            if not removed:  # else already said when it was removed
+                notify_info(f"Layer {plane.name!r} was removed while its tiled heatmaps were computed; "
+                            "nothing was added.")
+            return
         lazy = bool(result.extra.get("lazy"))
         tuples = tiled_layers(result, plane, model) if not lazy else self._lazy_tuples(result, plane, model)
+        self.layers_added = []
+        self.layers_added = replace_plugin_layers(self.viewer, tuples, "tiled", plane.name, keep)
         self.result = result
-        source = next((lyr for lyr in self.viewer.layers if lyr.name == plane.name), None)
-        self.layers_added = add_layer_tuples(self.viewer, tuples)
-        if source is not None:
-            self.viewer.layers.selection.active = source
+        self.viewer.layers.selection.active = layer
         self.result_label.setText(f"{result.tiles} tiles of {result.tile} px (step {result.stride} px), "
                                   f"{result.method}, on {plane.name}")
         t = self.table
