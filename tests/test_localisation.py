@@ -316,6 +316,25 @@ def test_load_masks_folder_flat_suffix_and_errors(tmp_path):
         load_masks_folder(tmp_path / "empty", mask_dir)
 
 
+def test_load_masks_folder_survives_link_loops(tmp_path):
+    """Links back to an enclosing folder are not followed; a linked image is paired once."""
+    import os
+
+    from skimage import io
+
+    img_dir, mask_dir = tmp_path / "images", tmp_path / "masks"
+    (img_dir / "a").mkdir(parents=True)
+    mask_dir.mkdir()
+    io.imsave(img_dir / "a" / "x1.png", np.zeros((8, 8), np.uint8), check_contrast=False)
+    io.imsave(mask_dir / "x1.png", np.ones((8, 8), np.uint8), check_contrast=False)
+    os.symlink(img_dir, img_dir / "a" / "loop")          # a -> images -> a -> ...
+    os.symlink(mask_dir, mask_dir / "again")
+    os.symlink(img_dir / "a" / "x1.png", img_dir / "x1_alias.png")
+    os.symlink(tmp_path / "gone.png", img_dir / "dangling.png")
+    pairs = load_masks_folder(img_dir, mask_dir)
+    assert [(i.name, m.name) for i, m in pairs] == [("x1.png", "x1.png")] and pairs.unmatched == []
+
+
 def test_localize_folder(tiny_bundle, tmp_path):
     import napari_gradcam as ng
     from napari_gradcam.phantoms import write_dataset
