@@ -306,3 +306,71 @@ def test_tiled_bad_arguments(cnn):
         tiled_heatmaps(cnn, np.zeros((5, 100, 100)))
     with pytest.raises(GradCamError, match="Top-k"):
         tiled_heatmaps(cnn, np.zeros((100, 100)), classes=9)
+
+
+# ----------------------------------------------------------------------------- shift-averaged maps
+@pytest.fixture(scope="module")
+def box_bundle():
+    """A 'network' whose feature map is the input's 8 x 8 block means, one channel, GAP + linear head:
+    CAM and Grad-CAM of class 0 are those block means (a known answer at 1/8 of the resolution)."""
+    from napari_gradcam.bundle import ModelBundle
+
+    b = ng.build_model("simple_cnn", ["spot", "other"], in_channels=1, input_size=128)
+
+    class BoxNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = torch.nn.AvgPool2d(8)
+            self.pool = torch.nn.AdaptiveAvgPool2d(1)
+            self.classifier = torch.nn.Linear(1, 2)
+            with torch.no_grad():
+                self.classifier.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+                self.classifier.bias.zero_()
+
+        def forward(self, x):
+            return self.classifier(self.pool(self.features(x)).flatten(1))
+
+    b.config.mean, b.config.std = [0.0], [1.0]
+    return ModelBundle(BoxNet().eval(), b.config)
+
+
+def _peak(h: np.ndarray) -> np.ndarray:
+    return np.array(np.unravel_index(np.argmax(h), h.shape), float)
+
+
+@pytest.mark.parametrize("method", ["cam", "gradcam", "gradcam++"])
+def test_shifts_find_a_spot_between_cell_centres(box_bundle, method):
+    """One bright 3 x 3 spot at (57, 90): the plain map can only peak at a cell centre (59.5, 91.5);
+    averaged over 4 x 4 sub-cell shifts the peak comes to the spot (a sign error in moving the maps
+    back would put it ~3 px off the other way)."""
+    img = np.zeros((128, 128), np.float32)
+    img[56:59, 89:92] = 1.0
+    spot = np.array([57.0, 90.0])
+    plain = explain(box_bundle, img, method, target="spot")
+    assert np.abs(_peak(plain.data) - spot).max() >= 1.5
+    fine = explain(box_bundle, img, method, target="spot", shifts=4)
+    assert np.abs(_peak(fine.data) - spot).max() <= 1.0
+    assert fine.data.shape == img.shape and fine.data.dtype == np.float32
+    assert fine.data.max() == pytest.approx(1.0) and fine.data.min() >= 0
+    np.testing.assert_array_equal(fine.raw, plain.raw)          # raw stays the unshifted map
+    assert fine.score == plain.score and fine.target == "spot"
+
+
+def test_shifts_one_is_the_plain_map_and_bad_values_are_refused(cnn, image):
+    for method in ("cam", "gradcam"):
+        np.testing.assert_array_equal(explain(cnn, image, method, shifts=1).data, explain(cnn, image, method).data)
+    for bad in (0, 9, -1, 2.5, True, "4"):
+        with pytest.raises(GradCamError, match="shifts must be"):
+            explain(cnn, image, "gradcam", shifts=bad)
+    assert _no_hooks(cnn.model)
+
+
+def test_shifts_all_classes_and_cam_equals_gradcam(cnn, image):
+    """Several targets come from one batch; on a GAP + linear head shifted Grad-CAM = shifted CAM."""
+    cams = explain(cnn, image, "cam", target="all", shifts=3)
+    grads = explain(cnn, image, "gradcam", target="all", shifts=3)
+    assert [h.target for h in cams] == ["a", "b", "c"]
+    for c, g in zip(cams, grads):
+        assert c.data.shape == image.shape
+        np.testing.assert_allclose(c.data, g.data, atol=1e-5)
+    assert _no_hooks(cnn.model) and all(p.grad is None for p in cnn.model.parameters())

@@ -13,6 +13,7 @@ from .cam import cam_head, class_activation_maps
 from .gradcam import canonical_method, gradient_maps
 from .hooks import StopForward, capture
 from .result import FeatureMaps, Heatmap
+from .shifts import check_shifts, shift_offsets, shifted_inputs, unshift_average
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..bundle import ModelBundle
@@ -37,6 +38,7 @@ def explain(
     method: str = "gradcam",
     target=None,
     layer: str | None = None,
+    shifts: int = 1,
 ) -> "Heatmap | list[Heatmap]":
     """Explain the model's decision on one image as a heatmap.
 
@@ -48,6 +50,9 @@ def explain(
         All requested classes come from one forward pass.
     layer : dotted layer name for Grad-CAM(++); default the model's target layer. CAM always
         uses the layer feeding the global-average-pooling head.
+    shifts : 1 (default) or k > 1: average the maps of k x k copies of the input translated by
+        fractions of a feature-map cell (one batch of k*k images): a k times finer heatmap whose
+        maximum is no longer tied to cell centres.  See :mod:`napari_gradcam.explain.shifts`.
 
     Returns
     -------
@@ -55,6 +60,7 @@ def explain(
     ``Heatmap.data`` is (H, W) float32 in [0, 1] at the image's own size.
     """
     method = canonical_method(method)
+    shifts = check_shifts(shifts)
     img = check_image(image)
     targets, many = _resolve_targets(bundle, target)
     x = bundle_tensor(bundle, [img]).to(bundle.device)
@@ -77,8 +83,20 @@ def explain(
     probs = torch.softmax(logits[0], dim=0).cpu().numpy()
     positive = torch.relu(raw)
     peaks = positive.amax(dim=(1, 2))
-    full = resize_maps(positive, img.shape[:2])
-    full = full / torch.where(peaks > 0, peaks, torch.ones_like(peaks)).view(-1, 1, 1)
+    if shifts > 1:  # the other k*k - 1 translations, for the same classes, in one batch
+        offsets = shift_offsets(x.shape[-1] / raw.shape[-1], shifts)
+        xs = shifted_inputs(x, offsets[1:])
+        if method == "cam":
+            more = class_activation_maps(bundle, xs)[1][:, indices]
+        else:
+            more = gradient_maps(bundle, xs, indices, used_layer, method)[1]
+        fine = unshift_average(torch.cat([raw[None], more]).relu_(), offsets, x.shape[-1])
+        full = resize_maps(fine, img.shape[:2])
+        scale = full.amax(dim=(1, 2))
+    else:
+        full = resize_maps(positive, img.shape[:2])
+        scale = peaks
+    full = full / torch.where(scale > 0, scale, torch.ones_like(scale)).view(-1, 1, 1)
     full = full.clamp_(0, 1).cpu().numpy().astype(np.float32, copy=False)
     raw_np = raw.cpu().numpy().astype(np.float32, copy=False)
     results = [

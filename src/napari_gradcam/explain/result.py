@@ -15,9 +15,10 @@ class Heatmap:
 
     Attributes
     ----------
-    data : (H, W) float32 in [0, 1], at the image's own size (ReLU'd map divided by its maximum).
+    data : (H, W) float32 in [0, 1], at the image's own size (ReLU'd map divided by its maximum;
+        with ``shifts > 1`` the average of the shifted copies' maps).
     raw : (h, w) float32, the map at the layer's resolution before normalisation
-        (signed for CAM; ReLU'd for Grad-CAM and Grad-CAM++).
+        (signed for CAM; ReLU'd for Grad-CAM and Grad-CAM++), of the unshifted input.
     max : float, the maximum of the ReLU'd raw map (0 when the map is empty).
     target, target_index : the explained class.
     score : float, the model's probability for ``target``.
