@@ -187,6 +187,13 @@ def test_explain_target_layer_and_all(model, phantoms, tmp_path, capsys):
                     "Unknown class")
     _one_line_error(capsys, main(["explain", str(model), str(tmp_path / "missing.png"), "--out", str(tmp_path / "c.tif")]),
                     "No image file")
+    # --shifts reaches the engine: the map differs from the plain one, and a bad value is one sentence
+    assert main(["explain", str(model), img, "--out", str(tmp_path / "s.tif"), "--shifts", "2"]) == 0
+    assert main(["explain", str(model), img, "--out", str(tmp_path / "p.tif")]) == 0
+    assert not np.array_equal(tifffile.imread(tmp_path / "s.tif"), tifffile.imread(tmp_path / "p.tif"))
+    capsys.readouterr()
+    _one_line_error(capsys, main(["explain", str(model), img, "--out", str(tmp_path / "c.tif"), "--shifts", "0"]),
+                    "shifts must be")
 
 
 def test_tile_large_image(model, tmp_path, capsys):
@@ -228,5 +235,8 @@ def test_localize_json_and_table(model, tmp_path, capsys):
     assert "Grad-CAM" in table and "CAM" in table
     report = json.loads(out.read_text())
     assert report  # per-image rows and means were written
+    assert main(["localize", str(model), str(images), str(tmp_path / "masks"), "--method", "gradcam",
+                 "--shifts", "2", "--json", str(out), "-q"]) == 0
+    assert json.loads(out.read_text())["settings"]["shifts"] == 2
     assert main(["localize", str(model), str(images), str(tmp_path / "nowhere"), "-q"]) == 2
     _one_line_error(capsys, 2)

@@ -194,6 +194,16 @@ def test_explain_layer_properties_and_replacement(make_napari_viewer, qtbot, mod
     ew.run(src, method="cam", keep=True)
     wait(qtbot, ew)
     assert len(viewer.layers) == 3 and viewer.layers[-1].name.startswith("CAM ")
+    # sub-cell shifts: the layer holds the core's shift-averaged map
+    ew.run(src, method="gradcam", target="pneumonia", keep=False, shifts=3)
+    wait(qtbot, ew)
+    fine = viewer.layers[-1]
+    assert fine.metadata["shifts"] == 3 and ew.shifts.value == 3
+    from napari_gradcam import explain, load_model
+
+    want = explain(load_model(model_file), xray, "gradcam", target="pneumonia", shifts=3).data
+    np.testing.assert_allclose(fine.data, want, atol=1e-6)
+    ew.shifts.value = 1
     # all classes at once: one layer per class, each with its own colormap; replaces the previous ones
     ew.run(src, method="gradcam", target="all", keep=False)
     wait(qtbot, ew)

@@ -76,3 +76,20 @@ def test_console_script_declared():
     assert len(ours) == 1, "console script napari-gradcam is not declared"
     module, _, attr = ours[0].value.partition(":")
     assert module.startswith("napari_gradcam") and attr
+
+
+def test_ng_explain_is_callable_after_the_subpackage_is_imported():
+    """``import napari_gradcam.explain`` makes ``ng.explain`` the subpackage; it must still explain."""
+    code = (
+        "import numpy as np\n"
+        "import napari_gradcam.explain.api\n"
+        "import napari_gradcam as ng\n"
+        "b = ng.build_model('simple_cnn', ['a', 'b'], in_channels=1, input_size=32)\n"
+        "img = np.random.default_rng(0).random((40, 40)).astype(np.float32)\n"
+        "h = ng.explain(b, img, 'gradcam', target='a')\n"
+        "ref = napari_gradcam.explain.api.explain(b, img, 'gradcam', target='a')\n"
+        "assert np.array_equal(h.data, ref.data) and h.data.shape == (40, 40)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

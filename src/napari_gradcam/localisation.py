@@ -662,13 +662,17 @@ def iter_evaluate_localisation(
     names: Sequence[str] | None = None,
     layer: str | None = None,
     batch_size: int = 16,
+    shifts: int = 1,
 ) -> Generator[tuple[int, int], None, LocalisationReport]:
     """:func:`evaluate_localisation` as a generator: yields ``(done, total)`` after each image and
     returns the :class:`LocalisationReport` (``report = yield from ...``, or a napari
     ``thread_worker``'s ``returned`` signal).  Stopping the generator stops the work."""
     from .explain import explain
     from .explain.gradcam import canonical_method
+    from .explain.shifts import check_shifts
     from .preprocess import check_image
+
+    shifts = check_shifts(shifts)
 
     if len(images) != len(masks):
         raise GradCamError(f"{len(images)} images but {len(masks)} masks were given; they must pair up.")
@@ -700,7 +704,7 @@ def iter_evaluate_localisation(
     report = LocalisationReport(
         methods=usable, n_images=len(images), notes=notes,
         settings={"model": bundle.architecture, "classes": list(bundle.classes), "target": target,
-                  "tolerance": tolerance, "level": level, "curves": bool(curves),
+                  "tolerance": tolerance, "level": level, "curves": bool(curves), "shifts": shifts,
                   **({"steps": int(steps), "baseline": baseline} if curves else {})},
     )
     total = len(images)
@@ -721,7 +725,7 @@ def iter_evaluate_localisation(
         source = "label" if target == "label" and label is not None else "predicted"
         tgt = None if source == "predicted" else bundle.class_index(label)
         for m in usable:
-            hm = explain(bundle, img, method=m, target=tgt, layer=layer if m != "cam" else None)
+            hm = explain(bundle, img, method=m, target=tgt, layer=layer if m != "cam" else None, shifts=shifts)
             metrics: dict[str, Any] = localisation_scores(hm.data, mask, tolerance=tolerance, level=level)
             metrics["score"] = float(hm.score)
             if curves:
@@ -768,7 +772,8 @@ def evaluate_localisation(
     curves : also compute deletion/insertion AUCs (2 * (steps + 1) forward passes per method and image).
     progress : callable(done, total), called after each image.
     **kwargs : tolerance (pointing-game pixels, default 0), level (fixed threshold, default 0.5),
-        steps (20), baseline ("blur"), names (one per image), layer (Grad-CAM layer), batch_size.
+        steps (20), baseline ("blur"), names (one per image), layer (Grad-CAM layer), batch_size,
+        shifts (1; k > 1 averages k x k sub-cell shifts, see :func:`napari_gradcam.explain`).
 
     Returns
     -------

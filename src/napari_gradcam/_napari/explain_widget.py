@@ -18,12 +18,12 @@ PREDICTED = "predicted class"
 ALL = "all classes"
 
 
-def _explain(state, data, method: str, target, layer: str | None, bundle=None):
+def _explain(state, data, method: str, target, layer: str | None, bundle=None, shifts: int = 1):
     from ..explain import explain
 
     with state.lock:  # ``bundle``: the model when the run started (a model switched mid-run is not used)
         bundle = bundle if bundle is not None else state.bundle
-        result = explain(bundle, data, method=method, target=target, layer=layer)
+        result = explain(bundle, data, method=method, target=target, layer=layer, shifts=shifts)
     return result if isinstance(result, list) else [result]
 
 
@@ -34,7 +34,7 @@ class ExplainWidget(GradCamWidget):
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer)
-        from magicgui.widgets import CheckBox, ComboBox, Container
+        from magicgui.widgets import CheckBox, ComboBox, Container, SpinBox
 
         lay = self.layout()
         self.image = ImageLayerPicker(self.viewer)
@@ -45,8 +45,12 @@ class ExplainWidget(GradCamWidget):
         self.target.native.setToolTip("The class to explain: the predicted one, any class, or all classes.")
         self.layer = ComboBox(label="layer", choices=self._layer_choices)
         self.layer.native.setToolTip("The layer whose activations are weighted (default: the Model widget's).")
+        self.shifts = SpinBox(label="sub-cell shifts", min=1, max=8, value=1)
+        self.shifts.native.setToolTip("k > 1: average the maps of k x k copies of the image shifted by fractions "
+                                      "of a heatmap cell, for a k times finer map (k*k passes). 1 = off.")
         self.keep = CheckBox(text="keep previous heatmaps", value=False)
-        form = Container(widgets=[self.image.combo, self.method, self.target, self.layer, self.keep], labels=True)
+        form = Container(widgets=[self.image.combo, self.method, self.target, self.layer, self.shifts, self.keep],
+                         labels=True)
         form.native.layout().setContentsMargins(0, 0, 0, 0)
         lay.addWidget(form.native)
 
@@ -121,7 +125,7 @@ class ExplainWidget(GradCamWidget):
         grid.enabled = enabled
 
     def run(self, layer=None, method: str | None = None, target: str | None = None, target_layer: str | None = None,
-            keep: bool | None = None):
+            keep: bool | None = None, shifts: int | None = None):
         """Explain ``layer`` (default: the chosen one); returns the worker (or None)."""
         if method is not None:
             from ..explain import canonical_method
@@ -133,6 +137,8 @@ class ExplainWidget(GradCamWidget):
             self.layer.value = target_layer
         if keep is not None:
             self.keep.value = keep
+        if shifts is not None:
+            self.shifts.value = shifts
         picked = self.plane_to_explain(layer)
         if picked is None:
             return None
@@ -144,7 +150,7 @@ class ExplainWidget(GradCamWidget):
         keep = bool(self.keep.value)
         model = self.state.name
         return self.start(_explain, self.state, plane.data, method, tgt, tl, self.state.bundle,
-                          on_returned=lambda hs: self._add(plane, layer, hs, keep, model))
+                          int(self.shifts.value), on_returned=lambda hs: self._add(plane, layer, hs, keep, model))
 
     def _add(self, plane, layer, heatmaps, keep: bool, model: str) -> None:
         self.layers_added = []

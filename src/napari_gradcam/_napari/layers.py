@@ -172,6 +172,7 @@ def heatmap_layer(heatmap: "Heatmap", plane: ImagePlane, model: str = "", colorm
         TAG: "heatmap",
         "widget": "explain",
         "method": heatmap.method,
+        "shifts": heatmap.shifts,
         "target": heatmap.target,
         "target_index": int(heatmap.target_index),
         "score": float(heatmap.score),

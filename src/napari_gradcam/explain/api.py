@@ -101,7 +101,7 @@ def explain(
     raw_np = raw.cpu().numpy().astype(np.float32, copy=False)
     results = [
         Heatmap(full[i], raw_np[i], float(peaks[i]), bundle.classes[c], c, float(probs[c]), probs,
-                used_layer, method)
+                used_layer, method, shifts)
         for i, c in enumerate(indices)
     ]
     return results if many else results[0]

@@ -24,6 +24,7 @@ class Heatmap:
     score : float, the model's probability for ``target``.
     probabilities : (n_classes,) float32.
     layer, method : the explained layer (dotted name) and "cam" | "gradcam" | "gradcam++".
+    shifts : k of the k x k sub-cell shifts averaged into ``data`` (1: none).
     """
 
     data: np.ndarray
@@ -35,6 +36,7 @@ class Heatmap:
     probabilities: np.ndarray
     layer: str
     method: str
+    shifts: int = 1
 
     @property
     def title(self) -> str:
