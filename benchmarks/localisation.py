@@ -12,7 +12,9 @@ lesion mask:
   most relevant pixels are removed / added, ``--baseline`` image).
 
 Target: pointing game >= 95 % and energy inside >= 3 x the lesion's share.
-Run: ``python benchmarks/localisation.py [--n 200] [--curves-n 40] [--model PATH] [--json OUT]``.
+Each with plain maps and with 4 x 4 sub-cell shifts averaged (``explain(..., shifts=4)``): the demo
+model's map is 16 x 16 cells, so a plain map's maximum can only sit at a cell centre.
+Run: ``python benchmarks/localisation.py [--n 200] [--curves-n 40] [--shifts 1,4] [--model PATH] [--json OUT]``.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", default="blur", choices=("blur", "mean", "zero"))
     ap.add_argument("--tolerance", type=float, default=15, help="pointing-game tolerance in pixels")
     ap.add_argument("--methods", default="cam,gradcam,gradcam++")
+    ap.add_argument("--shifts", default="1,4", help="sub-cell shifts to compare (1 = plain maps)")
     ap.add_argument("--json", default=None, help="write the per-image report here")
     args = ap.parse_args(argv)
 
@@ -77,57 +80,62 @@ def main(argv: list[str] | None = None) -> int:
         print(f"The model's classes {bundle.classes} lack {missing}; it is not a phantom model.", file=sys.stderr)
         return 2
     methods = [m for m in args.methods.split(",") if m]
+    shift_values = [int(k) for k in args.shifts.split(",") if k]
     t0 = time.perf_counter()
     images, masks, labels, names = phantoms(args.n, args.size, args.seed)
     t_gen = time.perf_counter() - t0
     probs = ng.predict(bundle, images)
     acc = float(np.mean([bundle.classes[int(p.argmax())] == lab for p, lab in zip(probs, labels)]))
 
-    t0 = time.perf_counter()
-    report = evaluate_localisation(bundle, images, masks, methods=methods, target="label", labels=labels,
-                                   names=names, tolerance=args.tolerance, level=0.5)
-    t_maps = time.perf_counter() - t0
-    t_curves = 0.0
-    k = min(args.curves_n, args.n)
-    if k > 0:
-        t0 = time.perf_counter()
-        curves = evaluate_localisation(bundle, images[:k], masks[:k], methods=methods, target="label",
-                                       labels=labels[:k], names=names[:k], curves=True, steps=args.steps,
-                                       baseline=args.baseline, tolerance=args.tolerance)
-        t_curves = time.perf_counter() - t0
-        report = merge(report, curves)
-
     share = float(np.mean([m.mean() for m in masks]))
     print(f"model: {args.model} ({bundle.architecture}, {bundle.input_size} px, classes {bundle.classes}, "
           f"device {bundle.device})")
     print(f"{args.n} phantoms ({', '.join(LESIONS)} alternating), {args.size} px, seeds {args.seed}.."
-          f"{args.seed + args.n - 1}; generated in {t_gen:.1f} s; model accuracy on them {100 * acc:.1f} %")
-    print(f"heatmaps + metrics: {t_maps:.1f} s; deletion/insertion ({k} images, {args.steps} steps, "
-          f"{args.baseline} baseline): {t_curves:.1f} s; mean lesion share {share:.3f}")
-    print()
-    print(report.table(markdown=True))
-    print()
-    summary = report.summary()
-    for m in report.methods:
-        s = summary[m]
-        ok_p = s["pointing"] >= 0.95
-        ok_e = s["energy_ratio"] is not None and s["energy"] >= 3 * s["mask_share"]
-        print(f"{m:10s} pointing {100 * s['pointing']:.1f} % ({'meets' if ok_p else 'misses'} >= 95 %), "
-              f"energy {s['energy']:.3f} = {s['energy'] / s['mask_share']:.2f} x the lesion share "
-              f"({'meets' if ok_e else 'misses'} >= 3 x)")
-    by_class = {}
-    for lab in LESIONS:
-        rows = [r for r in report.rows if r.target == lab]
-        by_class[lab] = {m: (np.mean([r.metrics["pointing"] for r in rows if r.method == m]),
-                             np.mean([r.metrics["energy_ratio"] for r in rows if r.method == m]))
-                         for m in report.methods}
-    print()
-    print("per lesion class (pointing %, energy ratio):")
-    for lab, d in by_class.items():
-        print(f"  {lab:10s} " + "  ".join(f"{m}: {100 * p:.1f} %, {e:.2f}" for m, (p, e) in d.items()))
+          f"{args.seed + args.n - 1}; generated in {t_gen:.1f} s; model accuracy on them {100 * acc:.1f} %; "
+          f"mean lesion share {share:.3f}")
+    reports = {}
+    for shifts in shift_values:
+        t0 = time.perf_counter()
+        report = evaluate_localisation(bundle, images, masks, methods=methods, target="label", labels=labels,
+                                       names=names, tolerance=args.tolerance, level=0.5, shifts=shifts)
+        t_maps = time.perf_counter() - t0
+        t_curves = 0.0
+        k = min(args.curves_n, args.n)
+        if k > 0:
+            t0 = time.perf_counter()
+            curves = evaluate_localisation(bundle, images[:k], masks[:k], methods=methods, target="label",
+                                           labels=labels[:k], names=names[:k], curves=True, steps=args.steps,
+                                           baseline=args.baseline, tolerance=args.tolerance, shifts=shifts)
+            t_curves = time.perf_counter() - t0
+            report = merge(report, curves)
+        reports[shifts] = report
+        print()
+        print(f"## shifts = {shifts} ({'plain maps' if shifts == 1 else f'{shifts} x {shifts} sub-cell shifts averaged'})")
+        print(f"heatmaps + metrics: {t_maps:.1f} s; deletion/insertion ({k} images, {args.steps} steps, "
+              f"{args.baseline} baseline): {t_curves:.1f} s")
+        print()
+        print(report.table(markdown=True))
+        print()
+        summary = report.summary()
+        for m in report.methods:
+            s = summary[m]
+            ok_p = s["pointing"] >= 0.95
+            ok_e = s["energy_ratio"] is not None and s["energy"] >= 3 * s["mask_share"]
+            print(f"{m:10s} pointing {100 * s['pointing']:.1f} % ({'meets' if ok_p else 'misses'} >= 95 %), "
+                  f"energy {s['energy']:.3f} = {s['energy'] / s['mask_share']:.2f} x the lesion share "
+                  f"({'meets' if ok_e else 'misses'} >= 3 x)")
+        print("per lesion class (pointing %, energy ratio):")
+        for lab in LESIONS:
+            rows = [r for r in report.rows if r.target == lab]
+            print(f"  {lab:10s} " + "  ".join(
+                f"{m}: {100 * np.mean([r.metrics['pointing'] for r in rows if r.method == m]):.1f} %, "
+                f"{np.mean([r.metrics['energy_ratio'] for r in rows if r.method == m]):.2f}"
+                for m in report.methods))
     if args.json:
-        report.to_json(args.json)
-        print(f"report written to {args.json}")
+        for shifts, report in reports.items():
+            path = args.json if len(reports) == 1 else args.json.replace(".json", f"_shifts{shifts}.json")
+            report.to_json(path)
+            print(f"report written to {path}")
     return 0
 
 
