@@ -6,6 +6,9 @@
 2. Tiled heatmaps of a 2048 x 2048 image at 50% overlap with resnet18 (1 channel, 224 px
    tiles): a per-tile loop (the seed approach: one tile per forward pass), our batched path,
    and the fully convolutional path; seconds and megapixels/s.
+3. Shift-averaged Grad-CAM (``explain(..., shifts=k)``, k x k shifted copies in one batch) / plain
+   ``explain()``, next to a loop of k x k separate ``explain()`` calls, for the demo model and
+   resnet18 on a 512 x 512 grayscale image.
 
 Times are medians over interleaved repeats (each method runs once per round), so machine
 noise hits all methods alike.  Run: ``python benchmarks/explain_speed.py [--quick]``.
@@ -104,6 +107,29 @@ def tiling(rounds: int, size: int) -> dict[str, float]:
     return result
 
 
+def shifts_cost(rounds: int) -> dict[str, dict[str, float]]:
+    """Seconds of explain() plain, with shifts=2 and 4 (batched), and a loop of 16 plain calls."""
+    from napari_gradcam.data import demo_model_path
+    from napari_gradcam.phantoms import make_xray
+
+    image = make_xray("pneumonia", size=512, seed=3).image
+    torch.manual_seed(0)
+    models = {"demo simple_cnn (128 px)": ng.load_model(demo_model_path(), device="cpu"),
+              "resnet18 (224 px)": ng.build_model("resnet18", ["a", "b", "c"], in_channels=1, input_size=224)}
+    out = {}
+    for name, b in models.items():
+        def loop16(b=b):
+            for _ in range(16):
+                explain(b, image, "gradcam")
+        out[name] = interleaved({
+            "plain": lambda b=b: explain(b, image, "gradcam"),
+            "shifts=2": lambda b=b: explain(b, image, "gradcam", shifts=2),
+            "shifts=4": lambda b=b: explain(b, image, "gradcam", shifts=4),
+            "16 plain calls": loop16,
+        }, rounds, warmup=1)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller tiled image (for a smoke run)")
@@ -132,6 +158,14 @@ def main() -> None:
         print(f"| {name} | {t[name]:.2f} | {mp / t[name]:.2f} | {loop / t[name]:.2f}x |")
     print(f"\n{int(t['_tiles'])} tiles per run; fully convolutional vs batched tiling: "
           f"{t['batched (16)'] / t['fully convolutional']:.2f}x faster")
+
+    print("\n## Shift-averaged Grad-CAM, 512x512 grayscale image: time / plain explain()\n")
+    cols = ["shifts=2", "shifts=4", "16 plain calls"]
+    print("| model | plain ms | " + " | ".join(cols) + " |")
+    print("|---|---|" + "---|" * len(cols))
+    for name, r in shifts_cost(max(3, rounds // 3)).items():
+        p = r["plain"]
+        print(f"| {name} | {p * 1e3:.1f} | " + " | ".join(f"{r[c] / p:.2f}x ({r[c] * 1e3:.0f} ms)" for c in cols) + " |")
 
 
 if __name__ == "__main__":
