@@ -13,14 +13,7 @@ from napari_gradcam.cli import build_parser, main
 COMMANDS = ("train", "evaluate", "predict", "explain", "tile", "localize", "demo")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread_module")  # tiny models: no OpenMP spinning
 
 
 @pytest.fixture(scope="module")

@@ -231,12 +231,11 @@ def gated_tiling(monkeypatch):
     gate.release.set()
 
 
-@pytest.fixture
-def gated_features(monkeypatch):
-    """feature_maps waits at a gate before computing."""
+def _gate_call(monkeypatch, name: str):
+    """Replace ``napari_gradcam.explain.<name>`` by a version that waits at a gate before computing."""
     import napari_gradcam.explain as ex
 
-    real = ex.feature_maps
+    real = getattr(ex, name)
     gate = Gate()
 
     def gated(bundle, *args, **kwargs):
@@ -246,7 +245,14 @@ def gated_features(monkeypatch):
         gate.completed += 1
         return result
 
-    monkeypatch.setattr(ex, "feature_maps", gated)
+    monkeypatch.setattr(ex, name, gated)
+    return gate
+
+
+@pytest.fixture
+def gated_features(monkeypatch):
+    """feature_maps waits at a gate before computing."""
+    gate = _gate_call(monkeypatch, "feature_maps")
     yield gate
     gate.release.set()
 
@@ -510,19 +516,7 @@ def test_model_switched_before_features_start(make_napari_viewer, qtbot, model_f
 @pytest.fixture
 def gated_explain(monkeypatch):
     """explain waits at a gate before computing."""
-    import napari_gradcam.explain as ex
-
-    real = ex.explain
-    gate = Gate()
-
-    def gated(bundle, *args, **kwargs):
-        gate.bundles.append(bundle)
-        gate.pass_through()
-        result = real(bundle, *args, **kwargs)
-        gate.completed += 1
-        return result
-
-    monkeypatch.setattr(ex, "explain", gated)
+    gate = _gate_call(monkeypatch, "explain")
     yield gate
     gate.release.set()
 

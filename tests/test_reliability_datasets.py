@@ -28,15 +28,7 @@ CHMOD_BLOCKS_READS = os.name == "posix" and os.geteuid() != 0
 posix_only = pytest.mark.skipif(os.name != "posix", reason="symbolic links and pipes as on Linux and macOS")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on two busy cores: one torch thread is far faster (no OpenMP spinning)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread_module")  # tiny models: no OpenMP spinning
 
 
 def _png(path: Path, arr: np.ndarray | None = None, seed: int = 0) -> Path:

@@ -20,15 +20,7 @@ from napari_gradcam.train import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on two busy cores: one torch thread is far faster (no OpenMP spinning)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread_module")  # tiny models: no OpenMP spinning
 
 
 @pytest.fixture(scope="module")
