@@ -459,3 +459,12 @@ def test_killed_during_a_checkpoint_write(phantoms, tmp_path, which):
     assert "removed 1 unfinished temporary file(s) of an interrupted run" in message and note in message
     assert epochs == expect and res.epochs_done == 3
     assert set(_state(tmp_path)) == FILES and _pair(last) == (3, 3, True)
+
+
+def test_output_under_a_file_is_refused(phantoms, tmp_path):
+    """An output path whose folder would have to be made inside a file: one sentence, nothing made."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    with pytest.raises(TrainingError, match="cannot be made: .*blocker is a file"):
+        next(train(_cfg(phantoms, blocker / "sub" / "m.safetensors")))
+    assert blocker.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]

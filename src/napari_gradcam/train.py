@@ -318,15 +318,25 @@ def _output_names(out: Path, last: Path) -> list[Path]:
     return [out, optimizer_state_path(out), last, optimizer_state_path(last)]
 
 
+def _existing_folder(folder: Path) -> Path:
+    """``folder``, or its nearest ancestor that exists (the output folder is made at the first save)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
 def _prepare_output(out: Path, last: Path) -> int:
-    """Check that ``out``'s folder can be written (create and delete a probe file) and remove temporary
+    """Check that ``out``'s folder can be written (create and delete a probe file in it, or in its
+    nearest existing ancestor: nothing is created before the data is checked) and remove temporary
     files left there by an interrupted run; returns how many were removed.  Raises TrainingError."""
     folder = out.parent
     if out.is_dir():
         raise TrainingError(f"The output {out} is a folder; give a file name ending in .safetensors.")
+    probe_dir = _existing_folder(folder)
+    if not probe_dir.is_dir():
+        raise TrainingError(f"The output folder {folder} cannot be made: {probe_dir} is a file.")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=probe_dir)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
@@ -334,6 +344,8 @@ def _prepare_output(out: Path, last: Path) -> int:
             f"The output folder {folder} is not writable ({e.strerror or _brief_exc(e)}); "
             "make it writable or choose another output file.") from None
     removed = 0
+    if probe_dir != folder:
+        return removed
     for name in {p.name for p in _output_names(out, last)}:
         for stale in folder.glob(f".{glob.escape(name)}.*.tmp"):
             with contextlib.suppress(OSError):
@@ -352,7 +364,7 @@ def _check_free_space(out: Path, last: Path, model, optimizer: str) -> None:
     existing = sum(p.stat().st_size for p in _output_names(out, last) if p.is_file())
     need = 2 * (model_b + opt_b) + max(model_b, opt_b) - existing
     try:
-        free = shutil.disk_usage(out.parent).free
+        free = shutil.disk_usage(_existing_folder(out.parent)).free
     except OSError:
         return
     if need > free:
