@@ -566,3 +566,18 @@ def test_explain_layers_failing_to_add_leave_the_previous_set(make_napari_viewer
     ew.run(src, target="all")
     wait(qtbot, ew)
     assert ew.last_error is None and [lyr.metadata["target"] for lyr in heatmap_layers(viewer)] == CLASSES
+
+
+def test_finished_runs_let_go_of_the_worker(make_napari_viewer, qtbot, model_file, xray, clean_notifications):
+    """After each run the widget no longer holds its worker, whose arguments include the image."""
+    viewer = make_napari_viewer()
+    load(qtbot, viewer, model_file)
+    ew = dock(viewer, "Explain (Grad-CAM)")
+    src = viewer.add_image(xray, name="xray")
+    assert ew.run(src, method="gradcam", target="pneumonia") is not None
+    assert ew.worker is not None
+    wait(qtbot, ew)
+    assert ew.worker is None and ew.last_error is None and len(heatmap_layers(viewer)) == 1
+    assert ew.run(src, method="gradcam", target_layer="features.block1.bn1", target="pneumonia") is not None
+    wait(qtbot, ew)
+    assert ew.worker is None

@@ -3,7 +3,8 @@
 Long work runs in a napari ``thread_worker`` (``create_worker``).  The work function is wrapped
 so that exceptions come back as a value: a :class:`~napari_gradcam.errors.GradCamError` becomes
 a notification with its sentence, anything else a one-line notification plus a logged
-traceback — never a traceback dialog.  ``widget.worker`` is the last worker and ``widget.busy``
+traceback — never a traceback dialog.  ``widget.worker`` is the running worker (None when idle: a
+finished run lets go of its arguments, the image among them) and ``widget.busy``
 says whether it is still running (tests wait on it).
 """
 
@@ -260,6 +261,8 @@ class GradCamWidget(QWidget):
                     on_finished()
                 except Exception as e:  # noqa: BLE001
                     log.exception("cleaning up after %s failed: %s", what, e)
+            if self.worker is worker:  # let go of the run's arguments (an image may be large)
+                self.worker = None
             self._set_busy(False)
 
         worker.returned.connect(returned)
