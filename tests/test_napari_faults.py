@@ -110,8 +110,9 @@ def test_two_explain_runs_at_once(make_napari_viewer, qtbot, model_file, xray, s
     first = ew.run(src, method="gradcam", target="pneumonia")
     assert first is not None and not ew.run_button.isEnabled()
     ew.run_button.click()  # disabled: nothing happens
-    assert ew.run(src, method="gradcam", target="covid") is None  # refused, with a notification
+    assert ew.run(src, method="gradcam++", target="covid") is None  # refused, with a notification
     assert ew.worker is first
+    assert ew.method.value == "gradcam" and ew.target.value == "pneumonia"  # the form is left as it was
     assert any("still running" in m for m in messages(clean_notifications))
     wait(qtbot, ew)
     heats = heatmap_layers(viewer)

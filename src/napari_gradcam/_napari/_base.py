@@ -130,6 +130,21 @@ class GradCamWidget(QWidget):
         """True while this widget's worker runs (and until its results were added)."""
         return self._busy
 
+    def refuse_if_busy(self, what: str | None = None) -> bool:
+        """True (and a notification) while a run is going on: call first in ``run()``, so a refused
+        run leaves the form as it is."""
+        if self._busy:
+            notify_info(f"{what or self.what} is still running; wait for it or cancel it.")
+        return self._busy
+
+    def source_still_there(self, layer, message: str) -> bool:
+        """Whether the very layer a run started from is still in the viewer (one deleted and re-added
+        under its name is another image); if not, notify ``message``."""
+        if any(lyr is layer for lyr in self.viewer.layers):
+            return True
+        notify_info(message)
+        return False
+
     def _make_progress_row(self) -> QWidget:
         """A QProgressBar with a Cancel button (for generator jobs)."""
         row = QWidget()
@@ -190,8 +205,7 @@ class GradCamWidget(QWidget):
 
         what = what or self.what
         avoid_triton_llvm_clash()  # before any worker may import torchvision (see _compat)
-        if self._busy:
-            notify_info(f"{what} is still running; wait for it or cancel it.")
+        if self.refuse_if_busy(what):
             return None
         is_gen = inspect.isgeneratorfunction(func)
         self._stop_requested = False

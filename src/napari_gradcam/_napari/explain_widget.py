@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
 
-from ._base import GradCamWidget, ImageLayerPicker, notify_info
+from ._base import GradCamWidget, ImageLayerPicker
 from .layers import CLASS_COLORMAPS, METHOD_TITLES, heatmap_layer, replace_plugin_layers
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -126,7 +126,12 @@ class ExplainWidget(GradCamWidget):
 
     def run(self, layer=None, method: str | None = None, target: str | None = None, target_layer: str | None = None,
             keep: bool | None = None, shifts: int | None = None):
-        """Explain ``layer`` (default: the chosen one); returns the worker (or None)."""
+        """Explain ``layer`` (default: the chosen one); returns the worker (or None).
+
+        While a run is going on, another is refused (a notification) and the form is left as it is.
+        """
+        if self.refuse_if_busy():
+            return None
         if method is not None:
             from ..explain import canonical_method
 
@@ -154,9 +159,8 @@ class ExplainWidget(GradCamWidget):
 
     def _add(self, plane, layer, heatmaps, keep: bool, model: str) -> None:
         self.layers_added = []
-        # the very layer the run started from (one deleted and re-added under its name is another image)
-        if not any(lyr is layer for lyr in self.viewer.layers):
-            notify_info(f"Layer {plane.name!r} was removed while it was being explained; no heatmap was added.")
+        if not self.source_still_there(
+                layer, f"Layer {plane.name!r} was removed while it was being explained; no heatmap was added."):
             return
         tuples = [heatmap_layer(h, plane, model) for h in heatmaps]
         if len(tuples) > 1:  # several classes at once: give each its own hue, like the tiled maps

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from qtpy.QtWidgets import QLabel, QPushButton
 
-from ._base import GradCamWidget, ImageLayerPicker, notify_info
+from ._base import GradCamWidget, ImageLayerPicker
 from .layers import feature_layers, replace_plugin_layers
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,8 +73,7 @@ class FeatureMapsWidget(GradCamWidget):
 
         While a run is going on, another is refused (a notification) and the form is left as it is.
         """
-        if self.busy:
-            notify_info(f"{self.what} is still running; wait for it.")
+        if self.refuse_if_busy():
             return None
         if model_layer is not None:
             self.layer.value = model_layer
@@ -96,9 +95,8 @@ class FeatureMapsWidget(GradCamWidget):
 
     def _add(self, fm, plane, layer, shape, grid: bool, keep: bool, model: str) -> None:
         self.layers_added = []
-        # the very layer the run started from (one deleted and re-added under its name is another image)
-        if not any(lyr is layer for lyr in self.viewer.layers):
-            notify_info(f"Layer {plane.name!r} was removed while its feature maps were computed; nothing was added.")
+        if not self.source_still_there(
+                layer, f"Layer {plane.name!r} was removed while its feature maps were computed; nothing was added."):
             return
         tuples = feature_layers(fm, plane, shape, grid=grid, model=model)
         self.layers_added = replace_plugin_layers(self.viewer, tuples, "features", plane.name, keep)

@@ -144,8 +144,7 @@ class TiledHeatmapsWidget(GradCamWidget):
         ``classes``: "all", an int (top-k) or a list of class names (sets the form).
         While a run is going on, another is refused (a notification) and the form is left as it is.
         """
-        if self.busy:
-            notify_info(f"{self.what} is still running; wait for it or cancel it.")
+        if self.refuse_if_busy():
             return None
         if tile is not None:
             self.tile.value = int(tile)
