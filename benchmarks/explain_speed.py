@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 import napari_gradcam as ng
-from napari_gradcam.explain import explain, tiled_heatmaps
-from napari_gradcam.explain.gradcam import gradient_maps
+from napari_gradcam.engine import explain, tiled_heatmaps
+from napari_gradcam.engine.gradcam import gradient_maps
 from napari_gradcam.preprocess import bundle_tensor
 
 

@@ -61,7 +61,7 @@ def child(image: str, scheduler: str, out: str) -> dict:
     import dask
     import dask.array as da
 
-    from napari_gradcam.explain import tiled_heatmaps
+    from napari_gradcam.engine import tiled_heatmaps
 
     bundle = _bundle()
     arr = da.from_zarr(image)
@@ -91,7 +91,7 @@ def child(image: str, scheduler: str, out: str) -> dict:
 
 def per_tile_loop(size: int = 2048) -> float:
     """Megapixels/s of the per-tile loop (batch of one) on a numpy crop."""
-    from napari_gradcam.explain import tiled_heatmaps
+    from napari_gradcam.engine import tiled_heatmaps
     from napari_gradcam.phantoms import make_mosaic
 
     bundle = _bundle()

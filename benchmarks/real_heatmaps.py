@@ -176,7 +176,7 @@ def run_one(name: str, rows, workdir: Path, args, log) -> dict:
 
     from napari_gradcam import load_model
     from napari_gradcam.data import read_image, scan_folder
-    from napari_gradcam.explain import explain
+    from napari_gradcam.engine import explain
     from napari_gradcam.metrics import classification_report
     from napari_gradcam.train import TrainConfig, evaluate_model, train
 

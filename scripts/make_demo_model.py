@@ -44,7 +44,7 @@ def pointing_distances(bundle, images, masks, labels, classes, method: str):
     import numpy as np
     from scipy import ndimage
 
-    from napari_gradcam.explain import explain
+    from napari_gradcam.engine import explain
 
     out = []
     for img, mask, lab in zip(images, masks, labels):

@@ -11,8 +11,8 @@ import torch
 
 import napari_gradcam as ng
 from napari_gradcam.errors import GradCamError, LayerError
-from napari_gradcam.explain import explain, feature_maps, iter_tiled_heatmaps, tiled_heatmaps
-from napari_gradcam.explain import tiling
+from napari_gradcam.engine import explain, feature_maps, iter_tiled_heatmaps, tiled_heatmaps
+from napari_gradcam.engine import tiling
 from napari_gradcam.preprocess import bundle_tensor
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import napari_gradcam as ng
-from napari_gradcam.explain import tiled_heatmaps
+from napari_gradcam.engine import tiled_heatmaps
 from napari_gradcam.phantoms import make_mosaic
 
 da = pytest.importorskip("dask.array")

@@ -64,7 +64,7 @@ def clean_notifications():
 @pytest.fixture
 def slow_explain(monkeypatch):
     """explain() takes at least 0.8 s, so the test can act while the worker runs."""
-    import napari_gradcam.explain as ex
+    import napari_gradcam.engine as ex
 
     real = ex.explain
 
@@ -213,7 +213,7 @@ class Gate:
 @pytest.fixture
 def gated_tiling(monkeypatch):
     """iter_tiled_heatmaps stops at a gate after its first progress step, (0, total)."""
-    import napari_gradcam.explain as ex
+    import napari_gradcam.engine as ex
 
     real = ex.iter_tiled_heatmaps
     gate = Gate()
@@ -233,8 +233,8 @@ def gated_tiling(monkeypatch):
 
 
 def _gate_call(monkeypatch, name: str):
-    """Replace ``napari_gradcam.explain.<name>`` by a version that waits at a gate before computing."""
-    import napari_gradcam.explain as ex
+    """Replace ``napari_gradcam.engine.<name>`` by a version that waits at a gate before computing."""
+    import napari_gradcam.engine as ex
 
     real = getattr(ex, name)
     gate = Gate()
@@ -449,7 +449,7 @@ def test_tiled_layers_failing_to_add_leave_the_previous_set(make_napari_viewer, 
 def test_failed_tiled_run_forgets_its_source(make_napari_viewer, qtbot, model_file, xray, monkeypatch,
                                             clean_notifications):
     """A run whose core fails leaves no reference to its source layer (nor a busy widget) behind."""
-    import napari_gradcam.explain as ex
+    import napari_gradcam.engine as ex
 
     def failing(*args, **kwargs):
         yield 0, 1

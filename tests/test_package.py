@@ -78,16 +78,27 @@ def test_console_script_declared():
     assert module.startswith("napari_gradcam") and attr
 
 
-def test_ng_explain_is_callable_after_the_subpackage_is_imported():
-    """``import napari_gradcam.explain`` makes ``ng.explain`` the subpackage; it must still explain."""
-    code = (
-        "import numpy as np\n"
-        "import napari_gradcam.explain.api\n"
-        "import napari_gradcam as ng\n"
+_SUBMODULES = ("api", "tiling", "gradcam", "cam", "hooks", "result", "shifts")
+
+
+@pytest.mark.parametrize("order", ["call_first", "import_first"])
+def test_engine_submodules_import_in_any_order(order):
+    """``ng.explain`` is a plain function and every engine submodule imports before or after calling it."""
+    imports = "".join(f"import napari_gradcam.engine.{m}\n" for m in _SUBMODULES)
+    call = (
         "b = ng.build_model('simple_cnn', ['a', 'b'], in_channels=1, input_size=32)\n"
         "img = np.random.default_rng(0).random((40, 40)).astype(np.float32)\n"
         "h = ng.explain(b, img, 'gradcam', target='a')\n"
-        "ref = napari_gradcam.explain.api.explain(b, img, 'gradcam', target='a')\n"
+    )
+    code = (
+        "import types, numpy as np\n"
+        "import napari_gradcam as ng\n"
+        + (call + imports if order == "call_first" else imports + call)
+        + "import napari_gradcam.engine as eng\n"
+        "from napari_gradcam.engine import tiling\n"
+        "assert isinstance(eng, types.ModuleType) and isinstance(tiling, types.ModuleType)\n"
+        "assert isinstance(ng.explain, types.FunctionType), type(ng.explain)\n"
+        "ref = napari_gradcam.engine.api.explain(b, img, 'gradcam', target='a')\n"
         "assert np.array_equal(h.data, ref.data) and h.data.shape == (40, 40)\n"
         "print('ok')\n"
     )

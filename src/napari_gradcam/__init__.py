@@ -25,11 +25,11 @@ _LAZY = {
     "resolve_device": "bundle",
     "list_architectures": "models",
     "predict": "inference",
-    "explain": "explain",
-    "tiled_heatmaps": "explain",
-    "feature_maps": "explain",
-    "Heatmap": "explain",
-    "TiledHeatmaps": "explain",
+    "explain": "engine",
+    "tiled_heatmaps": "engine",
+    "feature_maps": "engine",
+    "Heatmap": "engine",
+    "TiledHeatmaps": "engine",
     "GradCamError": "errors",
     "ModelFileError": "errors",
     "ImageError": "errors",
@@ -56,6 +56,6 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from .bundle import ModelBundle, ModelConfig, build_model, load_model, resolve_device, save_model
     from .errors import DatasetError, GradCamError, ImageError, LayerError, ModelFileError, TrainingError
-    from .explain import Heatmap, TiledHeatmaps, explain, feature_maps, tiled_heatmaps
+    from .engine import Heatmap, TiledHeatmaps, explain, feature_maps, tiled_heatmaps
     from .inference import predict
     from .models import list_architectures

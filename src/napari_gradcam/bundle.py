@@ -17,7 +17,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -241,21 +240,15 @@ def save_model(bundle: ModelBundle, path: str | os.PathLike) -> Path:
     """
     from safetensors.torch import save_file
 
+    from .outputs import atomic_write
+
     path = Path(path)
     if path.suffix != ".safetensors":
         raise GradCamError(f"Model bundles are saved as .safetensors, not {path.suffix or 'no extension'}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in bundle.model.state_dict().items()}
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": json.dumps(asdict(bundle.config))}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a saved model gets the usual permissions
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return path
 
 

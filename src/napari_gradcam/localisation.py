@@ -13,7 +13,7 @@ Given a heatmap (H, W) and a lesion mask (H, W) of the same image:
   energy / share, so 1 is chance and higher is better.
 * **IoU and Dice** of the heatmap thresholded at Otsu's level (``skimage.filters.threshold_otsu``,
   foreground = heatmap > threshold) and at a fixed fraction of its maximum
-  (foreground = heatmap >= level * max; heatmaps from :func:`napari_gradcam.explain` have max 1).
+  (foreground = heatmap >= level * max; heatmaps from :func:`napari_gradcam.engine` have max 1).
 * **Deletion and insertion** (Petsiuk et al., "RISE", 2018): the target's probability as the most
   relevant pixels (by heatmap rank) are removed (replaced by a baseline: the blurred image, its
   mean, or zero) or inserted (into the baseline image), over fractions 0..1, and the area under
@@ -202,7 +202,7 @@ def threshold_scores(heatmap, mask, level: "float | str" = 0.5) -> dict[str, flo
     mask : (H, W) array of bool (or int: nonzero is the lesion)
     level : float in [0, 1] or "otsu"
         A float keeps the pixels ``>= level * heatmap.max()`` (for the [0, 1] heatmaps of
-        :func:`napari_gradcam.explain` that is ``>= level``).  ``"otsu"`` keeps the pixels
+        :func:`napari_gradcam.engine` that is ``>= level``).  ``"otsu"`` keeps the pixels
         ``> skimage.filters.threshold_otsu(heatmap)``.  An all-zero (or constant <= 0) heatmap keeps
         no pixel.
 
@@ -519,9 +519,9 @@ class LocalisationReport:
         path = Path(path)
         if path.parent and not path.parent.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        from .outputs import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
     @classmethod
@@ -547,7 +547,7 @@ class LocalisationReport:
         fixed level, and deletion/insertion AUC when computed.  ``markdown=True`` gives a GitHub
         markdown table.
         """
-        from .explain.gradcam import METHOD_TITLES
+        from .engine.methods import method_title
 
         summary = self.summary()
         tol = self.settings.get("tolerance", 0) or 0
@@ -573,7 +573,7 @@ class LocalisationReport:
             return f"{v:.{kind[1]}f}"
 
         header = ["method"] + [c[1] for c in cols]
-        body = [[METHOD_TITLES.get(m, m)] + [fmt(summary[m].get(k), kind) for k, _, kind in cols]
+        body = [[method_title(m)] + [fmt(summary[m].get(k), kind) for k, _, kind in cols]
                 for m in self.methods]
         if markdown:
             lines = ["| " + " | ".join(header) + " |",
@@ -638,7 +638,7 @@ def _as_mask(item: Any) -> np.ndarray:
 def _method_available(bundle: "ModelBundle", method: str) -> str | None:
     """None if ``method`` works for the bundle, else the reason (one sentence)."""
     if method == "cam":
-        from .explain.cam import cam_head
+        from .engine.cam import cam_head
 
         try:
             cam_head(bundle)
@@ -667,9 +667,9 @@ def iter_evaluate_localisation(
     """:func:`evaluate_localisation` as a generator: yields ``(done, total)`` after each image and
     returns the :class:`LocalisationReport` (``report = yield from ...``, or a napari
     ``thread_worker``'s ``returned`` signal).  Stopping the generator stops the work."""
-    from .explain import explain
-    from .explain.gradcam import canonical_method
-    from .explain.shifts import check_shifts
+    from .engine import explain
+    from .engine.methods import canonical_method
+    from .engine.shifts import check_shifts
     from .preprocess import check_image
 
     shifts = check_shifts(shifts)
@@ -773,7 +773,7 @@ def evaluate_localisation(
     progress : callable(done, total), called after each image.
     **kwargs : tolerance (pointing-game pixels, default 0), level (fixed threshold, default 0.5),
         steps (20), baseline ("blur"), names (one per image), layer (Grad-CAM layer), batch_size,
-        shifts (1; k > 1 averages k x k sub-cell shifts, see :func:`napari_gradcam.explain`).
+        shifts (1; k > 1 averages k x k sub-cell shifts, see :func:`napari_gradcam.engine`).
 
     Returns
     -------

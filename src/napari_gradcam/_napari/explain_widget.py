@@ -8,7 +8,8 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
 
 from ._base import GradCamWidget, ImageLayerPicker
-from .layers import CLASS_COLORMAPS, METHOD_TITLES, heatmap_layer, replace_plugin_layers
+from ..engine.methods import method_title
+from .layers import CLASS_COLORMAPS, heatmap_layer, replace_plugin_layers
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -19,7 +20,7 @@ ALL = "all classes"
 
 
 def _explain(state, data, method: str, target, layer: str | None, bundle=None, shifts: int = 1):
-    from ..explain import explain
+    from ..engine import explain
 
     with state.lock:  # ``bundle``: the model when the run started (a model switched mid-run is not used)
         bundle = bundle if bundle is not None else state.bundle
@@ -133,7 +134,7 @@ class ExplainWidget(GradCamWidget):
         if self.refuse_if_busy():
             return None
         if method is not None:
-            from ..explain import canonical_method
+            from ..engine import canonical_method
 
             self.method.value = canonical_method(method)
         if target is not None:
@@ -169,7 +170,7 @@ class ExplainWidget(GradCamWidget):
         self.layers_added = replace_plugin_layers(self.viewer, tuples, "explain", plane.name, keep)
         self.viewer.layers.selection.active = layer  # keep the source selected, so the next run uses it again
         h = heatmaps[0]
-        how = f"{METHOD_TITLES.get(h.method, h.method)} at <tt>{h.layer}</tt>"
+        how = f"{method_title(h.method)} at <tt>{h.layer}</tt>"
         if len(heatmaps) == 1:
             self.result_label.setText(f"<b>{h.target}</b> (p = {h.score:.1%}) explained by {how}")
         else:

@@ -16,7 +16,7 @@ DISPLAYS = [("stack (slider)", "stack"), ("grid", "grid")]
 
 
 def _features(state, data, layer: str | None, n: int, bundle=None):
-    from ..explain import feature_maps
+    from ..engine import feature_maps
 
     with state.lock:  # ``bundle``: the model when the run started (a model switched meanwhile is not used)
         return feature_maps(bundle if bundle is not None else state.bundle, data, layer=layer, n=n)

@@ -11,18 +11,17 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from ..engine.methods import method_title
 from ..errors import GradCamError
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
     from napari.layers import Image
 
-    from ..explain import FeatureMaps, Heatmap, TiledHeatmaps
+    from ..engine import FeatureMaps, Heatmap, TiledHeatmaps
 
 #: metadata key marking the layers this plugin made (so widgets can replace / skip them)
 TAG = "napari_gradcam"
-
-METHOD_TITLES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
 
 #: colormap of single-image heatmaps: perceptual, black at 0 (so additive blending leaves the image as is)
 HEATMAP_COLORMAP = "inferno"
@@ -162,7 +161,7 @@ def _place(arr: np.ndarray, plane: ImagePlane, extra_scale=(1.0, 1.0)) -> tuple[
 
 def heatmap_name(method: str, target: str, layer: str, source: str) -> str:
     """``"Grad-CAM pneumonia @features [xray_pneumonia]"``."""
-    return f"{METHOD_TITLES.get(method, method)} {target} @{layer} [{source}]"
+    return f"{method_title(method)} {target} @{layer} [{source}]"
 
 
 def heatmap_layer(heatmap: "Heatmap", plane: ImagePlane, model: str = "", colormap: str = HEATMAP_COLORMAP) -> tuple:
@@ -221,7 +220,7 @@ def tiled_layers(result: "TiledHeatmaps", plane: ImagePlane, model: str = "") ->
             "model": model,
         }
         kwargs = {
-            "name": f"{METHOD_TITLES.get(result.method, result.method)} tiled {cls} [{plane.label}]",
+            "name": f"{method_title(result.method)} tiled {cls} [{plane.label}]",
             "colormap": CLASS_COLORMAPS[ci % len(CLASS_COLORMAPS)],
             "blending": "additive",
             "opacity": 0.6,

@@ -43,7 +43,7 @@ def _materialise(result):
 
 
 def _tiled(state, data, tile, overlap, classes, method, bundle=None):
-    from ..explain import iter_tiled_heatmaps
+    from ..engine import iter_tiled_heatmaps
 
     with state.lock:  # ``bundle``: the model when the run started (a model switched mid-run is not used)
         bundle = bundle if bundle is not None else state.bundle

@@ -42,7 +42,8 @@ from ..preprocess import (
     MAX_PIXELS, _as_array_like, _shape_dtype, check_dtype, check_shape, to_channels, to_unit, value_range,
 )
 from .cam import class_activation_maps, local_logits
-from .gradcam import canonical_method, gradient_maps
+from .gradcam import gradient_maps
+from .methods import canonical_method
 from .result import TiledHeatmaps
 
 if TYPE_CHECKING:  # pragma: no cover

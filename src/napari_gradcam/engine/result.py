@@ -40,9 +40,9 @@ class Heatmap:
 
     @property
     def title(self) -> str:
-        from .gradcam import METHOD_TITLES
+        from .methods import method_title
 
-        return f"{METHOD_TITLES[self.method]} {self.target}"
+        return f"{method_title(self.method)} {self.target}"
 
 
 @dataclass

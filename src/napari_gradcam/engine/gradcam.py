@@ -12,25 +12,12 @@ from typing import TYPE_CHECKING, Sequence
 
 from ..errors import GradCamError
 from .hooks import capture
+from .methods import MapOutput, Method, register
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from ..bundle import ModelBundle
-
-METHODS = {"cam": "cam", "gradcam": "gradcam", "grad-cam": "gradcam", "grad_cam": "gradcam",
-           "gradcam++": "gradcam++", "grad-cam++": "gradcam++", "gradcampp": "gradcam++",
-           "gradcamplusplus": "gradcam++"}
-METHOD_TITLES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
-
-
-def canonical_method(method: str) -> str:
-    """'Grad-CAM', 'gradcam', ... -> 'gradcam'; a clear error for unknown methods."""
-    key = str(method).strip().lower().replace(" ", "")
-    if key not in METHODS:
-        raise GradCamError(f"Unknown method {method!r}; choose cam, gradcam or gradcam++.")
-    return METHODS[key]
-
 
 def weight_maps(activation: "torch.Tensor", grads: "torch.Tensor", method: str) -> "torch.Tensor":
     """Channel-weighted maps from activations and gradients, before ReLU.
@@ -91,3 +78,23 @@ def gradient_maps(
             maps = torch.stack(out, dim=1)
             used = [int(t) for t in targets]
     return logits.detach().float(), maps.float(), used
+
+
+def _compute(method: str):
+    def compute(bundle, x, targets, layers, **_options) -> MapOutput:
+        logits, maps, used = gradient_maps(bundle, x, targets, layers[0], method)
+        return MapOutput(logits, maps, used)
+
+    return compute
+
+
+register(Method(
+    "gradcam", "Grad-CAM", "cam",
+    "gradient-weighted activations: channel weights = spatial mean of d(score)/d(activation)",
+    _compute("gradcam"), aliases=("grad-cam",),
+))
+register(Method(
+    "gradcam++", "Grad-CAM++", "cam",
+    "Grad-CAM with second-order pixel weights: sharper when several regions carry evidence",
+    _compute("gradcam++"), aliases=("grad-cam++", "gradcampp", "gradcamplusplus"),
+))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from ..errors import LayerError
 from ..models import CamHead, get_architecture, get_module
 from .hooks import capture
+from .methods import MapOutput, Method, register
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -85,3 +86,17 @@ def local_logits(bundle: "ModelBundle", x: "torch.Tensor") -> tuple["torch.Tenso
         bias = linear.bias if linear.bias is not None else torch.zeros(cams.shape[1], device=cams.device)
         logits = cams + bias.float().view(1, -1, 1, 1)
     return cams, logits
+
+
+def _cam_compute(bundle, x, targets, layers, **_options) -> MapOutput:
+    logits, all_maps = class_activation_maps(bundle, x)
+    indices = list(targets) if targets is not None else [int(logits[0].argmax())]
+    return MapOutput(logits, all_maps[:, indices], indices)
+
+
+register(Method(
+    "cam", "CAM", "cam",
+    "class activation map: the linear head's weights applied at every position of the pooled layer "
+    "(one forward pass, no gradients)",
+    _cam_compute, fixed_layer=lambda bundle: cam_head(bundle).features,
+))

@@ -9,9 +9,8 @@ import numpy as np
 from ..errors import GradCamError
 from ..models import get_module
 from ..preprocess import bundle_tensor, check_image, resize_maps
-from .cam import cam_head, class_activation_maps
-from .gradcam import canonical_method, gradient_maps
 from .hooks import StopForward, capture
+from .methods import Method, get_method
 from .result import FeatureMaps, Heatmap
 from .shifts import check_shifts, shift_offsets, shifted_inputs, unshift_average
 
@@ -30,6 +29,19 @@ def _resolve_targets(bundle: "ModelBundle", target) -> tuple[list[int] | None, b
             raise GradCamError("An empty list of target classes was given.")
         return [bundle.class_index(t) for t in target], True
     return [bundle.class_index(target)], False
+
+
+def _layer_for(spec: Method, bundle: "ModelBundle", layer: str | None) -> str:
+    """The layer a method is computed at: its fixed layer, the one asked for, or the model's default."""
+    if spec.fixed_layer is not None:
+        fixed = spec.fixed_layer(bundle)
+        if layer not in (None, "", fixed):
+            raise GradCamError(f"{spec.title} is defined at the layer feeding the pooling head ({fixed}); "
+                               f"use Grad-CAM to explain {layer!r}.")
+        return fixed
+    used = layer or bundle.target_layer
+    get_module(bundle.model, used)
+    return used
 
 
 def explain(
@@ -52,32 +64,23 @@ def explain(
         uses the layer feeding the global-average-pooling head.
     shifts : 1 (default) or k > 1: average the maps of k x k copies of the input translated by
         fractions of a feature-map cell (one batch of k*k images): a k times finer heatmap whose
-        maximum is no longer tied to cell centres.  See :mod:`napari_gradcam.explain.shifts`.
+        maximum is no longer tied to cell centres.  See :mod:`napari_gradcam.engine.shifts`.
 
     Returns
     -------
     Heatmap, or a list of Heatmap (one per class) when ``target`` is a list or "all".
     ``Heatmap.data`` is (H, W) float32 in [0, 1] at the image's own size.
     """
-    method = canonical_method(method)
+    spec = get_method(method)
+    method = spec.name
     shifts = check_shifts(shifts)
     img = check_image(image)
     targets, many = _resolve_targets(bundle, target)
     x = bundle_tensor(bundle, [img]).to(bundle.device)
     bundle.model.eval()
-    if method == "cam":
-        used_layer = cam_head(bundle).features
-        if layer not in (None, "", used_layer):
-            raise GradCamError(f"CAM is defined at the layer feeding the pooling head ({used_layer}); "
-                               f"use Grad-CAM to explain {layer!r}.")
-        logits, all_maps = class_activation_maps(bundle, x)
-        indices = targets if targets is not None else [int(logits[0].argmax())]
-        raw = all_maps[0, indices]
-    else:
-        used_layer = layer or bundle.target_layer
-        get_module(bundle.model, used_layer)
-        logits, maps, indices = gradient_maps(bundle, x, targets, used_layer, method)
-        raw = maps[0]
+    used_layer = _layer_for(spec, bundle, layer)
+    out = spec.compute(bundle, x, targets, [used_layer])
+    logits, indices, raw = out.logits, out.targets, out.maps[0]
     import torch
 
     probs = torch.softmax(logits[0], dim=0).cpu().numpy()
@@ -86,10 +89,7 @@ def explain(
     if shifts > 1:  # the other k*k - 1 translations, for the same classes, in one batch
         offsets = shift_offsets(x.shape[-1] / raw.shape[-1], shifts)
         xs = shifted_inputs(x, offsets[1:])
-        if method == "cam":
-            more = class_activation_maps(bundle, xs)[1][:, indices]
-        else:
-            more = gradient_maps(bundle, xs, indices, used_layer, method)[1]
+        more = spec.compute(bundle, xs, indices, [used_layer]).maps
         fine = unshift_average(torch.cat([raw[None], more]).relu_(), offsets, x.shape[-1])
         full = resize_maps(fine, img.shape[:2])
         scale = full.amax(dim=(1, 2))

@@ -1,0 +1,77 @@
+"""``napari-gradcam``: train, evaluate, predict and explain from the command line.
+
+Every command is a thin layer over the same core the napari plugin uses.  User errors (missing
+files, empty data folders, unknown classes or layers) print one sentence and exit with code 2;
+Ctrl-C prints "cancelled" and exits with 130.  Heavy libraries are imported inside the commands,
+so ``napari-gradcam --help`` is instant.  One module per command group registers its subcommands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .. import __version__
+from ..errors import GradCamError
+from . import demo, evaluate, explain, train
+from ._common import PROG, _err, _Parser, classes_overlay_rgb, overlay_rgb
+
+__all__ = ["main", "build_parser", "overlay_rgb", "classes_overlay_rgb", "PROG"]
+
+_COMMAND_MODULES = (train, evaluate, explain, demo)
+
+_EPILOG = f"""\
+examples:
+  {PROG} train chest_xray/train --out pneumonia.safetensors --image-size 128 --epochs 8
+  {PROG} evaluate pneumonia.safetensors chest_xray/test --json report.json --plot report.png
+  {PROG} predict pneumonia.safetensors scans/ more/scan1.png --csv predictions.csv
+  {PROG} explain pneumonia.safetensors scan.png --method gradcam --out heat.tif --overlay heat.png
+  {PROG} tile pneumonia.safetensors slide.tif --tile 224 --overlap 0.5 --out slide_heatmaps/
+  {PROG} demo
+
+Each command has its own --help.  Errors you can fix (a missing file, an empty data folder, an
+unknown class or layer) print one sentence and exit with code 2.
+"""
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(
+        prog=PROG,
+        description="See why an image classifier decided: train a classifier, evaluate it, predict and explain "
+                    "its decisions with CAM / Grad-CAM / Grad-CAM++ heatmaps, headless.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for mod in _COMMAND_MODULES:
+        mod.register(sub)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 2 user error, 130 cancelled)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0) if not isinstance(e.code, str) else 2
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except GradCamError as e:
+        _err(str(e))
+        return 2
+    except KeyboardInterrupt:
+        print("cancelled", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        _err(f"{e.strerror or 'cannot access'}: {e.filename}.")
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""``napari-gradcam evaluate`` and ``predict``: metrics on a labelled folder, probabilities per file."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ._common import PROG, GradCamError, _fmt_kw, _load, _image, _tqdm, _expand_paths, add_device, add_quiet
+
+
+def cmd_evaluate(args) -> int:
+    import numpy as np
+
+    from ..data import scan_folder
+    from ..errors import DatasetError
+    from ..metrics import classification_report, format_report, plot_report, save_report
+    from ..train import evaluate_model
+
+    bundle = _load(args.model, args.device)
+    data = scan_folder(args.data_dir, csv=args.csv, group_pattern=None, classes=bundle.classes)
+    if not data.items:
+        bad = [f for files in data.unreadable_classes.values() for f in files]
+        if bad:
+            raise DatasetError(f"None of the {len(bad)} image file(s) of the model's classes in {args.data_dir} "
+                               f"could be read (e.g. {bad[0][0].name}: {bad[0][1]}).")
+        others = sorted({c for c in (_class_of(p, data.root) for p, _ in data.skipped) if c not in bundle.classes})
+        names = bundle.classes if len(bundle.classes) <= 10 else f"({len(bundle.classes)} classes)"
+        raise DatasetError(
+            f"No readable images of the model's classes {names} were found in {args.data_dir}"
+            + (f" (it has {', '.join(others[:5])})." if others else ".")
+        )
+    bar = None if args.quiet else _tqdm(total=len(data), desc="evaluating", unit="img", leave=False)
+
+    def progress(done, total):
+        if bar is not None:
+            bar.update(done - bar.n)
+
+    probs, y, failed = evaluate_model(bundle, data, batch_size=args.batch_size, progress=progress)
+    if bar is not None:
+        bar.close()
+    if len(y) == 0:
+        raise DatasetError(f"None of the images in {args.data_dir} could be read.")
+    report = classification_report(y, probs, bundle.classes)
+    print(format_report(report))
+    skipped = list(data.skipped) + failed
+    if skipped:
+        print(f"{len(skipped)} file(s) skipped, e.g. {skipped[0][0]} ({skipped[0][1]}).", file=sys.stderr)
+    if args.json:
+        full = dict(report, model=str(args.model), data=str(args.data_dir),
+                    skipped=[[str(p), r] for p, r in skipped])
+        save_report(full, args.json)
+    if args.plot:
+        plot_report(report, y, probs, args.plot)
+    if args.predictions:
+        _write_predictions(Path(args.predictions), [it.path for it in data.items if it.path not in {p for p, _ in failed}],
+                           probs, bundle.classes, labels=[bundle.classes[i] for i in np.asarray(y)])
+    return 0
+
+
+def _class_of(path: Path, root: Path) -> str:
+    """The class folder of a file under ``root`` (its first folder), else its parent folder's name."""
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        parts = ()
+    return parts[0] if len(parts) > 1 else path.parent.name
+
+
+def _write_predictions(path: Path, files, probs, classes, labels=None) -> None:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", *(["label"] if labels is not None else []), "predicted", *[f"p_{c}" for c in classes]])
+        for k, (p, row) in enumerate(zip(files, probs)):
+            w.writerow([str(p), *([labels[k]] if labels is not None else []), classes[int(row.argmax())],
+                        *[f"{float(v):.6f}" for v in row]])
+
+
+# ----------------------------------------------------------------------------- predict
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from ..errors import ImageError
+    from ..inference import predict
+
+    bundle = _load(args.model, args.device)
+    files, skipped = _expand_paths(args.paths)
+    if not files:
+        raise GradCamError(f"No image files were found in {', '.join(args.paths)}"
+                           + (f" ({skipped[0][0]}: {skipped[0][1]})." if skipped else "."))
+    ok_files, rows = [], []
+    bar = None if args.quiet else _tqdm(total=len(files), desc="predicting", unit="img", leave=False)
+    for i in range(0, len(files), args.batch_size):
+        imgs, names = [], []
+        for f in files[i : i + args.batch_size]:
+            try:
+                imgs.append(_image(f))
+                names.append(f)
+            except ImageError as e:
+                skipped.append((f, str(e)))
+        if imgs:
+            rows.append(predict(bundle, imgs, batch_size=args.batch_size))
+            ok_files += names
+        if bar is not None:
+            bar.update(min(args.batch_size, len(files) - i))
+    if bar is not None:
+        bar.close()
+    if not ok_files:
+        raise GradCamError(f"None of the {len(files)} file(s) could be read as an image.")
+    probs = np.concatenate(rows)
+    if args.csv:
+        _write_predictions(Path(args.csv), ok_files, probs, bundle.classes)
+    else:
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(["path", "predicted", *[f"p_{c}" for c in bundle.classes]])
+        for p, row in zip(ok_files, probs):
+            w.writerow([str(p), bundle.classes[int(row.argmax())], *[f"{float(v):.6f}" for v in row]])
+    for p, why in skipped:
+        print(f"skipped {p}: {why}", file=sys.stderr)
+    if args.csv and not args.quiet:
+        print(f"{len(ok_files)} prediction(s) written to {args.csv}", file=sys.stderr)
+    return 0
+
+
+
+def register(sub) -> None:
+    """Add this module's command(s) to the subparsers ``sub``."""
+    # evaluate
+    p = sub.add_parser(
+        "evaluate", help="accuracy, balanced accuracy, ROC AUC, sensitivity, specificity on a labelled folder",
+        description="Evaluate MODEL on DATA_DIR (one subfolder per class, named like the model's classes). Prints "
+                    "a table; --json writes the report (keys: accuracy, balanced_accuracy, roc_auc, sensitivity, "
+                    "specificity, confusion_matrix, classes), --plot a PNG of the confusion matrix and ROC curves.",
+        epilog=f"""examples:
+  {PROG} evaluate pneumonia.safetensors chest_xray/test --json report.json --plot report.png
+""", **_fmt_kw())
+    p.add_argument("model", metavar="MODEL", help="a .safetensors model bundle")
+    p.add_argument("data_dir", metavar="DATA_DIR", help="folder with one subfolder per class")
+    p.add_argument("--json", metavar="REPORT.json", help="write the report as JSON")
+    p.add_argument("--plot", metavar="REPORT.png", help="write the confusion matrix and ROC curves as PNG")
+    p.add_argument("--predictions", metavar="PRED.csv", help="also write per-image probabilities")
+    p.add_argument("--csv", help="CSV of path,label rows instead of class subfolders")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N")
+    add_device(p)
+    add_quiet(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    # predict
+    p = sub.add_parser(
+        "predict", help="class probabilities for image files or folders (CSV)",
+        description="Classify image files and folders (searched recursively). Writes a CSV with columns path, "
+                    "predicted, p_<class>... to --csv, or to standard output. Unreadable files are listed on stderr "
+                    "and skipped.",
+        epilog=f"""examples:
+  {PROG} predict pneumonia.safetensors scans/ --csv predictions.csv
+  {PROG} predict pneumonia.safetensors a.png b.jpg
+""", **_fmt_kw())
+    p.add_argument("model", metavar="MODEL", help="a .safetensors model bundle")
+    p.add_argument("paths", metavar="PATH", nargs="+", help="image files or folders")
+    p.add_argument("--csv", metavar="OUT.csv", help="where to write the probabilities (default: standard output)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N")
+    add_device(p)
+    add_quiet(p)
+    p.set_defaults(func=cmd_predict)
+
