@@ -20,6 +20,8 @@ _LAZY = {
     "build_model": "bundle",
     "save_model": "bundle",
     "load_model": "bundle",
+    "wrap_model": "bundle",
+    "list_methods": "engine",
     "ModelBundle": "bundle",
     "ModelConfig": "bundle",
     "resolve_device": "bundle",
@@ -54,8 +56,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .bundle import ModelBundle, ModelConfig, build_model, load_model, resolve_device, save_model
+    from .bundle import ModelBundle, ModelConfig, build_model, load_model, resolve_device, save_model, wrap_model
     from .errors import DatasetError, GradCamError, ImageError, LayerError, ModelFileError, TrainingError
-    from .engine import Heatmap, TiledHeatmaps, explain, feature_maps, tiled_heatmaps
+    from .engine import Heatmap, TiledHeatmaps, explain, feature_maps, list_methods, tiled_heatmaps
     from .inference import predict
     from .models import list_architectures

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import GradCamError, ModelFileError
-from .models import build_network, get_architecture, get_module, spatial_layers
+from .models import build_network, find_architecture, get_architecture, get_module, spatial_layers
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -101,10 +101,11 @@ class ModelConfig:
             raise GradCamError(f"target_layer must be a layer name, not {_brief(self.target_layer)}.")
         if not isinstance(self.training, dict):
             raise GradCamError(f"training must be a mapping, not {type(self.training).__name__}.")
-        arch = get_architecture(self.architecture)
-        self.architecture = arch.name
-        if not self.target_layer:
-            self.target_layer = arch.target_layer
+        arch = find_architecture(self.architecture)
+        if arch is not None:
+            self.architecture = arch.name
+            if not self.target_layer:
+                self.target_layer = arch.target_layer
         if len(self.classes) < 2:
             raise GradCamError(f"A classifier needs at least 2 classes, got {_brief(list(self.classes))}.")
         if len(set(self.classes)) != len(self.classes):
@@ -116,7 +117,7 @@ class ModelConfig:
             raise GradCamError(f"in_channels must be 1 or 3, not {self.in_channels}.")
         if not 16 <= int(self.input_size) <= 4096:
             raise GradCamError(f"input_size must be between 16 and 4096 pixels, not {self.input_size}.")
-        if int(self.input_size) < arch.min_input_size:
+        if arch is not None and int(self.input_size) < arch.min_input_size:
             raise GradCamError(
                 f"{arch.name} needs an input_size of at least {arch.min_input_size} pixels, not {self.input_size}."
             )
@@ -230,6 +231,59 @@ def build_model(
     get_module(model, config.target_layer)  # validates the name
     model.eval()
     return ModelBundle(model, config).to(device)
+
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def wrap_model(
+    module: "nn.Module",
+    classes: Sequence[str],
+    input_size: int = 224,
+    in_channels: int = 3,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    target_layer: str | None = None,
+    architecture: str = "custom",
+) -> ModelBundle:
+    """A :class:`ModelBundle` around any classifier ``module`` built in Python.
+
+    ``module`` maps (B, in_channels, input_size, input_size) float32 to (B, len(classes)) logits.
+    Normalisation defaults to ImageNet's (its gray mean for one channel); images are first scaled
+    to [0, 1].  The target layer defaults to the last layer with a spatial output, and a CAM head
+    is found from the module itself (:mod:`napari_gradcam.engine.discover`).  The architecture is
+    recorded as ``"custom"``: a saved bundle needs the same Python class to be loaded again.
+    """
+    import torch
+    from torch import nn
+
+    from .engine.discover import default_target_layer
+
+    if not isinstance(module, nn.Module):
+        raise GradCamError(f"wrap_model needs a torch.nn.Module, not {type(module).__name__}.")
+    if mean is None or std is None:
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if in_channels == 3 else ([0.449], [0.226])
+    config = ModelConfig(architecture, [str(c) for c in classes], in_channels, input_size,
+                         list(mean), list(std), target_layer or "")
+    config.validate()
+    module.eval()
+    param = next(iter(module.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    with torch.inference_mode():
+        out = module(torch.zeros(1, config.in_channels, config.input_size, config.input_size, device=device))
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, len(config.classes)):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise GradCamError(f"The module returns {shape} for one {config.in_channels} x {config.input_size} x "
+                           f"{config.input_size} image; a classifier of {len(config.classes)} classes must return "
+                           f"(1, {len(config.classes)}) logits.")
+    if config.target_layer:
+        get_module(module, config.target_layer)
+    else:
+        try:
+            config.target_layer = default_target_layer(module, config.in_channels, config.input_size)
+        except GradCamError:
+            config.target_layer = ""  # pixel attributions still work; layer methods ask for a layer
+    return ModelBundle(module, config)
 
 
 # ----------------------------------------------------------------------------- save

@@ -118,6 +118,21 @@ def get_architecture(name: str) -> Architecture:
     return ARCHITECTURES[key]
 
 
+#: architectures that are not in the registry: a module handed over in Python, an ONNX graph, and
+#: (prefixes) networks built by another library.  Their target layer and CAM head are found from the
+#: module itself (:mod:`napari_gradcam.engine.discover`).
+EXTERNAL_NAMES = ("custom", "onnx")
+EXTERNAL_PREFIXES = ("torchvision:", "timm:")
+
+
+def find_architecture(name: str) -> Architecture | None:
+    """The registered :class:`Architecture` called ``name``; None for an external one
+    (``custom``, ``onnx``, ``torchvision:NAME``, ``timm:NAME``); a clear error otherwise."""
+    if isinstance(name, str) and (name in EXTERNAL_NAMES or name.startswith(EXTERNAL_PREFIXES)):
+        return None
+    return get_architecture(name)
+
+
 # ----------------------------------------------------------------------------- modules by name
 def get_module(model: "nn.Module", name: str) -> "nn.Module":
     """The submodule at dotted path ``name`` ("" is the model itself)."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import LayerError
-from ..models import CamHead, get_architecture, get_module
+from ..models import CamHead, find_architecture, get_module
+from .discover import default_target_layer, find_cam_head
 from .hooks import capture
 from .methods import MapOutput, Method, register
 
@@ -22,11 +23,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def cam_head(bundle: "ModelBundle") -> CamHead:
     """Where the GAP + linear head is, or a LayerError naming Grad-CAM as the alternative."""
-    head = get_architecture(bundle.architecture).cam
+    arch = find_architecture(bundle.architecture)
+    if arch is not None:  # registered: known without tracing
+        head = arch.cam
+    else:
+        layer = default_target_layer(bundle.model, bundle.in_channels, bundle.input_size)
+        head = find_cam_head(bundle.model, layer, bundle.in_channels, bundle.input_size)
     if head is None:
         raise LayerError(
-            f"CAM needs a global-average-pooling + linear head, which {bundle.architecture} does not have; "
-            "use Grad-CAM or Grad-CAM++ instead."
+            f"CAM needs a global-average-pooling + linear head, which this {bundle.architecture} model does not "
+            "have; use Grad-CAM or Grad-CAM++ instead."
         )
     return head
 
