@@ -41,6 +41,7 @@ def write_dicom(
     window: tuple | None = None,  # (centre, width) or ([c1, c2], [w1, w2]); optional third item: VOI LUT function
     voi_lut: np.ndarray | None = None,  # LUT entries for stored values first_mapped.. (first_mapped = 0)
     lut_bits: int = 16,
+    lut_vr: str = "US",
     spacing: tuple[float, float] | None = None,
     imager_spacing: tuple[float, float] | None = None,
     identify: bool = True,
@@ -90,8 +91,10 @@ def write_dicom(
     if voi_lut is not None:
         item = Dataset()
         item.LUTDescriptor = [len(voi_lut), 0, lut_bits]
-        item.LUTData = [int(v) for v in voi_lut]
-        item["LUTData"].VR = "US"
+        if lut_vr == "OW":
+            item.add_new("LUTData", "OW", np.asarray(voi_lut, dtype="<u2").tobytes())
+        else:
+            item.add_new("LUTData", "US", [int(v) for v in voi_lut])
         item.LUTExplanation = "test curve"
         ds.VOILUTSequence = Sequence([item])
     if spacing is not None:

@@ -249,13 +249,15 @@ class ImageFolderData:
 
 
 def group_of(path: Path, pattern: "str | re.Pattern | None") -> str:
-    """Patient/group id of a file: the regex's first capture group (or whole match) on the file name, else the stem."""
+    """Patient/group id of a file: the regex's first capture group (or whole match) on the file name, else the
+    stem (the whole name when the suffix is no image type's, e.g. DICOM files named by UID: ``1.2.840.5.17``)."""
+    own = path.stem if path.suffix.lower() in IMAGE_SUFFIXES else path.name
     if pattern is None:
-        return path.stem
+        return own
     rx = re.compile(pattern) if isinstance(pattern, str) else pattern
     m = rx.search(path.name)
     if m is None:
-        return path.stem
+        return own
     return m.group(1) if rx.groups else m.group(0)
 
 

@@ -115,6 +115,8 @@ def _open(path: Path, header_only: bool = False) -> "Dataset":
         raise ImageError(f"{path.name} could not be read as DICOM ({type(e).__name__}: {_first_line(e)}).") from None
     _fill_transfer_syntax(ds)
     if "Rows" not in ds or "Columns" not in ds:
+        if not has_dicm_preamble(path):  # forced reading of a file that may not be DICOM at all
+            raise ImageError(f"{path.name} could not be read as DICOM (no DICM preamble and no image header).")
         raise ImageError(f"{path.name} holds no image (a DICOM file without rows and columns, e.g. a report).")
     return ds
 
@@ -266,19 +268,7 @@ def _apply_first_voi(values: np.ndarray, ds: "Dataset") -> tuple[np.ndarray, flo
 
     luts = ds.get("VOILUTSequence") or []
     if luts and "LUTDescriptor" in luts[0] and "LUTData" in luts[0]:
-        item = luts[0]
-        entries, first_mapped = int(item.LUTDescriptor[0]) or 65536, int(item.LUTDescriptor[1])
-        # the LUT is indexed by integers; values past its ends take its first / last entry (PS3.3 C.11.2.1.1)
-        index_values = np.clip(np.rint(values), first_mapped, first_mapped + entries - 1).astype(np.int64)
-        out = apply_voi_lut(index_values, ds, index=0, prefer_lut=True)
-        table = apply_voi_lut(np.arange(first_mapped, first_mapped + entries), ds, index=0, prefer_lut=True)
-        bits = _lut_bits(int(item.LUTDescriptor[2]), int(np.max(table)))
-        explanation = str(item.get("LUTExplanation", "")).strip()
-        window = {"lut": 1, "of": len(luts), "entries": entries, "first_mapped": first_mapped, "bits": bits,
-                  "explanation": explanation}
-        hi = float(2**bits - 1)
-        text = f"VOI LUT 1 of {len(luts)}" + (f" ({explanation})" if explanation else "")
-        return out, 0.0, hi, {"voi": text, "window": window}
+        return _apply_voi_lut_table(values, ds, luts)
     centre, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     if centre is not None and width is not None:
         function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper() or "LINEAR"
@@ -288,12 +278,44 @@ def _apply_first_voi(values: np.ndarray, ds: "Dataset") -> tuple[np.ndarray, flo
         except ValueError as e:  # e.g. a width below 1: show the image's own range instead
             return _own_range(values, f"the image's own range (the window in the file is invalid: {_first_line(e)})")
         n = len(ds.WindowCenter) if ds["WindowCenter"].VM > 1 else 1
-        explanation = _first(ds.get("WindowCenterWidthExplanation"))
+        explanation = ds.get("WindowCenterWidthExplanation") or ""
+        if not isinstance(explanation, str):
+            explanation = explanation[0] if len(explanation) else ""
         window = {"center": centre, "width": width, "function": function, "of": n,
-                  "explanation": str(explanation or "")}
+                  "explanation": str(explanation).strip()}
         text = f"window centre {centre:g}, width {width:g} ({function}" + (f", 1 of {n})" if n > 1 else ")")
         return out, lo, hi, {"voi": text, "window": window}
     return _own_range(values, "the image's own range (no VOI LUT or window in the file)")
+
+
+def _apply_voi_lut_table(values: np.ndarray, ds: "Dataset", luts) -> tuple[np.ndarray, float, float, dict[str, Any]]:
+    """The first VOI LUT of the sequence, looked up here: pydicom's ``apply_voi`` indexes with the LUT's
+    output dtype, which wraps around for an 8-bit LUT of more than 256 entries."""
+    item = luts[0]
+    entries, first_mapped, declared = (int(v) for v in item.LUTDescriptor)
+    entries = entries or 65536
+    table = _lut_entries(item, ds)[:entries]
+    # values past the LUT's ends take its first / last entry; the LUT is indexed by integers (PS3.3 C.11.2.1.1)
+    index = np.clip(np.rint(values) - first_mapped, 0, len(table) - 1).astype(np.intp)
+    bits = _lut_bits(declared, int(table.max()))
+    explanation = str(item.get("LUTExplanation", "")).strip()
+    window = {"lut": 1, "of": len(luts), "entries": entries, "first_mapped": first_mapped, "bits": bits,
+              "explanation": explanation}
+    text = f"VOI LUT 1 of {len(luts)}" + (f" ({explanation})" if explanation else "")
+    return table[index], 0.0, float(2**bits - 1), {"voi": text, "window": window}
+
+
+def _lut_entries(item: "Dataset", ds: "Dataset") -> np.ndarray:
+    """The LUT Data of a LUT item as an int64 array (US/SS lists, or OW bytes in the file's byte order)."""
+    data = item.LUTData
+    if isinstance(data, bytes):
+        little = getattr(ds, "original_encoding", (None, True))[1] is not False
+        return np.frombuffer(data, dtype="<u2" if little else ">u2").astype(np.int64)
+    data = [data] if isinstance(data, int) else data
+    table = np.asarray(list(data), dtype=np.int64)
+    if table.size == 0:
+        raise ValueError("the VOI LUT has no entries")
+    return table
 
 
 def _own_range(values: np.ndarray, text: str) -> tuple[np.ndarray, float, float, dict[str, Any]]:
