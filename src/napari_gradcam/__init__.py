@@ -36,6 +36,7 @@ _LAZY = {
     "LayerError": "errors",
     "DatasetError": "errors",
     "TrainingError": "errors",
+    "use_model": "_napari.model_api",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -57,5 +58,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .bundle import ModelBundle, ModelConfig, build_model, load_model, resolve_device, save_model
     from .errors import DatasetError, GradCamError, ImageError, LayerError, ModelFileError, TrainingError
     from .engine import Heatmap, TiledHeatmaps, explain, feature_maps, tiled_heatmaps
+    from ._napari.model_api import use_model
     from .inference import predict
     from .models import list_architectures
