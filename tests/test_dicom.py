@@ -310,6 +310,12 @@ def test_training_and_evaluating_on_dicom_folders(dicom_data, tmp_path, torch_on
     assert main(["predict", str(result.best_path), str(one)]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(str(one)))
     np.testing.assert_allclose([float(v) for v in row.split(",")[2:]], expected, atol=1e-5)
+    assert main(["explain", str(result.best_path), str(one), "--out", str(tmp_path / "h.tif"),
+                 "--overlay", str(tmp_path / "o.png")]) == 0
+    import tifffile
+
+    heat = tifffile.imread(tmp_path / "h.tif")
+    np.testing.assert_allclose(heat, ng.explain(bundle, read_image(one), method="gradcam").data, atol=1e-5)
     assert main(["evaluate", str(result.best_path), str(dcm)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^images\s+16$", out, re.M), out  # all 16 readable images were evaluated
