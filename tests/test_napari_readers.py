@@ -192,3 +192,24 @@ def test_use_model_refuses_what_is_not_a_model(make_napari_viewer):
     with pytest.raises(GradCamError, match="needs a ModelBundle"):
         ng.use_model(viewer, 42)
     assert get_state(viewer).bundle is None
+
+
+# ----------------------------------------------------------------------------- the whole flow
+def test_a_dropped_model_explains_an_opened_dicom_in_millimetres(make_napari_viewer, qtbot, model_files, tmp_path):
+    from napari_helpers import dock, wait
+
+    from napari_gradcam.data import read_image
+
+    path = write_dicom(tmp_path / "cxr.dcm", bright_square(), bits_stored=12, photometric="MONOCHROME1",
+                       window=(1500, 3000), spacing=(0.2, 0.15))
+    viewer = make_napari_viewer()
+    _drop(viewer, model_files / "tiny.safetensors")
+    (src,) = viewer.open(path, plugin=PLUGIN)
+    ew = dock(viewer, "Explain (Grad-CAM)")
+    ew.run(src, method="gradcam", target="pneumonia")
+    wait(qtbot, ew)
+    assert ew.last_error is None
+    heat = viewer.layers[-1]
+    np.testing.assert_allclose(heat.scale, [0.2, 0.15])  # lies on the radiograph, in mm
+    expected = ng.explain(get_state(viewer).bundle, read_image(path), method="gradcam", target="pneumonia")
+    np.testing.assert_allclose(heat.data, expected.data, atol=1e-5)  # the layer and the CLI read alike
