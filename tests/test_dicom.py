@@ -207,6 +207,14 @@ def test_a_non_dicom_dcm_file_is_one_sentence(tmp_path, content, words):
         read_image(path)
 
 
+def test_a_truncated_file_is_one_sentence(tmp_path):
+    path = write_dicom(tmp_path / "cut.dcm", RAMP, bits_stored=12)
+    path.write_bytes(path.read_bytes()[:-3000])
+    with pytest.raises(ImageError) as e:
+        read_image(path)
+    assert str(e.value).startswith("The pixel data of cut.dcm could not be decoded") and "\n" not in str(e.value)
+
+
 def test_files_without_an_image_or_with_frames(tmp_path):
     from pydicom.dataset import Dataset, FileMetaDataset
 
@@ -271,10 +279,10 @@ def test_a_dicom_folder_is_a_data_set_like_its_png_twin(dicom_data):
     dcm, png, classes = dicom_data
     a, b = scan_folder(dcm), scan_folder(png)
     assert a.classes == b.classes == classes and len(a) == len(b) == 16
-    assert [(p.name, why) for p, why in a.skipped] == [
-        ("compressed.dcm", "compressed.dcm is compressed as JPEG Lossless, Non-Hierarchical, First-Order "
-                           "Prediction (Process 14 [Selection Value 1]), which no installed DICOM decoder reads; "
-                           "install python-gdcm or pylibjpeg with pylibjpeg-libjpeg to read it.")]
+    why = ("compressed.dcm is compressed as JPEG Lossless, Non-Hierarchical, First-Order Prediction (Process 14 "
+           "[Selection Value 1]), which no installed DICOM decoder reads; install python-gdcm or pylibjpeg with "
+           "pylibjpeg-libjpeg to read it.")
+    assert [(p.name, reason) for p, reason in a.skipped] == [("compressed.dcm", why)]
     da = ImageDataset(a, 1, 32, [0.5], [0.25], cache=False)
     db = ImageDataset(b, 1, 32, [0.5], [0.25], cache=False)
     twin = {_number(p): j for j, p in enumerate(b.paths)}

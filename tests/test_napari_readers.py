@@ -131,7 +131,7 @@ def test_dropping_a_model_bundle_loads_it_and_adds_no_layer(make_napari_viewer, 
 
 def test_a_model_file_without_its_description_opens_the_form(make_napari_viewer, model_files, monkeypatch):
     shown = []
-    import napari.utils.notifications as notifications
+    from napari.utils import notifications
 
     monkeypatch.setattr(notifications, "show_error", lambda msg: shown.append(msg))
     viewer = make_napari_viewer()
