@@ -38,6 +38,7 @@ _LAZY = {
     "LayerError": "errors",
     "DatasetError": "errors",
     "TrainingError": "errors",
+    "use_model": "_napari.model_api",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -58,6 +59,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from .bundle import ModelBundle, ModelConfig, build_model, load_model, resolve_device, save_model, wrap_model
     from .errors import DatasetError, GradCamError, ImageError, LayerError, ModelFileError, TrainingError
+    from ._napari.model_api import use_model
     from .engine import Heatmap, TiledHeatmaps, explain, feature_maps, list_methods, tiled_heatmaps
     from .inference import predict
     from .models import list_architectures

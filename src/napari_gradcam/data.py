@@ -40,7 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".pbm", ".jp2"}
+    {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".pbm", ".jp2",
+     ".dcm", ".dicom"}
 )
 #: Folders that never hold images of their own (macOS archives' resource forks); ignored like hidden ``.*`` entries.
 IGNORED_FOLDERS = frozenset({"__MACOSX"})
@@ -59,11 +60,29 @@ def demo_model_path() -> Path:
 
 
 # ----------------------------------------------------------------------------- reading images
+def is_image_file(path: str | Path) -> bool:
+    """True for a known image suffix, and for DICOM files of any name (the DICM preamble; reads 132 bytes)."""
+    from .dicom import has_dicm_preamble
+
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES or has_dicm_preamble(path)
+
+
+def _is_dicom(path: Path) -> bool:
+    """DICOM by suffix, or by the DICM preamble when the suffix is not another image type's."""
+    from .dicom import DICOM_SUFFIXES, has_dicm_preamble
+
+    suffix = path.suffix.lower()
+    return suffix in DICOM_SUFFIXES or (suffix not in IMAGE_SUFFIXES and has_dicm_preamble(path))
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read one 2D image file as (H, W) or (H, W, 3|4), keeping its dtype.
 
-    TIFFs go through tifffile (any dtype, including float), everything else through Pillow.
-    Palette, 1-bit and two-channel (gray + alpha) images are converted to grayscale or RGB.
+    TIFFs go through tifffile (any dtype, including float), DICOM (``.dcm``, ``.dicom`` or any
+    file with the DICM preamble) through :func:`napari_gradcam.dicom.read_dicom_image` (float32 in
+    [0, 1] after the modality LUT, the first VOI LUT or window, and MONOCHROME1 inversion), everything
+    else through Pillow.  Palette, 1-bit and two-channel (gray + alpha) images are converted to
+    grayscale or RGB.
 
     Raises
     ------
@@ -73,6 +92,10 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"No image file at {path}.")
+    if _is_dicom(path):
+        from .dicom import read_dicom_image
+
+        return read_dicom_image(path)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
@@ -109,6 +132,10 @@ def _quick_check(path: Path) -> str | None:
     try:
         if path.stat().st_size == 0:
             return "empty file"
+        if _is_dicom(path):
+            from .dicom import check_dicom
+
+            return check_dicom(path)
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
@@ -222,13 +249,15 @@ class ImageFolderData:
 
 
 def group_of(path: Path, pattern: "str | re.Pattern | None") -> str:
-    """Patient/group id of a file: the regex's first capture group (or whole match) on the file name, else the stem."""
+    """Patient/group id of a file: the regex's first capture group (or whole match) on the file name, else the
+    stem (the whole name when the suffix is no image type's, e.g. DICOM files named by UID: ``1.2.840.5.17``)."""
+    own = path.stem if path.suffix.lower() in IMAGE_SUFFIXES else path.name
     if pattern is None:
-        return path.stem
+        return own
     rx = re.compile(pattern) if isinstance(pattern, str) else pattern
     m = rx.search(path.name)
     if m is None:
-        return path.stem
+        return own
     return m.group(1) if rx.groups else m.group(0)
 
 
@@ -363,7 +392,7 @@ def _class_folders(root: Path, skipped: list[tuple[Path, str]]) -> tuple[dict[st
                 skipped.append((p, f"the same folder as {folders[real].name}, not a class of its own"))
             else:
                 folders[real] = p
-        elif stat.S_ISREG(mode) and p.suffix.lower() in IMAGE_SUFFIXES:
+        elif stat.S_ISREG(mode) and is_image_file(p):
             loose.append(p)
     return dict(sorted(folders.items(), key=lambda kv: kv[1].name)), sorted(loose)
 
@@ -472,7 +501,7 @@ def scan_folder(
     items_raw: list[tuple[Path, str, str]] = []
     unreadable: dict[str, list[tuple[Path, str]]] = {}
     for path, label, group in entries:
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
+        if not is_image_file(path):
             skipped.append((path, f"not an image file type ({path.suffix or 'no suffix'})"))
             continue
         if wanted is not None and label not in wanted:

@@ -811,10 +811,10 @@ def _strip_mask_suffix(stem: str) -> str:
 
 def _listing(folder: Path) -> list[Path]:
     """Image files under ``folder``, each real file once (links followed without looping; hidden entries ignored)."""
-    from .data import IMAGE_SUFFIXES, walk_files
+    from .data import is_image_file, walk_files
 
     files, _ = walk_files(folder)
-    return [p for p, _real in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    return [p for p, _real in files if is_image_file(p)]
 
 
 def load_masks_folder(images_dir: "str | Path", masks_dir: "str | Path") -> PairedFiles:

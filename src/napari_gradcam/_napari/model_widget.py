@@ -191,6 +191,12 @@ class ModelWidget(GradCamWidget):
         """Make ``bundle`` the shared model (on the GUI thread; lists its layers if not given)."""
         self.state.set_model(bundle, source, layers)
 
+    def set_file(self, path: str | os.PathLike) -> None:
+        """Fill in the file field without loading (e.g. a dropped file that needs the form's details)."""
+        with self.file.changed.blocked():
+            self.file.value = path
+        self.open_section.expand(animate=False)
+
     def _on_file_chosen(self, value) -> None:
         """A bundle picked in the file dialog loads at once (bare weights wait for the form and Load)."""
         if value is not None and Path(value).suffix.lower() == ".safetensors" and Path(value).is_file():

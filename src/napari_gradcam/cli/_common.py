@@ -120,7 +120,7 @@ def _expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[tuple[Path, st
     real file once), and what was passed over with the reason."""
     import os
 
-    from ..data import IMAGE_SUFFIXES, walk_files
+    from ..data import is_image_file, walk_files
 
     files: list[Path] = []
     skipped: list[tuple[Path, str]] = []
@@ -129,7 +129,7 @@ def _expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[tuple[Path, st
         if p.is_dir():
             found, passed = walk_files(p)
             skipped += passed
-            found = [(f, r) for f, r in found if f.suffix.lower() in IMAGE_SUFFIXES]
+            found = [(f, r) for f, r in found if is_image_file(f)]
         elif p.is_file():
             found = [(p, os.path.realpath(p))]
         else:
