@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .errors import GradCamError, ModelFileError
+from .errors import GradCamError, ModelFileError, ParameterError
+from .errors import shown as _shown
 from .models import build_network, get_architecture, get_module, spatial_layers
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,32 +34,53 @@ FORMAT = "napari-gradcam"
 FORMAT_VERSION = 1
 
 
+def runnable_devices() -> list[str]:
+    """The device names a model can run on here: "auto", "cpu", then "cuda", "cuda:N" and "mps" where present."""
+    import torch
+
+    names = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    return names
+
+
 def resolve_device(device: "str | torch.device | None" = "auto") -> "torch.device":
     """``"auto"`` (or None) -> cuda if available, then mps, then cpu; otherwise ``torch.device(device)``.
 
-    Raises GradCamError for an unknown device name, or for cuda/mps when that device is not available.
+    Raises ParameterError (a GradCamError) for anything that cannot run a model here: an unknown
+    name, a device type other than cpu, cuda and mps ("meta", "xpu"), cuda/mps when not available;
+    the sentence lists what can run.
     """
     import torch
 
-    if device is None or str(device) == "auto":
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")
         mps = getattr(torch.backends, "mps", None)
         if mps is not None and mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    can = ", ".join(runnable_devices())
+    if not isinstance(device, (str, torch.device)):
+        raise ParameterError(f"device must be a name such as 'cpu', not {_brief(device, 60)}; this machine can run on {can}.")
     try:
-        dev = torch.device(device)
+        dev = torch.device(device.strip() if isinstance(device, str) else device)
     except (RuntimeError, TypeError, ValueError):
-        raise GradCamError(f"Unknown device {device!r}; use 'auto', 'cpu', 'cuda' (or 'cuda:N') or 'mps'.") from None
+        raise ParameterError(f"Unknown device {device!r}; this machine can run on {can}.") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ParameterError(f"Device {str(device)!r} cannot run a model here; this machine can run on {can}.")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GradCamError("CUDA was asked for but no CUDA device is available; use device 'cpu' or 'auto'.")
+        raise ParameterError(f"CUDA was asked for but no CUDA device is available; this machine can run on {can}.")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise GradCamError(f"There is no CUDA device {dev.index}; this machine has {torch.cuda.device_count()}.")
+        raise ParameterError(f"There is no CUDA device {dev.index}; this machine has {torch.cuda.device_count()} "
+                             f"and can run on {can}.")
     if dev.type == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise GradCamError("MPS (Apple GPU) was asked for but is not available; use device 'cpu' or 'auto'.")
+            raise ParameterError(f"MPS (Apple GPU) was asked for but is not available; this machine can run on {can}.")
     return dev
 
 
@@ -176,11 +198,17 @@ class ModelBundle:
         return self
 
     def class_index(self, target: "int | str") -> int:
-        """Index of a class given by name or index, with a clear error."""
+        """Index of a class given by name or index (an int or numpy integer, not a bool or a float),
+        with a clear error (ParameterError for a wrong type, GradCamError for an unknown class)."""
+        from .validate import is_integer
+
         if isinstance(target, str):
             if target not in self.config.classes:
-                raise GradCamError(f"Unknown class {target!r}; the model's classes are {self.classes}.")
+                raise GradCamError(f"Unknown class {_brief(target, 80)}; the model's classes are "
+                                   f"{_brief(self.classes, 200)}.")
             return self.config.classes.index(target)
+        if not is_integer(target):
+            raise ParameterError(f"A target class is a class name or an integer index, not {_brief(target, 60)}.")
         idx = int(target)
         if not 0 <= idx < self.n_classes:
             raise GradCamError(f"Class index {idx} is out of range for {self.n_classes} classes.")
@@ -253,12 +281,6 @@ def save_model(bundle: ModelBundle, path: str | os.PathLike) -> Path:
 
 
 # ----------------------------------------------------------------------------- load
-def _shown(path: Path | str) -> str:
-    """A file name for a one-line message: control characters (a newline in a name) escaped."""
-    text = str(path)
-    return text if text.isprintable() else ascii(text)[1:-1]
-
-
 def _check_path(path: Path) -> None:
     """Exists, is a regular non-empty file and can be opened (no read from pipes or devices)."""
     try:
@@ -564,8 +586,9 @@ def load_model(
 
 
 def _load_model(path: Path, architecture, classes, in_channels, input_size, device) -> ModelBundle:
-    import torch
+    from .numerics import check_weights
 
+    resolve_device(device)  # a device that cannot run is refused before the file is read
     _check_path(path)
     config: ModelConfig | None = None
     if _is_safetensors(path):
@@ -611,7 +634,5 @@ def _load_model(path: Path, architecture, classes, in_channels, input_size, devi
     except GradCamError:
         raise ModelFileError(f"{path.name} names a target layer {config.target_layer!r} the model does not have.") from None
     model.eval()
-    with torch.no_grad():
-        if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
-            raise ModelFileError(f"{path.name} contains NaN or infinite weights.")
+    check_weights(model, path.name, error=ModelFileError)  # NaN weights, negative BatchNorm variance
     return ModelBundle(model, config).to(device)
