@@ -28,13 +28,14 @@ import errno
 import os
 import re
 import stat
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import DatasetError, ImageError
+from .errors import DatasetError, ImageError, shown
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -59,29 +60,159 @@ def demo_model_path() -> Path:
 
 
 # ----------------------------------------------------------------------------- reading images
+#: Decoding an image may take at most this share of the memory available (the pixels are then
+#: scaled to a float32 copy, and a batch holds several images).
+DECODE_MEMORY_SHARE = 0.25
+_TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class DeclaredImage:
+    """What an image file's header says, read without decoding a pixel.
+
+    shape : the array shape decoding would give (TIFF: its first series; Pillow: (H, W[, bands]))
+    dtype : its element type
+    height, width : the 2D image's size (the shape with channels removed)
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    height: int
+    width: int
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.float64)) * self.dtype.itemsize
+
+    @property
+    def pixels(self) -> int:
+        return self.height * self.width
+
+
+@contextmanager
+def _quiet_tifffile() -> Iterator[None]:
+    """tifffile logs odd headers (a shape that does not fit its pages) as warnings on stderr; the
+    caller says what matters in one sentence instead."""
+    import logging
+
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _image_hw(name: str, shape: tuple[int, ...]) -> tuple[int, int]:
+    """(H, W) of a decoded shape: (H, W), (H, W, 1..4) or planar (3|4, H, W); ImageError otherwise."""
+    if len(shape) == 2:
+        return shape[0], shape[1]
+    if len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4):
+        return shape[1], shape[2]
+    if len(shape) == 3 and shape[-1] in (1, 2, 3, 4):
+        return shape[0], shape[1]
+    raise ImageError(f"{name} is not a single 2D image (shape {tuple(int(n) for n in shape)}).")
+
+
+def _pil_declared(name: str, im) -> DeclaredImage:
+    w, h = im.size
+    bands = len(im.getbands())
+    if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+        bands = 4 if "A" in im.mode or "transparency" in im.info else 3
+    dtype = {"I;16": np.uint16, "I;16B": np.uint16, "I;16L": np.uint16, "I": np.int32, "F": np.float32}.get(
+        im.mode, np.uint8)
+    shape = (h, w) if bands == 1 else (h, w, bands)
+    return DeclaredImage(shape, np.dtype(dtype), h, w)
+
+
+def _check_declared(path: Path, decl: DeclaredImage) -> None:
+    """ImageError when the declared image is too large to decode whole (pixel count, or memory)."""
+    from .preprocess import MAX_PIXELS
+    from .resources import available_memory, format_bytes
+
+    name = shown(path.name)
+    lazy = ("; use napari-gradcam tile (tiled_heatmaps), which reads a large TIFF lazily"
+            if path.suffix.lower() in _TIFF_SUFFIXES else "; convert it to a TIFF and use tiled heatmaps")
+    if decl.pixels > MAX_PIXELS:
+        raise ImageError(f"{name} declares {decl.height} x {decl.width} pixels, more than the "
+                         f"{MAX_PIXELS / 1e6:.0f} million an image may have to be read whole{lazy}.")
+    budget = DECODE_MEMORY_SHARE * available_memory()
+    if decl.nbytes > budget:
+        raise ImageError(f"{name} declares {decl.height} x {decl.width} pixels ({format_bytes(decl.nbytes)} "
+                         f"decoded), more than this machine can decode now ({format_bytes(budget)}){lazy}.")
+
+
+def _declared(path: Path) -> DeclaredImage:
+    """DeclaredImage from the header; the decoder's own exception on a broken file, ImageError for a
+    file that is not one 2D image."""
+    name = shown(path.name)
+    if path.suffix.lower() in _TIFF_SUFFIXES:
+        import tifffile
+
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tf:
+            if not tf.series:
+                raise ImageError(f"{name} is a TIFF without images.")
+            shape, dtype = tuple(int(n) for n in tf.series[0].shape), np.dtype(tf.series[0].dtype)
+        h, w = _image_hw(name, shape)
+        return DeclaredImage(shape, dtype, h, w)
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return _pil_declared(name, im)
+
+
+def declared_image(path: str | Path) -> DeclaredImage:
+    """The shape and dtype an image file declares, from its header only (no pixel is decoded).
+
+    Raises
+    ------
+    ImageError
+        The file cannot be read as an image, or is not one 2D image (a stack, a volume); one sentence.
+    """
+    path = Path(path)
+    try:
+        return _declared(path)
+    except ImageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any header failure is a user-file problem
+        raise ImageError(f"{shown(path.name)} could not be read as an image ({type(e).__name__}: {e}).") from None
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read one 2D image file as (H, W) or (H, W, 3|4), keeping its dtype.
 
     TIFFs go through tifffile (any dtype, including float), everything else through Pillow.
     Palette, 1-bit and two-channel (gray + alpha) images are converted to grayscale or RGB.
+    The header is read first: a stack, or an image whose declared size is beyond
+    ``preprocess.MAX_PIXELS`` pixels or :data:`DECODE_MEMORY_SHARE` of the available memory, is
+    refused before a pixel is decoded (a small file may declare 10^10 pixels).
 
     Raises
     ------
     ImageError
-        The file is missing, not an image, or not a single 2D image; one sentence.
+        The file is missing, not an image, not a single 2D image, or too large; one sentence.
     """
     path = Path(path)
+    name = shown(path.name)
     if not path.is_file():
-        raise ImageError(f"No image file at {path}.")
+        raise ImageError(f"No image file at {shown(path)}.")
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
+        if path.suffix.lower() in _TIFF_SUFFIXES:
             import tifffile
 
-            arr = np.asarray(tifffile.imread(path))
+            with _quiet_tifffile(), tifffile.TiffFile(path) as tf:
+                if not tf.series:
+                    raise ImageError(f"{name} is a TIFF without images.")
+                shape = tuple(int(n) for n in tf.series[0].shape)
+                h, w = _image_hw(name, shape)
+                _check_declared(path, DeclaredImage(shape, np.dtype(tf.series[0].dtype), h, w))
+                arr = np.asarray(tf.asarray())
         else:
             from PIL import Image
 
             with Image.open(path) as im:
+                _check_declared(path, _pil_declared(name, im))
                 if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
                     im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
                 elif im.mode == "LA":
@@ -92,7 +223,7 @@ def read_image(path: str | Path) -> np.ndarray:
     except ImageError:
         raise
     except Exception as e:  # noqa: BLE001 - any decoder failure is a user-file problem
-        raise ImageError(f"{path.name} could not be read as an image ({type(e).__name__}: {e}).") from None
+        raise ImageError(f"{name} could not be read as an image ({type(e).__name__}: {e}).") from None
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
         arr = np.moveaxis(arr, 0, -1)  # planar RGB TIFF
     if arr.ndim == 3 and arr.shape[-1] == 2:
@@ -100,27 +231,48 @@ def read_image(path: str | Path) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))):
-        raise ImageError(f"{path.name} is not a single 2D image (shape {arr.shape}).")
+        raise ImageError(f"{name} is not a single 2D image (shape {arr.shape}).")
     return arr
 
 
+def open_image_lazy(path: str | Path):
+    """A large TIFF as an array read on demand (a zarr view of its first series), or the whole image
+    from :func:`read_image` when it fits.  For :func:`napari_gradcam.engine.tiled_heatmaps`.
+
+    Raises ImageError for a large non-TIFF image, or when zarr (needed to read TIFFs lazily) is missing.
+    """
+    path = Path(path)
+    try:
+        return read_image(path)
+    except ImageError:
+        if path.suffix.lower() not in _TIFF_SUFFIXES or not path.is_file():
+            raise
+        decl = declared_image(path)  # a stack or a broken file: its own sentence
+        if decl.pixels <= 0 or len(decl.shape) != 2 and not (len(decl.shape) == 3 and decl.shape[-1] in (3, 4)):
+            raise
+    try:
+        import tifffile
+        import zarr
+    except ImportError:
+        raise ImageError(f"{shown(path.name)} is too large to read whole, and reading it lazily needs the "
+                         "zarr package (pip install zarr).") from None
+    try:
+        with _quiet_tifffile():
+            return zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+    except Exception as e:  # noqa: BLE001
+        raise ImageError(f"{shown(path.name)} could not be opened lazily ({type(e).__name__}: {e}).") from None
+
+
 def _quick_check(path: Path) -> str | None:
-    """None if the file looks like a readable image (header only), else the reason."""
+    """None if the file looks like a readable image of a size that can be decoded (header only),
+    else the reason."""
     try:
         if path.stat().st_size == 0:
             return "empty file"
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as t:
-                if not t.pages:
-                    return "TIFF without images"
-            return None
-        from PIL import Image
-
-        with Image.open(path) as im:
-            im.size  # noqa: B018 - parsing the header is the check
+        _check_declared(path, _declared(path))
         return None
+    except ImageError as e:
+        return str(e)
     except Exception as e:  # noqa: BLE001
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
 
@@ -451,7 +603,7 @@ def scan_folder(
         if not csv.is_file():
             raise DatasetError(f"No CSV file at {csv}.")
         base = Path(root) if root is not None else csv.parent
-        entries = _read_csv(csv, base)
+        entries = _screen_csv_rows(_read_csv(csv, base), base, skipped)
         root = base
     else:
         if root is None:
@@ -494,6 +646,55 @@ def scan_folder(
     present = {lab for _, lab, _ in items_raw}
     lost = {c: unreadable[c] for c in sorted(unreadable) if c not in present}
     return ImageFolderData(Path(root), list(names), items, skipped, lost)
+
+
+def _screen_csv_rows(rows: list[tuple[Path, str, str | None]], base: Path,
+                     skipped: list[tuple[Path, str]]) -> list[tuple[Path, str, str | None]]:
+    """The CSV rows to use: each file once, and only files inside the data folder ``base``.
+
+    Repeated rows are used once; a file listed with two labels is left out (its class is ambiguous);
+    rows pointing outside ``base`` (``../x.png``, an absolute path elsewhere) are left out.  Each is
+    listed in ``skipped`` once per file, with how many rows named it, so a CSV of a million rows
+    naming two images costs two entries (and two header checks, not a million)."""
+    base_abs = os.path.abspath(base)
+    first: dict[str, int] = {}  # normalised path -> index in kept
+    kept: list[tuple[Path, str, str | None]] = []
+    repeats: dict[int, int] = {}
+    relabelled: dict[int, str] = {}
+    outside: dict[str, list] = {}
+    for path, label, group in rows:
+        key = os.path.normpath(os.path.abspath(path))
+        if not _encloses(base_abs, key):
+            outside.setdefault(key, [path, 0])[1] += 1
+            continue
+        k = first.get(key)
+        if k is None:
+            first[key] = len(kept)
+            kept.append((path, label, group))
+        elif kept[k][1] != label:
+            relabelled.setdefault(k, label)
+        else:
+            repeats[k] = repeats.get(k, 0) + 1
+    real: dict[str, int] = {}  # the same file under two spellings (a link, ./x and x): the first wins
+    drop: set[int] = set()
+    for i, (path, label, _) in enumerate(kept):
+        r = os.path.realpath(path)
+        j = real.setdefault(r, i)
+        if j != i:
+            drop.add(i)
+            if kept[j][1] != label:
+                relabelled.setdefault(j, label)
+            else:
+                skipped.append((path, f"the same file as {kept[j][0]}, listed once"))
+    for path, n in outside.values():
+        times = f" ({n} rows)" if n > 1 else ""
+        skipped.append((path, f"outside the data folder {base}{times}; paths in a CSV must lie inside it"))
+    for k, n in repeats.items():
+        skipped.append((kept[k][0], f"listed {n + 1} times in the CSV; used once"))
+    for k, other in relabelled.items():
+        drop.add(k)
+        skipped.append((kept[k][0], f"listed with two labels ({kept[k][1]!r} and {other!r}), so its class is ambiguous"))
+    return [row for i, row in enumerate(kept) if i not in drop]
 
 
 def _read_csv(path: Path, base: Path) -> list[tuple[Path, str, str | None]]:
