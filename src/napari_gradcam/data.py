@@ -28,6 +28,7 @@ import errno
 import os
 import re
 import stat
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import DatasetError, ImageError, shown
+from .errors import DatasetError, GradCamWarning, ImageError, shown
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -304,6 +305,9 @@ class ImageFolderData:
         or looping link, a second path to an image already listed).
     unreadable_classes : dict[str, list[tuple[Path, str]]]
         Classes that have image files but not one readable image: their files and the reasons.
+    notes : list[str]
+        What a user should know about the listing (a CSV naming files many times, or files outside
+        the data folder); also issued as :class:`~napari_gradcam.errors.GradCamWarning`.
     """
 
     root: Path
@@ -311,6 +315,7 @@ class ImageFolderData:
     items: list[Item]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     unreadable_classes: dict[str, list[tuple[Path, str]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -334,8 +339,8 @@ class ImageFolderData:
         return {c: int(n) for c, n in zip(self.classes, counts)}
 
     def subset(self, indices: Sequence[int]) -> "ImageFolderData":
-        """The items at ``indices`` (same classes, no skipped list)."""
-        return replace(self, items=[self.items[int(i)] for i in indices], skipped=[], unreadable_classes={})
+        """The items at ``indices`` (same classes, no skipped list or notes)."""
+        return replace(self, items=[self.items[int(i)] for i in indices], skipped=[], unreadable_classes={}, notes=[])
 
     def split(self, val_fraction: float = 0.2, seed: int = 0) -> tuple["ImageFolderData", "ImageFolderData"]:
         """(train, validation): stratified by class, grouped by patient; see :func:`split_indices`."""
@@ -597,13 +602,14 @@ def scan_folder(
     """
     rx = _resolve_pattern(group_pattern)
     skipped: list[tuple[Path, str]] = []
+    notes: list[str] = []
     entries: list[tuple[Path, str, str | None]] = []  # path, label, group
     if csv is not None:
         csv = Path(csv)
         if not csv.is_file():
             raise DatasetError(f"No CSV file at {csv}.")
         base = Path(root) if root is not None else csv.parent
-        entries = _screen_csv_rows(_read_csv(csv, base), base, skipped)
+        entries = _screen_csv_rows(_read_csv(csv, base), base, skipped, notes)
         root = base
     else:
         if root is None:
@@ -645,56 +651,48 @@ def scan_folder(
     items.sort(key=lambda it: (it.label, str(it.path)))
     present = {lab for _, lab, _ in items_raw}
     lost = {c: unreadable[c] for c in sorted(unreadable) if c not in present}
-    return ImageFolderData(Path(root), list(names), items, skipped, lost)
+    for note in notes:
+        warnings.warn(note, GradCamWarning, stacklevel=2)
+    return ImageFolderData(Path(root), list(names), items, skipped, lost, notes)
 
 
-def _screen_csv_rows(rows: list[tuple[Path, str, str | None]], base: Path,
-                     skipped: list[tuple[Path, str]]) -> list[tuple[Path, str, str | None]]:
-    """The CSV rows to use: each file once, and only files inside the data folder ``base``.
+def _screen_csv_rows(rows: list[tuple[Path, str, str | None]], base: Path, skipped: list[tuple[Path, str]],
+                     notes: list[str]) -> list[tuple[Path, str, str | None]]:
+    """The CSV rows to use: each file once.
 
-    Repeated rows are used once; a file listed with two labels is left out (its class is ambiguous);
-    rows pointing outside ``base`` (``../x.png``, an absolute path elsewhere) are left out.  Each is
-    listed in ``skipped`` once per file, with how many rows named it, so a CSV of a million rows
-    naming two images costs two entries (and two header checks, not a million)."""
+    Repeated rows (also the same file under two spellings) are used once, with a note; a file listed
+    with two labels is left out and listed in ``skipped`` (its class is ambiguous); rows naming files
+    outside the data folder ``base`` (``../x.png``, an absolute path elsewhere) are used as given, with
+    a note that says so.  Cost and messages grow with the distinct files, not the rows: a CSV of a
+    million rows naming two images gives two items, two header checks and one note.
+    """
     base_abs = os.path.abspath(base)
     first: dict[str, int] = {}  # normalised path -> index in kept
     kept: list[tuple[Path, str, str | None]] = []
-    repeats: dict[int, int] = {}
-    relabelled: dict[int, str] = {}
-    outside: dict[str, list] = {}
+    labels: dict[int, set[str]] = {}
+    n_repeats = 0
     for path, label, group in rows:
         key = os.path.normpath(os.path.abspath(path))
-        if not _encloses(base_abs, key):
-            outside.setdefault(key, [path, 0])[1] += 1
-            continue
         k = first.get(key)
         if k is None:
-            first[key] = len(kept)
-            kept.append((path, label, group))
-        elif kept[k][1] != label:
-            relabelled.setdefault(k, label)
-        else:
-            repeats[k] = repeats.get(k, 0) + 1
-    real: dict[str, int] = {}  # the same file under two spellings (a link, ./x and x): the first wins
-    drop: set[int] = set()
-    for i, (path, label, _) in enumerate(kept):
-        r = os.path.realpath(path)
-        j = real.setdefault(r, i)
-        if j != i:
-            drop.add(i)
-            if kept[j][1] != label:
-                relabelled.setdefault(j, label)
-            else:
-                skipped.append((path, f"the same file as {kept[j][0]}, listed once"))
-    for path, n in outside.values():
-        times = f" ({n} rows)" if n > 1 else ""
-        skipped.append((path, f"outside the data folder {base}{times}; paths in a CSV must lie inside it"))
-    for k, n in repeats.items():
-        skipped.append((kept[k][0], f"listed {n + 1} times in the CSV; used once"))
-    for k, other in relabelled.items():
-        drop.add(k)
-        skipped.append((kept[k][0], f"listed with two labels ({kept[k][1]!r} and {other!r}), so its class is ambiguous"))
-    return [row for i, row in enumerate(kept) if i not in drop]
+            k = first.setdefault(os.path.realpath(key), len(kept))  # a link or another spelling of a listed file
+            first[key] = k
+            if k == len(kept):
+                kept.append((path, label, group))
+                continue
+        n_repeats += 1
+        if kept[k][1] != label:
+            labels.setdefault(k, {kept[k][1]}).add(label)
+    for k, names in labels.items():
+        skipped.append((kept[k][0], f"listed with labels {', '.join(map(repr, sorted(names)))}, so its class is ambiguous"))
+    if n_repeats:
+        notes.append(f"The CSV names {len(kept)} file(s) in {len(rows)} rows; each file was used once "
+                     f"({n_repeats} repeated row(s) left out).")
+    outside = [p for p, _, _ in kept if not _encloses(base_abs, os.path.normpath(os.path.abspath(p)))]
+    if outside:
+        notes.append(f"{len(outside)} row(s) of the CSV name files outside the data folder {base} "
+                     f"(e.g. {outside[0]}); they were used as given.")
+    return [row for i, row in enumerate(kept) if i not in labels]
 
 
 def _read_csv(path: Path, base: Path) -> list[tuple[Path, str, str | None]]:

@@ -37,7 +37,10 @@ from typing import TYPE_CHECKING, Generator, Sequence
 
 import numpy as np
 
-from ..errors import GradCamError, ImageError
+from ..errors import GradCamError, ImageError, ParameterError
+from ..numerics import check_logits, check_maps
+from ..validate import check_int, check_number, is_integer
+from .budget import check_fullconv, check_tiling, tiling_cost
 from ..preprocess import (
     MAX_PIXELS, _as_array_like, _shape_dtype, check_dtype, check_shape, to_channels, to_unit, value_range,
 )
@@ -121,7 +124,7 @@ def _resolve_classes(bundle: "ModelBundle", classes, lazy: bool) -> tuple[list[i
     """-> (indices to compute, top-k or None)."""
     if classes is None or (isinstance(classes, str) and classes.lower() == "all"):
         return list(range(bundle.n_classes)), None
-    if isinstance(classes, (int, np.integer)) and not isinstance(classes, bool):
+    if is_integer(classes):
         k = int(classes)
         if not 1 <= k <= bundle.n_classes:
             raise GradCamError(f"Top-k needs k between 1 and {bundle.n_classes}, not {k}.")
@@ -130,6 +133,9 @@ def _resolve_classes(bundle: "ModelBundle", classes, lazy: bool) -> tuple[list[i
         return list(range(bundle.n_classes)), k
     if isinstance(classes, str):
         classes = [classes]
+    if not isinstance(classes, (list, tuple, np.ndarray)):
+        raise ParameterError(f"classes must be None, 'all', a number k (the top k) or a list of class names or "
+                             f"indices, not {type(classes).__name__} {classes!r:.40}.")
     idx = [bundle.class_index(c) for c in classes]
     if not idx:
         raise GradCamError("An empty list of classes was given.")
@@ -158,6 +164,9 @@ def _run_tiles(
             m = torch.relu(m[:, plan.targets])
         else:
             logits, m, _ = gradient_maps(bundle, x, plan.targets, bundle.target_layer, plan.method)
+        where = f"the tiles at {batch[0]}..{batch[-1]} (y, x)"
+        check_logits(bundle, logits, x, what=where)
+        check_maps(bundle, m, plan.method, None if plan.method == "cam" else bundle.target_layer, x)
         probs.append(torch.softmax(logits, dim=1).cpu())
         maps.append(m.cpu())
         yield min(i + plan.batch_size, len(corners))
@@ -275,6 +284,8 @@ def _fullconv(bundle: "ModelBundle", img: np.ndarray, plan: _Plan, topk: int | N
     x = F.interpolate(chans, size=(h2, w2), mode="bilinear", align_corners=False, antialias=scale < 1)
     x = (x - torch.tensor(c.mean).view(1, -1, 1, 1)) / torch.tensor(c.std).view(1, -1, 1, 1)
     cams, logits = local_logits(bundle, x.to(bundle.device))
+    check_logits(bundle, logits, None, what="the whole image (fully convolutional)")
+    check_maps(bundle, cams, "cam", None)
     fh, fw = cams.shape[-2:]
     k = max(1, round(c.input_size * fh / h2))  # a tile's size in feature cells
     pad = k // 2
@@ -328,18 +339,17 @@ def iter_tiled_heatmaps(
     """
     method = canonical_method(method)
     image = _as_array_like(image)  # numpy stays numpy; dask, zarr... stay unloaded
-    shape, _ = _check_large_image(image)
+    shape, dtype = _check_large_image(image)
     H, W = shape[:2]
     is_dask = _is_lazy(image)
     if mode not in ("tiles", "fullconv"):
         raise GradCamError(f"Unknown tiling mode {mode!r}; choose 'tiles' or 'fullconv'.")
-    tile = int(tile or bundle.input_size)
+    tile = bundle.input_size if tile is None else check_int(tile, "The tile size")
     if not 8 <= tile <= MAX_TILE:
         raise GradCamError(f"Tiles must be between 8 and {MAX_TILE} pixels, not {tile}.")
-    if not 0 <= overlap <= 0.95:
-        raise GradCamError(f"Overlap must be between 0 and 0.95, not {overlap}.")
-    if batch_size < 1:
-        raise GradCamError(f"batch_size must be at least 1, not {batch_size}.")
+    overlap = check_number(overlap, "Overlap", 0, 0.95)
+    batch_size = check_int(batch_size, "batch_size", 1)
+    chunk = check_int(chunk, "chunk", 64)
     stride = max(1, int(round(tile * (1 - overlap))))
     targets, topk = _resolve_classes(bundle, classes, lazy=is_dask)
     # results too large for memory are computed lazily, chunk by chunk (never an out-of-memory crash)
@@ -361,6 +371,14 @@ def iter_tiled_heatmaps(
         # name=False: no hashing of the data; _Window: from_array would copy a numpy array whole
         image = da.from_array(_Window(image), chunks=(step, step) + tuple(shape[2:]), name=False)
         is_dask = True
+    if mode == "fullconv":
+        scale = bundle.input_size / tile
+        h2, w2 = max(bundle.input_size, round(H * scale)), max(bundle.input_size, round(W * scale))
+        check_fullconv(bundle, h2, w2, len(targets), (H, W))
+    else:  # tile count and peak memory, before the image is read or a tile runs
+        lazy_run = is_dask and not (H <= chunk and W <= chunk)
+        cost = tiling_cost(bundle, shape, dtype.itemsize, tile, stride, batch_size, len(targets), lazy_run, chunk)
+        check_tiling(cost, shape, tile, stride, batch_size, bundle.input_size)
     if not is_dask and not isinstance(image, np.ndarray):
         image = np.asarray(image)  # a small zarr / h5py array
     if value_range_ is None:
