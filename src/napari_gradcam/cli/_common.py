@@ -178,7 +178,8 @@ def classes_overlay_rgb(image, heatmaps, alpha: float = 0.6):
 
 
 def image_writer(rgb, path: "str | Path") -> Callable[[str], None]:
-    """A writer of an (H, W, 3) uint8 image in the format ``path``'s extension names (PNG, JPEG, TIFF...)."""
+    """A writer of an (H, W, 3|4) uint8 image in the format ``path``'s extension names (PNG, JPEG, TIFF...);
+    the alpha channel is dropped for formats without one."""
     from PIL import Image
 
     fmt = Image.registered_extensions().get(Path(path).suffix.lower())
@@ -186,7 +187,8 @@ def image_writer(rgb, path: "str | Path") -> Callable[[str], None]:
         raise OutputError(f"Cannot write {shown(path)}: {Path(path).suffix or 'no extension'} is not an image format.")
 
     def write(tmp: str) -> None:
-        Image.fromarray(rgb).save(tmp, format=fmt)
+        arr = rgb[..., :3] if fmt in ("JPEG", "BMP") and rgb.ndim == 3 and rgb.shape[-1] == 4 else rgb
+        Image.fromarray(arr).save(tmp, format=fmt)
 
     return write
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ._common import PROG, GradCamError, _fmt_kw, _tqdm, add_device, add_quiet
+from ._common import PROG, GradCamError, _fmt_kw, _tqdm, add_device, add_quiet, check_outputs
 
 
 def cmd_train(args) -> int:
     from ..train import TrainConfig, train
 
     data_dir = args.data_dir
+    check_outputs([(args.out, "model", "--out")], inputs=[data_dir, args.csv, args.resume])
     if not Path(data_dir).exists():
         raise GradCamError(f"No data folder at {data_dir}.")
     cfg = TrainConfig(
