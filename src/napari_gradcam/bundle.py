@@ -241,7 +241,13 @@ def build_model(
     Normalisation defaults to ImageNet's mean/std for pretrained 3-channel models and to
     mean 0.5, std 0.25 otherwise (images are first scaled to [0, 1]).
     """
+    from .validate import check_int
+
+    if isinstance(classes, (str, bytes)) or not (isinstance(classes, Sequence) or type(classes).__name__ == "ndarray"):
+        raise ParameterError(f"classes must be a list of class names, not {_brief(classes, 60)}.")
     classes = [str(c) for c in classes]
+    in_channels = check_int(in_channels, "in_channels", 1)
+    input_size = check_int(input_size, "input_size", 1)
     if mean is None or std is None:
         if pretrained and in_channels == 3:
             mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -249,10 +255,7 @@ def build_model(
             mean, std = [0.449], [0.226]
         else:
             mean, std = [0.5] * in_channels, [0.25] * in_channels
-    config = ModelConfig(
-        architecture, classes, int(in_channels), int(input_size), [float(m) for m in mean],
-        [float(s) for s in std], target_layer or "",
-    )
+    config = ModelConfig(architecture, classes, in_channels, input_size, list(mean), list(std), target_layer or "")
     config.validate()
     model = build_network(config.architecture, len(classes), config.in_channels, pretrained)
     get_module(model, config.target_layer)  # validates the name
@@ -272,7 +275,7 @@ def save_model(bundle: ModelBundle, path: str | os.PathLike) -> Path:
 
     path = Path(path)
     if path.suffix != ".safetensors":
-        raise GradCamError(f"Model bundles are saved as .safetensors, not {path.suffix or 'no extension'}.")
+        raise GradCamError(f"Model bundles are saved as .safetensors, not {path.suffix or 'a name without extension'}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in bundle.model.state_dict().items()}
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": json.dumps(asdict(bundle.config))}
@@ -576,6 +579,8 @@ def load_model(
     ModelFileError
         Missing, empty, truncated, foreign, code-carrying or mismatching files; one sentence.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ParameterError(f"load_model needs the path of a model file, not {_brief(path, 60)}.")
     try:
         return _load_model(Path(path), architecture, classes, in_channels, input_size, device)
     except ModelFileError as e:

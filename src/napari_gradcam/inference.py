@@ -34,8 +34,9 @@ def predict(bundle: "ModelBundle", image, batch_size: int = 32) -> np.ndarray:
     import torch
 
     from .numerics import check_logits
-    from .validate import check_int
+    from .validate import check_bundle, check_int
 
+    check_bundle(bundle, "predict")
     batch_size = check_int(batch_size, "batch_size", 1)
     items, is_batch = batch_items(image)  # shapes and dtypes checked; lazy images not loaded yet
     device = bundle.device

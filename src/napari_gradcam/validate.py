@@ -13,7 +13,7 @@ import numbers
 
 from .errors import ParameterError, shown
 
-__all__ = ["check_int", "check_number", "check_bool", "is_integer"]
+__all__ = ["check_int", "check_number", "check_bool", "is_integer", "check_bundle"]
 
 
 def _brief(value: object, limit: int = 60) -> str:
@@ -76,3 +76,12 @@ def _check_range(value: float, name: str, minimum, maximum) -> None:
         raise ParameterError(f"{name} must be {what}, not {_num(value)}.")
     if maximum is not None and value > maximum:
         raise ParameterError(f"{name} must be at most {_num(maximum)}, not {_num(value)}.")
+
+
+def check_bundle(bundle: object, what: str) -> None:
+    """ParameterError unless ``bundle`` is a ModelBundle (a network with its classes and preprocessing)."""
+    if hasattr(bundle, "model") and hasattr(bundle, "config") and hasattr(bundle, "classes"):
+        return
+    hint = ("; wrap a network with napari_gradcam.wrap_model(module, classes=...)"
+            if hasattr(bundle, "forward") else "; load one with napari_gradcam.load_model(path)")
+    raise ParameterError(f"{what} needs a ModelBundle, not {type(bundle).__name__}{hint}.")

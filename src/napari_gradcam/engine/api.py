@@ -9,7 +9,7 @@ import numpy as np
 from ..errors import GradCamError
 from ..models import get_module
 from ..numerics import check_logits, check_maps
-from ..validate import check_int
+from ..validate import check_bundle, check_int
 from ..preprocess import bundle_tensor, check_image, resize_maps
 from .hooks import StopForward, capture
 from .methods import MapOutput, Method, get_method
@@ -79,6 +79,7 @@ def explain(
     Heatmap, or a list of Heatmap (one per class) when ``target`` is a list or "all".
     ``Heatmap.data`` is (H, W) float32 in [0, 1] at the image's own size.
     """
+    check_bundle(bundle, "explain")
     spec = get_method(method)
     method = spec.name
     shifts = check_shifts(shifts)
@@ -127,6 +128,7 @@ def feature_maps(bundle: "ModelBundle", image, layer: str | None = None, n: int 
     """
     import torch
 
+    check_bundle(bundle, "feature_maps")
     img = check_image(image)
     layer = layer or bundle.target_layer
     n = check_int(n, "The number of feature maps", 1)

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..errors import GradCamError, ImageError, ParameterError
 from ..numerics import check_logits, check_maps
-from ..validate import check_int, check_number, is_integer
+from ..validate import check_bundle, check_int, check_number, is_integer
 from .budget import check_fullconv, check_tiling, tiling_cost
 from ..preprocess import (
     MAX_PIXELS, _as_array_like, _shape_dtype, check_dtype, check_shape, to_channels, to_unit, value_range,
@@ -337,6 +337,7 @@ def iter_tiled_heatmaps(
         one streaming pass over it, block by block, which giving the range skips).
     chunk : output chunk size for dask inputs.
     """
+    check_bundle(bundle, "tiled_heatmaps")
     method = canonical_method(method)
     image = _as_array_like(image)  # numpy stays numpy; dask, zarr... stay unloaded
     shape, dtype = _check_large_image(image)
