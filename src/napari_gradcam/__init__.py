@@ -36,6 +36,11 @@ _LAZY = {
     "LayerError": "errors",
     "DatasetError": "errors",
     "TrainingError": "errors",
+    "ParameterError": "errors",
+    "OutputError": "errors",
+    "NumericalError": "errors",
+    "ResourceError": "errors",
+    "GradCamWarning": "errors",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -56,6 +61,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from .bundle import ModelBundle, ModelConfig, build_model, load_model, resolve_device, save_model
     from .errors import DatasetError, GradCamError, ImageError, LayerError, ModelFileError, TrainingError
+    from .errors import GradCamWarning, NumericalError, OutputError, ParameterError, ResourceError
     from .engine import Heatmap, TiledHeatmaps, explain, feature_maps, tiled_heatmaps
     from .inference import predict
     from .models import list_architectures
