@@ -60,6 +60,9 @@ class OutputError(GradCamError, OSError):
     failed: the previous file at that path is left as it was).  Also an ``OSError``, whose ``errno``
     and ``filename`` are set when a write failed."""
 
+    def __str__(self) -> str:  # the sentence, not OSError's "[Errno N] ..." format
+        return str(self.args[0]) if self.args else ""
+
 
 class NumericalError(GradCamError):
     """A model whose weights, running statistics or outputs are NaN or infinite: no answer is given."""
