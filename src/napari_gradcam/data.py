@@ -98,7 +98,7 @@ def _quiet_tifffile() -> Iterator[None]:
 
     log = logging.getLogger("tifffile")
     level = log.level
-    log.setLevel(logging.ERROR)
+    log.setLevel(logging.CRITICAL)
     try:
         yield
     finally:

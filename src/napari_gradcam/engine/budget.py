@@ -33,6 +33,8 @@ MEMORY_SHARE = 0.8
 WORK_RATIO_WARNING = 64.0
 #: dask runs this many tasks at once (at most) in the lazy path.
 LAZY_PARALLEL = 4
+#: Allocator slack and the libraries' working buffers, whatever the run.
+OVERHEAD = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -86,11 +88,11 @@ def _starts(length: int, tile: int, stride: int) -> int:
 
 def tiling_cost(bundle: "ModelBundle", shape: tuple[int, ...], itemsize: int, tile: int, stride: int,
                 batch_size: int, n_targets: int, lazy: bool = False, chunk: int = 2048,
-                cells: int | None = None) -> TilingCost:
+                cells: int | None = None, f: int = 1) -> TilingCost:
     """Tile count and peak memory of a tiled run (see the module docstring).
 
     shape : the image's (H, W[, C]); itemsize : bytes per value; n_targets : maps kept per tile;
-    cells : h * w of a tile's map (default: measured with :func:`map_cells`).
+    cells : h * w of a tile's map (default: measured with :func:`map_cells`); f : the blending grid's step.
     """
     H, W = int(shape[0]), int(shape[1])
     ch = int(shape[2]) if len(shape) > 2 else 1
@@ -99,7 +101,7 @@ def tiling_cost(bundle: "ModelBundle", shape: tuple[int, ...], itemsize: int, ti
     Hp, Wp = max(H, tile), max(W, tile)
     tiles = _starts(Hp, tile, stride) * _starts(Wp, tile, stride)
     work = 8 if itemsize >= 8 else 4  # to_unit scales float64 images in float64
-    per_tile = 4 * (K + n_targets * cells) * 2  # probabilities and maps, and their concatenated copy
+    per_tile = 4 * (K + n_targets * cells) * 3  # probabilities and maps, concatenated, normalised for blending
     batch = min(B, tiles) * (tile * tile * (work + 4 * (bundle.in_channels + 1))
                              + S * S * 4 * (2 * bundle.in_channels + ACTIVATION_MAPS))
     if lazy:
@@ -116,10 +118,11 @@ def tiling_cost(bundle: "ModelBundle", shape: tuple[int, ...], itemsize: int, ti
             "the tiles": batch,
             "the per-tile maps": tiles * per_tile,
             "the padded image": Hp * Wp * ch * itemsize if (Hp, Wp) != (H, W) else 0,
-            "the output maps": 2 * n_targets * Hp * Wp * 4 * 2,  # heatmaps and probability maps, upsampled
+            # the blending grid (heat, probabilities, weights at step f), then heat and probabilities in pixels
+            "the output maps": 3 * n_targets * -(-Hp // f) * -(-Wp // f) * 4 + 2 * n_targets * (H + f) * (W + f) * 4 * 2,
         }
     ratio = tiles * S * S / max(1, H * W)
-    return TilingCost(tiles, ratio, int(sum(parts.values())), parts)
+    return TilingCost(tiles, ratio, int(sum(parts.values())) + OVERHEAD, parts)
 
 
 def check_tiling(cost: TilingCost, shape: tuple[int, ...], tile: int, stride: int, batch_size: int,

@@ -240,13 +240,20 @@ def _blend(
     return heat.div_(weight).clamp_(0, 1), prob.div_(weight)
 
 
-def _to_pixels(grid: "torch.Tensor", f: int) -> np.ndarray:
-    """(T, gh, gw) blended grid -> (T, gh*f, gw*f) float32 pixels (bilinear)."""
+def _to_pixels(grid: "torch.Tensor", f: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """(T, gh, gw) blended grid -> (T, gh*f, gw*f) float32 pixels (bilinear), or only their top-left
+    ``size`` (H, W): the grid is cut to the cells those pixels read first (one more than they cover;
+    the same values, without upsampling the padding of a tile larger than the image)."""
     from ..preprocess import resize_maps
 
+    if size is not None:
+        gh, gw = (min(n, -(-s // f) + 1) for n, s in zip(grid.shape[-2:], size))
+        grid = grid[:, :gh, :gw]
     if f == 1:
-        return grid.numpy()
-    return resize_maps(grid, (grid.shape[-2] * f, grid.shape[-1] * f)).numpy()
+        out = grid.numpy()
+    else:
+        out = resize_maps(grid, (grid.shape[-2] * f, grid.shape[-1] * f)).numpy()
+    return out if size is None else out[:, : size[0], : size[1]]
 
 
 def _padded_shape(H: int, W: int, tile: int, f: int) -> tuple[int, int]:
@@ -378,7 +385,8 @@ def iter_tiled_heatmaps(
         check_fullconv(bundle, h2, w2, len(targets), (H, W))
     else:  # tile count and peak memory, before the image is read or a tile runs
         lazy_run = is_dask and not (H <= chunk and W <= chunk)
-        cost = tiling_cost(bundle, shape, dtype.itemsize, tile, stride, batch_size, len(targets), lazy_run, chunk)
+        cost = tiling_cost(bundle, shape, dtype.itemsize, tile, stride, batch_size, len(targets), lazy_run, chunk,
+                           f=blend_factor(tile, stride))
         check_tiling(cost, shape, tile, stride, batch_size, bundle.input_size)
     if not is_dask and not isinstance(image, np.ndarray):
         image = np.asarray(image)  # a small zarr / h5py array
@@ -423,7 +431,7 @@ def iter_tiled_heatmaps(
         columns = [int(i) for i in np.argsort(-probs.mean(axis=0), kind="stable")[:topk]]
         targets = [targets[i] for i in columns]
     heat, prob = _blend(probs[:, targets], maps[:, columns], corners, (0, Hp, 0, Wp), tile, f)
-    return TiledHeatmaps(_to_pixels(heat, f)[:, :H, :W], _to_pixels(prob, f)[:, :H, :W],
+    return TiledHeatmaps(_to_pixels(heat, f, (H, W)), _to_pixels(prob, f, (H, W)),
                          [bundle.classes[i] for i in targets], targets, total, tile, stride, method, "tiles",
                          {"blend_step": f})
 
