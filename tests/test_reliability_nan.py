@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from reliability_helpers import cli_error, run_cli, save_png, snapshot, temp_files
+from reliability_helpers import cli_error, save_png, snapshot, temp_files
 from safetensors.torch import save_file
 
 import napari_gradcam as ng

@@ -13,7 +13,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 from reliability_helpers import (
     cli_error, fill, full_disk, read_only_folder, run_cli, save_png, save_tiny_model, snapshot, temp_files,
