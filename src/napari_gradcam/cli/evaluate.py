@@ -121,11 +121,9 @@ def cmd_predict(args) -> int:
     if bar is not None:
         bar.close()
     if not ok_files:
-        why = skipped[-1][1] if skipped else "unreadable"
-        if len(files) == 1:
-            raise GradCamError(why if why.endswith(".") else f"{files[0]} could not be read ({why}).")
+        why = (skipped[-1][1] if skipped else "unreadable").rstrip(".")
         raise GradCamError(f"None of the {len(files)} file(s) could be read as an image "
-                           f"(e.g. {why.rstrip('.')}).")
+                           f"({'' if len(files) == 1 else 'e.g. '}{why}).")
     probs = np.concatenate(rows)
     if args.csv:
         _write_predictions(Path(args.csv), ok_files, probs, bundle.classes)
