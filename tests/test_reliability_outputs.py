@@ -53,7 +53,7 @@ def test_outputs_are_checked_before_the_model_is_read(tmp_path, capsys, files):
          ["--overlay", ".xyz"]),
         (["explain", missing, image, "--out", tmp_path / "h.tif", "--overlay", tmp_path / "h.tif"],
          ["--out and --overlay name the same file"]),
-        (["explain", missing, image, "--out", tmp_path / "afile" / "h.tif"], ["afile is a file"]),
+        (["explain", missing, image, "--out", tmp_path / "afile" / "h.tif"], ["cannot be made", "afile is a file"]),
         (["tile", missing, image, "--out", tmp_path / "afile"], ["afile", "not a folder"]),
         (["evaluate", missing, data, "--json", tmp_path / "pipe.json"], ["pipe.json", "not a regular file"]),
         (["evaluate", missing, data, "--plot", tmp_path / "r.gif"], ["--plot", ".gif"]),

@@ -100,7 +100,7 @@ def check_output(path: "str | os.PathLike", kind: str, label: str = "the output"
     for q in inputs:
         if _same_path(p, Path(q)):
             raise OutputError(f"{where}: it is one of the inputs, which would be overwritten; give another name.")
-    _check_writable(p if kind == "folder" and mode is not None else p.parent, where)
+    _check_writable(p if kind == "folder" else p.parent)
     return p
 
 
@@ -147,18 +147,23 @@ def nearest_existing(folder: Path) -> Path:
     return folder
 
 
-def _check_writable(folder: Path, where: str) -> None:
+def _check_writable(folder: Path) -> None:
     """A probe file is created and removed in ``folder`` or its nearest existing ancestor (nothing
     else is made: a refused run leaves no new folder behind)."""
     probe_dir = nearest_existing(folder)
+    shown_folder = shown(folder) if str(folder) else "."
     if not probe_dir.is_dir():
-        raise OutputError(f"{where}: its folder cannot be made because {shown(probe_dir)} is a file.")
+        raise OutputError(f"The output folder {shown_folder} cannot be made: {shown(probe_dir)} is a file.")
     try:
         fd, probe = tempfile.mkstemp(prefix=".napari-gradcam-probe.", suffix=".tmp", dir=probe_dir)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise OutputError(f"{where}: the folder {shown(probe_dir)} is not writable ({_reason(e)}).") from None
+        if probe_dir == Path(os.path.abspath(folder)):
+            raise OutputError(f"The output folder {shown_folder} is not writable ({_reason(e)}); make it writable "
+                              "or choose another output file.") from None
+        raise OutputError(f"The output folder {shown_folder} cannot be made: {shown(probe_dir)} is not writable "
+                          f"({_reason(e)}).") from None
 
 
 # ----------------------------------------------------------------------------- atomic writing

@@ -12,7 +12,7 @@ def cmd_train(args) -> int:
     from ..train import TrainConfig, train
 
     data_dir = args.data_dir
-    check_outputs([(args.out, "model", "--out")], inputs=[data_dir, args.csv, args.resume])
+    check_outputs([(args.out, "model", "--out")], inputs=[data_dir, args.csv])
     if not Path(data_dir).exists():
         raise GradCamError(f"No data folder at {data_dir}.")
     cfg = TrainConfig(

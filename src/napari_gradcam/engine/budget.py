@@ -28,8 +28,9 @@ if TYPE_CHECKING:  # pragma: no cover
 ACTIVATION_MAPS = 64
 #: A run may plan to use at most this share of the memory available.
 MEMORY_SHARE = 0.8
-#: Network pixels per image pixel above which the tile count is "far beyond the image's needs"
-#: (default tiles at 50% overlap give about 4; tiles 8 times smaller than the input give 256).
+#: Tiles per needed tile above which the count is "far beyond the image's needs": the image needs the
+#: tiles of the network's input size at 50% overlap (the default run: ratio 1); tiles 8 times smaller
+#: than the input at the same overlap give 64.
 WORK_RATIO_WARNING = 64.0
 #: dask runs this many tasks at once (at most) in the lazy path.
 LAZY_PARALLEL = 4
@@ -41,14 +42,16 @@ OVERHEAD = 32 << 20
 class TilingCost:
     """The tiles and peak memory of one planned run.
 
-    tiles : tiles the run processes; work_ratio : network pixels per image pixel (tiles x input_size^2 / (H*W));
-    peak_bytes : estimated peak memory; parts : the estimate's terms by name (bytes).
+    tiles : tiles the run processes; needed : tiles of the network's input size at 50% overlap that cover
+    the image (what it needs); work_ratio : tiles / needed; peak_bytes : estimated peak memory;
+    parts : the estimate's terms by name (bytes).
     """
 
     tiles: int
     work_ratio: float
     peak_bytes: int
     parts: dict[str, int]
+    needed: int = 1
 
     @property
     def dominant(self) -> str:
@@ -121,8 +124,8 @@ def tiling_cost(bundle: "ModelBundle", shape: tuple[int, ...], itemsize: int, ti
             # the blending grid (heat, probabilities, weights at step f), then heat and probabilities in pixels
             "the output maps": 3 * n_targets * -(-Hp // f) * -(-Wp // f) * 4 + 2 * n_targets * (H + f) * (W + f) * 4 * 2,
         }
-    ratio = tiles * S * S / max(1, H * W)
-    return TilingCost(tiles, ratio, int(sum(parts.values())) + OVERHEAD, parts)
+    needed = _starts(max(H, S), S, max(1, S // 2)) * _starts(max(W, S), S, max(1, S // 2))
+    return TilingCost(tiles, tiles / needed, int(sum(parts.values())) + OVERHEAD, parts, needed)
 
 
 def check_tiling(cost: TilingCost, shape: tuple[int, ...], tile: int, stride: int, batch_size: int,
@@ -145,9 +148,10 @@ def check_tiling(cost: TilingCost, shape: tuple[int, ...], tile: int, stride: in
             f"can be used; {advice}.")
     if cost.work_ratio > WORK_RATIO_WARNING:
         warnings.warn(
-            f"{cost.tiles:,} tiles of {tile} px (stride {stride} px) for a {H} x {W} image: the network sees each "
-            f"pixel about {cost.work_ratio:,.0f} times at its {input_size} px input; a larger tile or less overlap, "
-            "or mode='fullconv' (one pass over the whole image, CAM), does the job in a fraction of the time.",
+            f"{cost.tiles:,} tiles of {tile} px (stride {stride} px) for a {H} x {W} image, {cost.work_ratio:,.0f} "
+            f"times the {cost.needed:,} tiles of the network's {input_size} px input that cover it; a larger tile or "
+            "less overlap, or mode='fullconv' (one pass over the whole image, CAM), does the job in a fraction of "
+            "the time.",
             GradCamWarning, stacklevel=4)
     if tile > 2 * max(H, W, input_size):
         warnings.warn(

@@ -357,7 +357,7 @@ def iter_tiled_heatmaps(
         raise GradCamError(f"Tiles must be between 8 and {MAX_TILE} pixels, not {tile}.")
     overlap = check_number(overlap, "Overlap", 0, 0.95)
     batch_size = check_int(batch_size, "batch_size", 1)
-    chunk = check_int(chunk, "chunk", 64)
+    chunk = check_int(chunk, "chunk", 1)
     stride = max(1, int(round(tile * (1 - overlap))))
     targets, topk = _resolve_classes(bundle, classes, lazy=is_dask)
     # results too large for memory are computed lazily, chunk by chunk (never an out-of-memory crash)
