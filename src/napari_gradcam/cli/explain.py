@@ -20,7 +20,7 @@ def cmd_explain(args) -> int:
 
     out, overlay = check_outputs([(args.out, "tiff", "--out"), (args.overlay, "image", "--overlay")],
                                  inputs=[args.model, args.image])
-    if overlay is not None:
+    if overlay is not None or args.colormap != "inferno":
         check_colormap(args.colormap)
     bundle = _load(args.model, args.device)
     image = _image(args.image)
