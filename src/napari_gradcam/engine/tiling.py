@@ -311,6 +311,33 @@ def _fullconv(bundle: "ModelBundle", img: np.ndarray, plan: _Plan, topk: int | N
                          stride_px, "cam", "fullconv", {"feature_shape": (fh, fw), "window_cells": k})
 
 
+def _check_arguments(bundle: "ModelBundle", tile, overlap, batch_size, chunk, mode) -> tuple[int, int, int, int]:
+    """(tile, stride, batch_size, chunk) checked: types and ranges, one sentence for anything else."""
+    if mode not in ("tiles", "fullconv"):
+        raise GradCamError(f"Unknown tiling mode {mode!r}; choose 'tiles' or 'fullconv'.")
+    tile = bundle.input_size if tile is None else check_int(tile, "The tile size")
+    if not 8 <= tile <= MAX_TILE:
+        raise GradCamError(f"Tiles must be between 8 and {MAX_TILE} pixels, not {tile}.")
+    overlap = check_number(overlap, "Overlap", 0, 0.95)
+    stride = max(1, int(round(tile * (1 - overlap))))
+    return tile, stride, check_int(batch_size, "batch_size", 1), check_int(chunk, "chunk", 1)
+
+
+def _check_cost(bundle: "ModelBundle", mode: str, shape: tuple[int, ...], itemsize: int, tile: int, stride: int,
+                batch_size: int, n_targets: int, lazy: bool, chunk: int) -> None:
+    """Refuse a run that cannot fit and note one with far too many tiles (see :mod:`.budget`), before
+    the image is read or a tile runs."""
+    H, W = shape[:2]
+    if mode == "fullconv":
+        S = bundle.input_size
+        h2, w2 = max(S, round(H * S / tile)), max(S, round(W * S / tile))
+        check_fullconv(bundle, h2, w2, n_targets, (H, W))
+        return
+    cost = tiling_cost(bundle, shape, itemsize, tile, stride, batch_size, n_targets, lazy, chunk,
+                       f=blend_factor(tile, stride))
+    check_tiling(cost, shape, tile, stride, batch_size, bundle.input_size)
+
+
 def iter_tiled_heatmaps(
     bundle: "ModelBundle",
     image,
@@ -350,15 +377,7 @@ def iter_tiled_heatmaps(
     shape, dtype = _check_large_image(image)
     H, W = shape[:2]
     is_dask = _is_lazy(image)
-    if mode not in ("tiles", "fullconv"):
-        raise GradCamError(f"Unknown tiling mode {mode!r}; choose 'tiles' or 'fullconv'.")
-    tile = bundle.input_size if tile is None else check_int(tile, "The tile size")
-    if not 8 <= tile <= MAX_TILE:
-        raise GradCamError(f"Tiles must be between 8 and {MAX_TILE} pixels, not {tile}.")
-    overlap = check_number(overlap, "Overlap", 0, 0.95)
-    batch_size = check_int(batch_size, "batch_size", 1)
-    chunk = check_int(chunk, "chunk", 1)
-    stride = max(1, int(round(tile * (1 - overlap))))
+    tile, stride, batch_size, chunk = _check_arguments(bundle, tile, overlap, batch_size, chunk, mode)
     targets, topk = _resolve_classes(bundle, classes, lazy=is_dask)
     # results too large for memory are computed lazily, chunk by chunk (never an out-of-memory crash)
     too_big = H * W > MAX_PIXELS or 2 * 4 * len(targets) * H * W > IN_MEMORY_BYTES
@@ -379,15 +398,8 @@ def iter_tiled_heatmaps(
         # name=False: no hashing of the data; _Window: from_array would copy a numpy array whole
         image = da.from_array(_Window(image), chunks=(step, step) + tuple(shape[2:]), name=False)
         is_dask = True
-    if mode == "fullconv":
-        scale = bundle.input_size / tile
-        h2, w2 = max(bundle.input_size, round(H * scale)), max(bundle.input_size, round(W * scale))
-        check_fullconv(bundle, h2, w2, len(targets), (H, W))
-    else:  # tile count and peak memory, before the image is read or a tile runs
-        lazy_run = is_dask and not (H <= chunk and W <= chunk)
-        cost = tiling_cost(bundle, shape, dtype.itemsize, tile, stride, batch_size, len(targets), lazy_run, chunk,
-                           f=blend_factor(tile, stride))
-        check_tiling(cost, shape, tile, stride, batch_size, bundle.input_size)
+    _check_cost(bundle, mode, shape, dtype.itemsize, tile, stride, batch_size, len(targets),
+                is_dask and not (H <= chunk and W <= chunk), chunk)
     if not is_dask and not isinstance(image, np.ndarray):
         image = np.asarray(image)  # a small zarr / h5py array
     if value_range_ is None:
