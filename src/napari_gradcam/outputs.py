@@ -9,6 +9,8 @@
   temporary file behind; a failed write is one sentence naming the file.  With several files (a tile
   folder, a heatmap and its overlays) every temporary file is written before the first rename, so a
   failure changes none of them.
+* :func:`tiff_writer`, :func:`image_writer`: what to pass as ``write`` for a float32 TIFF and for an
+  RGB(A) image in the format its extension names (the temporary file's own name ends in ``.tmp``).
 * :func:`safe_file_names`: class names as file names, safely (no folders, no hidden files, no device
   names) and uniquely (``a/b``, ``a_b`` and ``a b`` stay three files, also on case-insensitive disks).
 """
@@ -171,7 +173,7 @@ def _errno_of(e: BaseException) -> int | None:
     """The OS error behind a failed write: an OSError's, or 'os error N' in a library's message."""
     if isinstance(e, OSError) and e.errno:
         return e.errno
-    m = re.search(r"os error (\d+)|code: (\d+)", str(e))
+    m = re.search(r"os error (\d+)|Os \{ code: (\d+)", str(e))  # Rust io errors (safetensors)
     return int(m.group(1) or m.group(2)) if m else None
 
 
@@ -292,6 +294,37 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+# ----------------------------------------------------------------------------- writers
+def tiff_writer(data, **meta) -> Callable[[str], None]:
+    """A writer (for :func:`napari_gradcam.outputs.atomic_write`) of ``data`` as a float32 TIFF."""
+    import numpy as np
+
+    arr = np.asarray(data, dtype=np.float32)
+
+    def write(tmp: str) -> None:
+        import tifffile
+
+        tifffile.imwrite(tmp, arr, photometric="minisblack", metadata=meta or None)
+
+    return write
+
+
+def image_writer(rgb, path: "str | Path") -> Callable[[str], None]:
+    """A writer of an (H, W, 3|4) uint8 image in the format ``path``'s extension names (PNG, JPEG, TIFF...);
+    the alpha channel is dropped for formats without one."""
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    if fmt is None:
+        raise OutputError(f"Cannot write {shown(path)}: {Path(path).suffix or 'no extension'} is not an image format.")
+
+    def write(tmp: str) -> None:
+        arr = rgb[..., :3] if fmt in ("JPEG", "BMP") and rgb.ndim == 3 and rgb.shape[-1] == 4 else rgb
+        Image.fromarray(arr).save(tmp, format=fmt)
+
+    return write
+
+
 # ----------------------------------------------------------------------------- file names
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
 
@@ -338,4 +371,4 @@ def safe_file_names(names: Sequence[str]) -> list[str]:
 
 
 __all__ = ["OUTPUT_KINDS", "check_outputs", "check_output", "atomic_write", "atomic_write_many",
-           "atomic_write_text", "safe_file_names", "write_error", "nearest_existing"]
+           "atomic_write_text", "safe_file_names", "write_error", "nearest_existing", "tiff_writer", "image_writer"]

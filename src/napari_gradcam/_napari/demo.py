@@ -153,8 +153,7 @@ def run_demo(screenshot: str | None = None, model_path: str | None = None) -> in
         return 0
     try:
         _settle(0.8)
-        from ..cli._common import image_writer
-        from ..outputs import atomic_write
+        from ..outputs import atomic_write, image_writer
 
         path = Path(screenshot)
         img = viewer.screenshot(canvas_only=False, flash=False)

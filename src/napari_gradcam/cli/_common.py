@@ -6,10 +6,12 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
-from ..errors import GradCamError, OutputError, ParameterError, shown
-from ..outputs import atomic_write, atomic_write_many, check_outputs, safe_file_names  # noqa: F401 - for the commands
+from ..errors import GradCamError, ParameterError, shown
+from ..outputs import (  # noqa: F401 - for the commands
+    atomic_write, atomic_write_many, check_outputs, image_writer, safe_file_names, tiff_writer,
+)
 
 PROG = "napari-gradcam"
 
@@ -124,20 +126,6 @@ def _image(path: str):
     return check_image(read_image(path))
 
 
-def tiff_writer(data, **meta) -> Callable[[str], None]:
-    """A writer (for :func:`napari_gradcam.outputs.atomic_write`) of ``data`` as a float32 TIFF."""
-    import numpy as np
-
-    arr = np.asarray(data, dtype=np.float32)
-
-    def write(tmp: str) -> None:
-        import tifffile
-
-        tifffile.imwrite(tmp, arr, photometric="minisblack", metadata=meta or None)
-
-    return write
-
-
 def overlay_rgb(image, heat, colormap: str = "inferno", alpha: float = 0.5):
     """Image in gray with a colormapped heatmap alpha-blended on top -> (H, W, 3) uint8.
 
@@ -175,22 +163,6 @@ def classes_overlay_rgb(image, heatmaps, alpha: float = 0.6):
     a = (alpha * strength)[..., None]
     out = gray[..., None] * (1 - a) + colors[top] * a
     return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
-
-
-def image_writer(rgb, path: "str | Path") -> Callable[[str], None]:
-    """A writer of an (H, W, 3|4) uint8 image in the format ``path``'s extension names (PNG, JPEG, TIFF...);
-    the alpha channel is dropped for formats without one."""
-    from PIL import Image
-
-    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
-    if fmt is None:
-        raise OutputError(f"Cannot write {shown(path)}: {Path(path).suffix or 'no extension'} is not an image format.")
-
-    def write(tmp: str) -> None:
-        arr = rgb[..., :3] if fmt in ("JPEG", "BMP") and rgb.ndim == 3 and rgb.shape[-1] == 4 else rgb
-        Image.fromarray(arr).save(tmp, format=fmt)
-
-    return write
 
 
 def _tqdm(**kw):
