@@ -85,6 +85,19 @@ def test_an_input_is_never_an_output(tmp_path, capsys, files):
     assert snapshot(tmp_path) == before
 
 
+def test_per_class_overlays_are_checked_before_the_work(tmp_path, capsys, files, monkeypatch):
+    """--target all names one overlay per class; one of them being the input is refused before explaining."""
+    import napari_gradcam.engine as engine
+
+    model, _, _ = files
+    image = save_png(tmp_path / "o_covid.png")
+    monkeypatch.setattr(engine, "explain", lambda *a, **k: pytest.fail("explained before checking"))
+    before = snapshot(tmp_path)
+    cli_error(capsys, ["explain", model, image, "--out", tmp_path / "h.tif", "--target", "all",
+                       "--overlay", tmp_path / "o.png"], "o_covid.png", "one of the inputs")
+    assert snapshot(tmp_path) == before
+
+
 def test_unknown_colormap_is_refused_before_the_work(tmp_path, capsys, files):
     model, image, _ = files
     cli_error(capsys, ["explain", model, image, "--out", tmp_path / "h.tif", "--overlay", tmp_path / "o.png",

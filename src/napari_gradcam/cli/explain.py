@@ -23,10 +23,17 @@ def cmd_explain(args) -> int:
     if overlay is not None or args.colormap != "inferno":
         check_colormap(args.colormap)
     bundle = _load(args.model, args.device)
-    image = _image(args.image)
     target = args.target
     if target is not None and target.lstrip("-").isdigit() and target not in bundle.classes:
         target = int(target)
+    overlays = {}
+    if overlay is not None and isinstance(target, str) and target.lower() == "all" and "all" not in bundle.classes:
+        # one overlay per class, named after it: checked (not an input, not a folder) before the work
+        overlays = {c: overlay.with_name(f"{overlay.stem}_{s}{overlay.suffix}")
+                    for c, s in zip(bundle.classes, safe_file_names(bundle.classes))}
+        check_outputs([(out, "tiff", "--out")] + [(p, "image", "--overlay") for p in overlays.values()],
+                      inputs=[args.model, args.image])
+    image = _image(args.image)
     result = explain(bundle, image, method=args.method, target=target, layer=args.layer, shifts=args.shifts)
     maps = result if isinstance(result, list) else [result]
     meta = {"method": maps[0].method, "layer": maps[0].layer, "shifts": maps[0].shifts, "targets": [h.target for h in maps],
@@ -34,11 +41,8 @@ def cmd_explain(args) -> int:
     data = maps[0].data if len(maps) == 1 else np.stack([h.data for h in maps])
     files = [(out, tiff_writer(data, **{"napari_gradcam": json.dumps(meta)}))]
     if overlay is not None:
-        stems = safe_file_names([h.target for h in maps])
-        paths = [overlay] if len(maps) == 1 else [overlay.with_name(f"{overlay.stem}_{s}{overlay.suffix}") for s in stems]
-        check_outputs([(out, "tiff", "--out")] + [(p, "image", "--overlay") for p in paths],
-                      inputs=[args.model, args.image])
-        files += [(p, image_writer(overlay_rgb(image, h.data, args.colormap, args.alpha), p)) for p, h in zip(paths, maps)]
+        files += [(overlays.get(h.target, overlay), image_writer(overlay_rgb(image, h.data, args.colormap, args.alpha),
+                                                                 overlays.get(h.target, overlay))) for h in maps]
     atomic_write_many(files)  # all or nothing: a failure leaves every previous file as it was
     probs = maps[0].probabilities
     top = int(np.argmax(probs))
