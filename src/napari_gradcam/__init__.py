@@ -39,6 +39,11 @@ _LAZY = {
     "DatasetError": "errors",
     "TrainingError": "errors",
     "use_model": "_napari.model_api",
+    "ParameterError": "errors",
+    "OutputError": "errors",
+    "NumericalError": "errors",
+    "ResourceError": "errors",
+    "GradCamWarning": "errors",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -61,5 +66,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .errors import DatasetError, GradCamError, ImageError, LayerError, ModelFileError, TrainingError
     from ._napari.model_api import use_model
     from .engine import Heatmap, TiledHeatmaps, explain, feature_maps, list_methods, tiled_heatmaps
+    from .errors import GradCamWarning, NumericalError, OutputError, ParameterError, ResourceError
     from .inference import predict
     from .models import list_architectures

@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .errors import GradCamError, ModelFileError
+from .errors import GradCamError, ModelFileError, ParameterError
+from .errors import shown as _shown
 from .models import build_network, find_architecture, get_architecture, get_module, spatial_layers
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,32 +34,53 @@ FORMAT = "napari-gradcam"
 FORMAT_VERSION = 1
 
 
+def runnable_devices() -> list[str]:
+    """The device names a model can run on here: "auto", "cpu", then "cuda", "cuda:N" and "mps" where present."""
+    import torch
+
+    names = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    return names
+
+
 def resolve_device(device: "str | torch.device | None" = "auto") -> "torch.device":
     """``"auto"`` (or None) -> cuda if available, then mps, then cpu; otherwise ``torch.device(device)``.
 
-    Raises GradCamError for an unknown device name, or for cuda/mps when that device is not available.
+    Raises ParameterError (a GradCamError) for anything that cannot run a model here: an unknown
+    name, a device type other than cpu, cuda and mps ("meta", "xpu"), cuda/mps when not available;
+    the sentence lists what can run.
     """
     import torch
 
-    if device is None or str(device) == "auto":
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")
         mps = getattr(torch.backends, "mps", None)
         if mps is not None and mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    can = ", ".join(runnable_devices())
+    if not isinstance(device, (str, torch.device)):
+        raise ParameterError(f"device must be a name such as 'cpu', not {_brief(device, 60)}; this machine can run on {can}.")
     try:
-        dev = torch.device(device)
+        dev = torch.device(device.strip() if isinstance(device, str) else device)
     except (RuntimeError, TypeError, ValueError):
-        raise GradCamError(f"Unknown device {device!r}; use 'auto', 'cpu', 'cuda' (or 'cuda:N') or 'mps'.") from None
+        raise ParameterError(f"Unknown device {device!r}; this machine can run on {can}.") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ParameterError(f"Device {str(device)!r} cannot run a model here; this machine can run on {can}.")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GradCamError("CUDA was asked for but no CUDA device is available; use device 'cpu' or 'auto'.")
+        raise ParameterError(f"CUDA was asked for but no CUDA device is available; this machine can run on {can}.")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise GradCamError(f"There is no CUDA device {dev.index}; this machine has {torch.cuda.device_count()}.")
+        raise ParameterError(f"There is no CUDA device {dev.index}; this machine has {torch.cuda.device_count()} "
+                             f"and can run on {can}.")
     if dev.type == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise GradCamError("MPS (Apple GPU) was asked for but is not available; use device 'cpu' or 'auto'.")
+            raise ParameterError(f"MPS (Apple GPU) was asked for but is not available; this machine can run on {can}.")
     return dev
 
 
@@ -177,11 +199,17 @@ class ModelBundle:
         return self
 
     def class_index(self, target: "int | str") -> int:
-        """Index of a class given by name or index, with a clear error."""
+        """Index of a class given by name or index (an int or numpy integer, not a bool or a float),
+        with a clear error (ParameterError for a wrong type, GradCamError for an unknown class)."""
+        from .validate import is_integer
+
         if isinstance(target, str):
             if target not in self.config.classes:
-                raise GradCamError(f"Unknown class {target!r}; the model's classes are {self.classes}.")
+                raise GradCamError(f"Unknown class {_brief(target, 80)}; the model's classes are "
+                                   f"{_brief(self.classes, 200)}.")
             return self.config.classes.index(target)
+        if not is_integer(target):
+            raise ParameterError(f"A target class is a class name or an integer index, not {_brief(target, 60)}.")
         idx = int(target)
         if not 0 <= idx < self.n_classes:
             raise GradCamError(f"Class index {idx} is out of range for {self.n_classes} classes.")
@@ -214,7 +242,13 @@ def build_model(
     Normalisation defaults to ImageNet's mean/std for pretrained 3-channel models and to
     mean 0.5, std 0.25 otherwise (images are first scaled to [0, 1]).
     """
+    from .validate import check_int
+
+    if isinstance(classes, (str, bytes)) or not (isinstance(classes, Sequence) or type(classes).__name__ == "ndarray"):
+        raise ParameterError(f"classes must be a list of class names, not {_brief(classes, 60)}.")
     classes = [str(c) for c in classes]
+    in_channels = check_int(in_channels, "in_channels", 1)
+    input_size = check_int(input_size, "input_size", 1)
     if mean is None or std is None:
         if pretrained and in_channels == 3:
             mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -222,10 +256,7 @@ def build_model(
             mean, std = [0.449], [0.226]
         else:
             mean, std = [0.5] * in_channels, [0.25] * in_channels
-    config = ModelConfig(
-        architecture, classes, int(in_channels), int(input_size), [float(m) for m in mean],
-        [float(s) for s in std], target_layer or "",
-    )
+    config = ModelConfig(architecture, classes, in_channels, input_size, list(mean), list(std), target_layer or "")
     config.validate()
     model = build_network(config.architecture, len(classes), config.in_channels, pretrained)
     get_module(model, config.target_layer)  # validates the name
@@ -298,7 +329,7 @@ def save_model(bundle: ModelBundle, path: str | os.PathLike) -> Path:
 
     path = Path(path)
     if path.suffix != ".safetensors":
-        raise GradCamError(f"Model bundles are saved as .safetensors, not {path.suffix or 'no extension'}.")
+        raise GradCamError(f"Model bundles are saved as .safetensors, not {path.suffix or 'a name without extension'}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in bundle.model.state_dict().items()}
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": json.dumps(asdict(bundle.config))}
@@ -307,12 +338,6 @@ def save_model(bundle: ModelBundle, path: str | os.PathLike) -> Path:
 
 
 # ----------------------------------------------------------------------------- load
-def _shown(path: Path | str) -> str:
-    """A file name for a one-line message: control characters (a newline in a name) escaped."""
-    text = str(path)
-    return text if text.isprintable() else ascii(text)[1:-1]
-
-
 def _check_path(path: Path) -> None:
     """Exists, is a regular non-empty file and can be opened (no read from pipes or devices)."""
     try:
@@ -608,6 +633,8 @@ def load_model(
     ModelFileError
         Missing, empty, truncated, foreign, code-carrying or mismatching files; one sentence.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ParameterError(f"load_model needs the path of a model file, not {_brief(path, 60)}.")
     try:
         return _load_model(Path(path), architecture, classes, in_channels, input_size, device)
     except ModelFileError as e:
@@ -618,8 +645,9 @@ def load_model(
 
 
 def _load_model(path: Path, architecture, classes, in_channels, input_size, device) -> ModelBundle:
-    import torch
+    from .numerics import check_weights
 
+    resolve_device(device)  # a device that cannot run is refused before the file is read
     _check_path(path)
     config: ModelConfig | None = None
     if _is_safetensors(path):
@@ -665,7 +693,5 @@ def _load_model(path: Path, architecture, classes, in_channels, input_size, devi
     except GradCamError:
         raise ModelFileError(f"{path.name} names a target layer {config.target_layer!r} the model does not have.") from None
     model.eval()
-    with torch.no_grad():
-        if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
-            raise ModelFileError(f"{path.name} contains NaN or infinite weights.")
+    check_weights(model, path.name, error=ModelFileError)  # NaN weights, negative BatchNorm variance
     return ModelBundle(model, config).to(device)

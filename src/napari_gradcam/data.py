@@ -28,13 +28,15 @@ import errno
 import os
 import re
 import stat
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import DatasetError, ImageError
+from .errors import DatasetError, GradCamWarning, ImageError, shown
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -73,6 +75,123 @@ def _is_dicom(path: Path) -> bool:
 
     suffix = path.suffix.lower()
     return suffix in DICOM_SUFFIXES or (suffix not in IMAGE_SUFFIXES and has_dicm_preamble(path))
+#: Decoding an image may take at most this share of the memory available (the pixels are then
+#: scaled to a float32 copy, and a batch holds several images).
+DECODE_MEMORY_SHARE = 0.25
+_TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class DeclaredImage:
+    """What an image file's header says, read without decoding a pixel.
+
+    shape : the array shape decoding would give (TIFF: its first series; Pillow: (H, W[, bands]))
+    dtype : its element type
+    height, width : the 2D image's size (the shape with channels removed)
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    height: int
+    width: int
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.float64)) * self.dtype.itemsize
+
+    @property
+    def pixels(self) -> int:
+        return self.height * self.width
+
+
+@contextmanager
+def _quiet_tifffile() -> Iterator[None]:
+    """tifffile logs odd headers (a shape that does not fit its pages) as warnings on stderr; the
+    caller says what matters in one sentence instead."""
+    import logging
+
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _image_hw(name: str, shape: tuple[int, ...]) -> tuple[int, int]:
+    """(H, W) of a decoded shape: (H, W), (H, W, 1..4) or planar (3|4, H, W); ImageError otherwise."""
+    if len(shape) == 2:
+        return shape[0], shape[1]
+    if len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4):
+        return shape[1], shape[2]
+    if len(shape) == 3 and shape[-1] in (1, 2, 3, 4):
+        return shape[0], shape[1]
+    raise ImageError(f"{name} is not a single 2D image (shape {tuple(int(n) for n in shape)}).")
+
+
+def _pil_declared(name: str, im) -> DeclaredImage:
+    w, h = im.size
+    bands = len(im.getbands())
+    if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+        bands = 4 if "A" in im.mode or "transparency" in im.info else 3
+    dtype = {"I;16": np.uint16, "I;16B": np.uint16, "I;16L": np.uint16, "I": np.int32, "F": np.float32}.get(
+        im.mode, np.uint8)
+    shape = (h, w) if bands == 1 else (h, w, bands)
+    return DeclaredImage(shape, np.dtype(dtype), h, w)
+
+
+def _check_declared(path: Path, decl: DeclaredImage) -> None:
+    """ImageError when the declared image is too large to decode whole (pixel count, or memory)."""
+    from .preprocess import MAX_PIXELS
+    from .resources import available_memory, format_bytes
+
+    name = shown(path.name)
+    lazy = ("; use napari-gradcam tile (tiled_heatmaps), which reads a large TIFF lazily"
+            if path.suffix.lower() in _TIFF_SUFFIXES else "; convert it to a TIFF and use tiled heatmaps")
+    if decl.pixels > MAX_PIXELS:
+        raise ImageError(f"{name} declares {decl.height} x {decl.width} pixels, more than the "
+                         f"{MAX_PIXELS / 1e6:.0f} million an image may have to be read whole{lazy}.")
+    budget = DECODE_MEMORY_SHARE * available_memory()
+    if decl.nbytes > budget:
+        raise ImageError(f"{name} declares {decl.height} x {decl.width} pixels ({format_bytes(decl.nbytes)} "
+                         f"decoded), more than this machine can decode now ({format_bytes(budget)}){lazy}.")
+
+
+def _declared(path: Path) -> DeclaredImage:
+    """DeclaredImage from the header; the decoder's own exception on a broken file, ImageError for a
+    file that is not one 2D image."""
+    name = shown(path.name)
+    if path.suffix.lower() in _TIFF_SUFFIXES:
+        import tifffile
+
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tf:
+            if not tf.series:
+                raise ImageError(f"{name} is a TIFF without images.")
+            shape, dtype = tuple(int(n) for n in tf.series[0].shape), np.dtype(tf.series[0].dtype)
+        h, w = _image_hw(name, shape)
+        return DeclaredImage(shape, dtype, h, w)
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return _pil_declared(name, im)
+
+
+def declared_image(path: str | Path) -> DeclaredImage:
+    """The shape and dtype an image file declares, from its header only (no pixel is decoded).
+
+    Raises
+    ------
+    ImageError
+        The file cannot be read as an image, or is not one 2D image (a stack, a volume); one sentence.
+    """
+    path = Path(path)
+    try:
+        return _declared(path)
+    except ImageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any header failure is a user-file problem
+        raise ImageError(f"{shown(path.name)} could not be read as an image ({type(e).__name__}: {e}).") from None
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -83,28 +202,39 @@ def read_image(path: str | Path) -> np.ndarray:
     [0, 1] after the modality LUT, the first VOI LUT or window, and MONOCHROME1 inversion), everything
     else through Pillow.  Palette, 1-bit and two-channel (gray + alpha) images are converted to
     grayscale or RGB.
+    The header is read first: a stack, or an image whose declared size is beyond
+    ``preprocess.MAX_PIXELS`` pixels or :data:`DECODE_MEMORY_SHARE` of the available memory, is
+    refused before a pixel is decoded (a small file may declare 10^10 pixels).
 
     Raises
     ------
     ImageError
-        The file is missing, not an image, or not a single 2D image; one sentence.
+        The file is missing, not an image, not a single 2D image, or too large; one sentence.
     """
     path = Path(path)
+    name = shown(path.name)
     if not path.is_file():
-        raise ImageError(f"No image file at {path}.")
+        raise ImageError(f"No image file at {shown(path)}.")
     if _is_dicom(path):
         from .dicom import read_dicom_image
 
         return read_dicom_image(path)
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
+        if path.suffix.lower() in _TIFF_SUFFIXES:
             import tifffile
 
-            arr = np.asarray(tifffile.imread(path))
+            with _quiet_tifffile(), tifffile.TiffFile(path) as tf:
+                if not tf.series:
+                    raise ImageError(f"{name} is a TIFF without images.")
+                shape = tuple(int(n) for n in tf.series[0].shape)
+                h, w = _image_hw(name, shape)
+                _check_declared(path, DeclaredImage(shape, np.dtype(tf.series[0].dtype), h, w))
+                arr = np.asarray(tf.asarray())
         else:
             from PIL import Image
 
             with Image.open(path) as im:
+                _check_declared(path, _pil_declared(name, im))
                 if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
                     im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
                 elif im.mode == "LA":
@@ -115,7 +245,7 @@ def read_image(path: str | Path) -> np.ndarray:
     except ImageError:
         raise
     except Exception as e:  # noqa: BLE001 - any decoder failure is a user-file problem
-        raise ImageError(f"{path.name} could not be read as an image ({type(e).__name__}: {e}).") from None
+        raise ImageError(f"{name} could not be read as an image ({type(e).__name__}: {e}).") from None
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
         arr = np.moveaxis(arr, 0, -1)  # planar RGB TIFF
     if arr.ndim == 3 and arr.shape[-1] == 2:
@@ -123,12 +253,41 @@ def read_image(path: str | Path) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))):
-        raise ImageError(f"{path.name} is not a single 2D image (shape {arr.shape}).")
+        raise ImageError(f"{name} is not a single 2D image (shape {arr.shape}).")
     return arr
 
 
+def open_image_lazy(path: str | Path):
+    """A large TIFF as an array read on demand (a zarr view of its first series), or the whole image
+    from :func:`read_image` when it fits.  For :func:`napari_gradcam.engine.tiled_heatmaps`.
+
+    Raises ImageError for a large non-TIFF image, or when zarr (needed to read TIFFs lazily) is missing.
+    """
+    path = Path(path)
+    try:
+        return read_image(path)
+    except ImageError:
+        if path.suffix.lower() not in _TIFF_SUFFIXES or not path.is_file():
+            raise
+        decl = declared_image(path)  # a stack or a broken file: its own sentence
+        if decl.pixels <= 0 or len(decl.shape) != 2 and not (len(decl.shape) == 3 and decl.shape[-1] in (3, 4)):
+            raise
+    try:
+        import tifffile
+        import zarr
+    except ImportError:
+        raise ImageError(f"{shown(path.name)} is too large to read whole, and reading it lazily needs the "
+                         "zarr package (pip install zarr).") from None
+    try:
+        with _quiet_tifffile():
+            return zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+    except Exception as e:  # noqa: BLE001
+        raise ImageError(f"{shown(path.name)} could not be opened lazily ({type(e).__name__}: {e}).") from None
+
+
 def _quick_check(path: Path) -> str | None:
-    """None if the file looks like a readable image (header only), else the reason."""
+    """None if the file looks like a readable image of a size that can be decoded (header only),
+    else the reason."""
     try:
         if path.stat().st_size == 0:
             return "empty file"
@@ -136,18 +295,10 @@ def _quick_check(path: Path) -> str | None:
             from .dicom import check_dicom
 
             return check_dicom(path)
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as t:
-                if not t.pages:
-                    return "TIFF without images"
-            return None
-        from PIL import Image
-
-        with Image.open(path) as im:
-            im.size  # noqa: B018 - parsing the header is the check
+        _check_declared(path, _declared(path))
         return None
+    except ImageError as e:
+        return str(e)
     except Exception as e:  # noqa: BLE001
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
 
@@ -179,6 +330,9 @@ class ImageFolderData:
         or looping link, a second path to an image already listed).
     unreadable_classes : dict[str, list[tuple[Path, str]]]
         Classes that have image files but not one readable image: their files and the reasons.
+    notes : list[str]
+        What a user should know about the listing (a CSV naming files many times, or files outside
+        the data folder); also issued as :class:`~napari_gradcam.errors.GradCamWarning`.
     """
 
     root: Path
@@ -186,6 +340,7 @@ class ImageFolderData:
     items: list[Item]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     unreadable_classes: dict[str, list[tuple[Path, str]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -209,8 +364,8 @@ class ImageFolderData:
         return {c: int(n) for c, n in zip(self.classes, counts)}
 
     def subset(self, indices: Sequence[int]) -> "ImageFolderData":
-        """The items at ``indices`` (same classes, no skipped list)."""
-        return replace(self, items=[self.items[int(i)] for i in indices], skipped=[], unreadable_classes={})
+        """The items at ``indices`` (same classes, no skipped list or notes)."""
+        return replace(self, items=[self.items[int(i)] for i in indices], skipped=[], unreadable_classes={}, notes=[])
 
     def split(self, val_fraction: float = 0.2, seed: int = 0) -> tuple["ImageFolderData", "ImageFolderData"]:
         """(train, validation): stratified by class, grouped by patient; see :func:`split_indices`."""
@@ -474,13 +629,14 @@ def scan_folder(
     """
     rx = _resolve_pattern(group_pattern)
     skipped: list[tuple[Path, str]] = []
+    notes: list[str] = []
     entries: list[tuple[Path, str, str | None]] = []  # path, label, group
     if csv is not None:
         csv = Path(csv)
         if not csv.is_file():
             raise DatasetError(f"No CSV file at {csv}.")
         base = Path(root) if root is not None else csv.parent
-        entries = _read_csv(csv, base)
+        entries = _screen_csv_rows(_read_csv(csv, base), base, skipped, notes)
         root = base
     else:
         if root is None:
@@ -522,7 +678,48 @@ def scan_folder(
     items.sort(key=lambda it: (it.label, str(it.path)))
     present = {lab for _, lab, _ in items_raw}
     lost = {c: unreadable[c] for c in sorted(unreadable) if c not in present}
-    return ImageFolderData(Path(root), list(names), items, skipped, lost)
+    for note in notes:
+        warnings.warn(note, GradCamWarning, stacklevel=2)
+    return ImageFolderData(Path(root), list(names), items, skipped, lost, notes)
+
+
+def _screen_csv_rows(rows: list[tuple[Path, str, str | None]], base: Path, skipped: list[tuple[Path, str]],
+                     notes: list[str]) -> list[tuple[Path, str, str | None]]:
+    """The CSV rows to use: each file once.
+
+    Repeated rows (also the same file under two spellings) are used once, with a note; a file listed
+    with two labels is left out and listed in ``skipped`` (its class is ambiguous); rows naming files
+    outside the data folder ``base`` (``../x.png``, an absolute path elsewhere) are used as given, with
+    a note that says so.  Cost and messages grow with the distinct files, not the rows: a CSV of a
+    million rows naming two images gives two items, two header checks and one note.
+    """
+    base_abs = os.path.abspath(base)
+    first: dict[str, int] = {}  # normalised path -> index in kept
+    kept: list[tuple[Path, str, str | None]] = []
+    labels: dict[int, set[str]] = {}
+    n_repeats = 0
+    for path, label, group in rows:
+        key = os.path.normpath(os.path.abspath(path))
+        k = first.get(key)
+        if k is None:
+            k = first.setdefault(os.path.realpath(key), len(kept))  # a link or another spelling of a listed file
+            first[key] = k
+            if k == len(kept):
+                kept.append((path, label, group))
+                continue
+        n_repeats += 1
+        if kept[k][1] != label:
+            labels.setdefault(k, {kept[k][1]}).add(label)
+    for k, names in labels.items():
+        skipped.append((kept[k][0], f"listed with labels {', '.join(map(repr, sorted(names)))}, so its class is ambiguous"))
+    if n_repeats:
+        notes.append(f"The CSV names {len(kept)} file(s) in {len(rows)} rows; each file was used once "
+                     f"({n_repeats} repeated row(s) left out).")
+    outside = [p for p, _, _ in kept if not _encloses(base_abs, os.path.normpath(os.path.abspath(p)))]
+    if outside:
+        notes.append(f"{len(outside)} row(s) of the CSV name files outside the data folder {base} "
+                     f"(e.g. {outside[0]}); they were used as given.")
+    return [row for i, row in enumerate(kept) if i not in labels]
 
 
 def _read_csv(path: Path, base: Path) -> list[tuple[Path, str, str | None]]:

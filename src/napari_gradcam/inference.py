@@ -33,11 +33,11 @@ def predict(bundle: "ModelBundle", image, batch_size: int = 32) -> np.ndarray:
     """
     import torch
 
-    from .errors import GradCamError
+    from .numerics import check_logits
+    from .validate import check_bundle, check_int
 
-    if isinstance(batch_size, bool) or int(batch_size) < 1:
-        raise GradCamError(f"batch_size must be at least 1, not {batch_size}.")
-    batch_size = int(batch_size)
+    check_bundle(bundle, "predict")
+    batch_size = check_int(batch_size, "batch_size", 1)
     items, is_batch = batch_items(image)  # shapes and dtypes checked; lazy images not loaded yet
     device = bundle.device
     out = []
@@ -45,6 +45,8 @@ def predict(bundle: "ModelBundle", image, batch_size: int = 32) -> np.ndarray:
     with torch.inference_mode():
         for i in range(0, len(items), batch_size):
             x = bundle_tensor(bundle, [check_image(im) for im in items[i : i + batch_size]]).to(device)
-            out.append(torch.softmax(bundle.model(x).float(), dim=1).cpu())
+            logits = bundle.model(x).float()
+            check_logits(bundle, logits, x, what="this image" if not is_batch else f"images {i}..{i + len(x) - 1}")
+            out.append(torch.softmax(logits, dim=1).cpu())
     probs = torch.cat(out).numpy()
     return probs if is_batch else probs[0]

@@ -671,8 +671,13 @@ def iter_evaluate_localisation(
     from .engine.methods import canonical_method
     from .engine.shifts import check_shifts
     from .preprocess import check_image
+    from .validate import check_int, check_number
 
     shifts = check_shifts(shifts)
+    tolerance = check_number(tolerance, "tolerance", 0)
+    if not (isinstance(level, str) and level.lower() == "otsu"):
+        level = check_number(level, "level", 0, 1)
+    steps, batch_size = check_int(steps, "steps", 1), check_int(batch_size, "batch_size", 1)
 
     if len(images) != len(masks):
         raise GradCamError(f"{len(images)} images but {len(masks)} masks were given; they must pair up.")
@@ -945,7 +950,9 @@ def localize_folder(
         labels=labels, curves=curves, progress=progress, names=names, **kwargs,
     )
     if pairs.unmatched:
-        shown = ", ".join(p.relative_to(root).as_posix() for p in pairs.unmatched[:5])
+        from .errors import shown as escaped
+
+        shown = ", ".join(escaped(p.relative_to(root).as_posix()) for p in pairs.unmatched[:5])
         more = f" and {len(pairs.unmatched) - 5} more" if len(pairs.unmatched) > 5 else ""
         report.notes.append(f"{len(pairs.unmatched)} image(s) had no mask and were left out: {shown}{more}.")
     if target == "label" and any(lab is None for lab in labels):

@@ -159,15 +159,17 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def save_report(report: dict[str, Any], path: str | Path) -> Path:
-    """Write a report as JSON (UTF-8, indented)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return path
+    """Write a report as JSON (UTF-8, indented), atomically: a failed write leaves the previous file."""
+    from .outputs import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(report, indent=2) + "\n")
 
 
 def plot_report(report: dict[str, Any], y_true, probs, path: str | Path) -> Path:
-    """Save a PNG with the confusion matrix (left) and ROC curves (right; one per class, one-vs-rest)."""
+    """Save a PNG with the confusion matrix (left) and ROC curves (right; one per class, one-vs-rest).
+
+    The format follows the extension (.png, .pdf, .svg, .jpg); the file is written atomically.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -205,7 +207,8 @@ def plot_report(report: dict[str, Any], y_true, probs, path: str | Path) -> Path
     ax2.set_title(f"ROC, AUC {_fmt(report['roc_auc'])}")
     if ax2.lines[:-1]:
         ax2.legend(loc="lower right")
+    from .outputs import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    fmt = path.suffix.lower().lstrip(".") or "png"
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt))

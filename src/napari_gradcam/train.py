@@ -150,6 +150,7 @@ class TrainConfig:
             if not ok:
                 raise GradCamError(msg)
 
+        _check_numbers(self)  # types and ranges of every number (bools, 1.5 epochs, NaN, -1 refused)
         need(int(self.epochs) >= 1, f"epochs must be at least 1, not {self.epochs}.")
         need(int(self.batch_size) >= 1, f"batch size must be at least 1, not {self.batch_size}.")
         need(float(self.lr) > 0, f"The learning rate must be positive, not {self.lr}.")
@@ -166,6 +167,28 @@ class TrainConfig:
         need(self.patience is None or int(self.patience) >= 1, f"patience must be at least 1 (or None), not {self.patience}.")
         need(self.max_minutes is None or float(self.max_minutes) > 0, f"max_minutes must be positive, not {self.max_minutes}.")
         need(0 <= float(self.erase) < 1, f"The hide-and-seek probability must be in [0, 1), not {self.erase}.")
+
+
+def _check_numbers(cfg: "TrainConfig") -> None:
+    """ParameterError (one sentence naming the option) for a number of the wrong type or out of range."""
+    from .validate import check_int, check_number
+
+    ints = {"epochs": 1, "batch_size": 1, "in_channels": 1, "image_size": 16, "freeze_epochs": 0,
+            "erase_grid": 1, "num_workers": 0}
+    for name, low in ints.items():
+        check_int(getattr(cfg, name), name, low)
+    check_int(cfg.seed, "seed", 0, 2**32 - 1)
+    for name in ("steps_per_epoch", "patience", "log_every"):
+        if getattr(cfg, name) is not None:
+            check_int(getattr(cfg, name), name, 1)
+    check_number(cfg.lr, "The learning rate", above=0)
+    check_number(cfg.val_fraction, "The validation fraction", above=0, below=1)
+    for name in ("weight_decay", "warmup_epochs", "min_delta", "rotation"):
+        check_number(getattr(cfg, name), name, 0)
+    for name in ("momentum", "label_smoothing", "translate", "zoom", "brightness", "contrast", "erase"):
+        check_number(getattr(cfg, name), name, 0, below=1)
+    if cfg.max_minutes is not None:
+        check_number(cfg.max_minutes, "max_minutes", above=0)
 
 
 @dataclass
@@ -417,6 +440,8 @@ def evaluate_arrays(model, x_iter, device, autocast) -> tuple[np.ndarray, float]
     import torch
     import torch.nn.functional as F
 
+    from .numerics import check_logits
+
     probs, loss_sum, n = [], torch.zeros((), device=device), 0
     was = model.training
     model.eval()
@@ -426,6 +451,7 @@ def evaluate_arrays(model, x_iter, device, autocast) -> tuple[np.ndarray, float]
             with autocast():
                 logits = model(x)
             logits = logits.float()
+            check_logits(model, logits, x, what="validation images")  # a NaN is not a metric
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             probs.append(torch.softmax(logits, 1).cpu())
             n += len(y)
@@ -928,6 +954,7 @@ def evaluate_model(
 
     from .data import read_image
     from .errors import ImageError
+    from .numerics import check_logits
     from .preprocess import bundle_tensor, check_image
 
     probs, labels, failed = [], [], []
@@ -946,7 +973,9 @@ def evaluate_model(
         if imgs:
             with torch.inference_mode():
                 x = bundle_tensor(bundle, imgs).to(bundle.device)
-                probs.append(torch.softmax(model(x).float(), 1).cpu().numpy())
+                logits = model(x).float()
+                check_logits(bundle, logits, x, what=f"images {i}..{i + len(imgs) - 1} of {data.root}")
+                probs.append(torch.softmax(logits, 1).cpu().numpy())
             labels.extend(ys)
         if progress is not None:
             progress(min(n, i + batch_size), n)

@@ -153,9 +153,11 @@ def run_demo(screenshot: str | None = None, model_path: str | None = None) -> in
         return 0
     try:
         _settle(0.8)
+        from ..outputs import atomic_write, image_writer
+
         path = Path(screenshot)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        img = viewer.screenshot(str(path), canvas_only=False, flash=False)
+        img = viewer.screenshot(canvas_only=False, flash=False)
+        atomic_write(path, image_writer(img, path))  # a failed write leaves the previous screenshot
         canvas = viewer.screenshot(canvas_only=True, flash=False)
         if not has_colour(canvas):
             print(f"napari-gradcam demo: warning: the screenshot at {path} shows no coloured overlay.", file=sys.stderr)

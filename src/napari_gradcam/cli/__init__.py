@@ -9,7 +9,9 @@ so ``napari-gradcam --help`` is instant.  One module per command group registers
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import warnings
 from typing import Sequence
 
 from .. import __version__
@@ -61,16 +63,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with _notes_on_stderr():
+            return int(args.func(args) or 0)
     except GradCamError as e:
         _err(str(e))
         return 2
     except KeyboardInterrupt:
         print("cancelled", file=sys.stderr)
         return 130
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
-        _err(f"{e.strerror or 'cannot access'}: {e.filename}.")
+    except OSError as e:  # a file that vanished or cannot be opened mid-run: one sentence, not a traceback
+        _err(f"{e.strerror or 'cannot access'}: {e.filename}." if e.filename else f"{e.strerror or e}.")
         return 2
+
+
+@contextlib.contextmanager
+def _notes_on_stderr():
+    """GradCamWarnings (far more tiles than needed, a CSV naming files many times) as one
+    ``napari-gradcam: note: ...`` line each on stderr, instead of Python's warning format."""
+    from ..errors import GradCamWarning
+    from ._common import _note
+
+    def show(message, category, *_args, **_kw):
+        if issubclass(category, GradCamWarning):
+            _note(str(message))
+        else:
+            previous(message, category, *_args, **_kw)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", GradCamWarning)
+        previous = warnings.showwarning
+        warnings.showwarning = show
+        yield
 
 
 if __name__ == "__main__":  # pragma: no cover

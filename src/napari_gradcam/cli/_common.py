@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import GradCamError
+from ..errors import GradCamError, ParameterError, shown
+from ..outputs import (  # noqa: F401 - for the commands
+    atomic_write, atomic_write_many, check_outputs, image_writer, safe_file_names, tiff_writer,
+)
 
 PROG = "napari-gradcam"
 
@@ -37,7 +41,76 @@ def _fmt_kw() -> dict:
 
 # ----------------------------------------------------------------------------- helpers
 def _err(msg: str) -> None:
-    print(f"{PROG}: error: {msg}", file=sys.stderr)
+    print(f"{PROG}: error: {shown(msg)}", file=sys.stderr)
+
+
+def _note(msg: str) -> None:
+    print(f"{PROG}: note: {shown(msg)}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- number options
+def int_type(minimum: int | None = None, maximum: int | None = None, name: str = "int"):
+    """An argparse ``type=`` for whole numbers in [minimum, maximum] (one-line usage error otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {shown(repr(text))}") from None
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"must be {_range_text(minimum, maximum)}, not {value}")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+def float_type(minimum: float | None = None, maximum: float | None = None, above: float | None = None,
+               name: str = "float"):
+    """An argparse ``type=`` for finite numbers (NaN and infinity refused) in a range."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, not {shown(repr(text))}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
+        if above is not None and not value > above:
+            raise argparse.ArgumentTypeError(f"must be greater than {above:g}, not {value:g}")
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"must be {_range_text(minimum, maximum)}, not {value:g}")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+def _range_text(minimum, maximum) -> str:
+    if minimum is not None and maximum is not None:
+        return f"between {minimum:g} and {maximum:g}"
+    if minimum is not None:
+        return "0 or more" if minimum == 0 else f"at least {minimum:g}"
+    return f"at most {maximum:g}"
+
+
+positive_int = int_type(1, name="positive_int")
+non_negative_int = int_type(0, name="non_negative_int")
+seed_int = int_type(0, 2**32 - 1, name="seed")
+finite_float = float_type(name="finite_float")
+positive_float = float_type(above=0, name="positive_float")
+non_negative_float = float_type(minimum=0, name="non_negative_float")
+fraction = float_type(0, 1, name="fraction")
+
+
+def check_colormap(name: str) -> str:
+    """``name`` if matplotlib knows the colormap, else one sentence listing some that exist."""
+    from matplotlib import colormaps
+
+    if name not in colormaps:
+        some = ", ".join(c for c in ("inferno", "magma", "viridis", "turbo", "jet", "hot", "gray") if c in colormaps)
+        raise ParameterError(f"Unknown colormap {name!r}; use a matplotlib colormap such as {some}.")
+    return name
 
 
 def _load(model: str, device: str = "auto"):
@@ -51,15 +124,6 @@ def _image(path: str):
     from ..preprocess import check_image
 
     return check_image(read_image(path))
-
-
-def _write_tiff(path: Path, data, **meta) -> Path:
-    import numpy as np
-    import tifffile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(path, np.asarray(data, dtype=np.float32), photometric="minisblack", metadata=meta or None)
-    return path
 
 
 def overlay_rgb(image, heat, colormap: str = "inferno", alpha: float = 0.5):
@@ -99,14 +163,6 @@ def classes_overlay_rgb(image, heatmaps, alpha: float = 0.6):
     a = (alpha * strength)[..., None]
     out = gray[..., None] * (1 - a) + colors[top] * a
     return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
-
-
-def _write_png(path: Path, rgb) -> Path:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rgb).save(path)
-    return path
 
 
 def _tqdm(**kw):

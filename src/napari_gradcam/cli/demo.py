@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 
-from ._common import _fmt_kw
+from ._common import _fmt_kw, check_outputs
 
 
 def cmd_demo(args) -> int:
     from .._napari.demo import run_demo
 
+    check_outputs([(args.screenshot, "screenshot", "--screenshot")])
     return int(run_demo(screenshot=args.screenshot) or 0)
 
 

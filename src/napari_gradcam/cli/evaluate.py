@@ -5,7 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ._common import PROG, GradCamError, _fmt_kw, _load, _image, _tqdm, _expand_paths, add_device, add_quiet
+from ._common import (
+    PROG, GradCamError, _expand_paths, _fmt_kw, _image, _load, _tqdm, add_device, add_quiet, atomic_write, check_outputs,
+    positive_int, shown,
+)
 
 
 def cmd_evaluate(args) -> int:
@@ -16,6 +19,8 @@ def cmd_evaluate(args) -> int:
     from ..metrics import classification_report, format_report, plot_report, save_report
     from ..train import evaluate_model
 
+    check_outputs([(args.json, "json", "--json"), (args.plot, "plot", "--plot"), (args.predictions, "csv", "--predictions")],
+                  inputs=[args.model, args.data_dir, args.csv])
     bundle = _load(args.model, args.device)
     data = scan_folder(args.data_dir, csv=args.csv, group_pattern=None, classes=bundle.classes)
     if not data.items:
@@ -44,7 +49,7 @@ def cmd_evaluate(args) -> int:
     print(format_report(report))
     skipped = list(data.skipped) + failed
     if skipped:
-        print(f"{len(skipped)} file(s) skipped, e.g. {skipped[0][0]} ({skipped[0][1]}).", file=sys.stderr)
+        print(shown(f"{len(skipped)} file(s) skipped, e.g. {skipped[0][0]} ({skipped[0][1]})."), file=sys.stderr)
     if args.json:
         full = dict(report, model=str(args.model), data=str(args.data_dir),
                     skipped=[[str(p), r] for p, r in skipped])
@@ -66,16 +71,23 @@ def _class_of(path: Path, root: Path) -> str:
     return parts[0] if len(parts) > 1 else path.parent.name
 
 
+def _prediction_rows(files, probs, classes, labels=None):
+    """The header and one row per file of a predictions CSV."""
+    yield ["path", *(["label"] if labels is not None else []), "predicted", *[f"p_{c}" for c in classes]]
+    for k, (p, row) in enumerate(zip(files, probs)):
+        yield [str(p), *([labels[k]] if labels is not None else []), classes[int(row.argmax())],
+               *[f"{float(v):.6f}" for v in row]]
+
+
 def _write_predictions(path: Path, files, probs, classes, labels=None) -> None:
+    """The predictions CSV, written atomically (a failed write leaves the previous file)."""
     import csv
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["path", *(["label"] if labels is not None else []), "predicted", *[f"p_{c}" for c in classes]])
-        for k, (p, row) in enumerate(zip(files, probs)):
-            w.writerow([str(p), *([labels[k]] if labels is not None else []), classes[int(row.argmax())],
-                        *[f"{float(v):.6f}" for v in row]])
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows(_prediction_rows(files, probs, classes, labels))
+
+    atomic_write(path, write)
 
 
 # ----------------------------------------------------------------------------- predict
@@ -85,6 +97,7 @@ def cmd_predict(args) -> int:
     from ..errors import ImageError
     from ..inference import predict
 
+    check_outputs([(args.csv, "csv", "--csv")], inputs=[args.model, *args.paths])
     bundle = _load(args.model, args.device)
     files, skipped = _expand_paths(args.paths)
     if not files:
@@ -108,21 +121,20 @@ def cmd_predict(args) -> int:
     if bar is not None:
         bar.close()
     if not ok_files:
-        raise GradCamError(f"None of the {len(files)} file(s) could be read as an image.")
+        why = (skipped[-1][1] if skipped else "unreadable").rstrip(".")
+        raise GradCamError(f"None of the {len(files)} file(s) could be read as an image "
+                           f"({'' if len(files) == 1 else 'e.g. '}{why}).")
     probs = np.concatenate(rows)
     if args.csv:
         _write_predictions(Path(args.csv), ok_files, probs, bundle.classes)
     else:
         import csv
 
-        w = csv.writer(sys.stdout)
-        w.writerow(["path", "predicted", *[f"p_{c}" for c in bundle.classes]])
-        for p, row in zip(ok_files, probs):
-            w.writerow([str(p), bundle.classes[int(row.argmax())], *[f"{float(v):.6f}" for v in row]])
+        csv.writer(sys.stdout).writerows(_prediction_rows(ok_files, probs, bundle.classes))
     for p, why in skipped:
-        print(f"skipped {p}: {why}", file=sys.stderr)
+        print(f"skipped {shown(p)}: {shown(why)}", file=sys.stderr)
     if args.csv and not args.quiet:
-        print(f"{len(ok_files)} prediction(s) written to {args.csv}", file=sys.stderr)
+        print(f"{len(ok_files)} prediction(s) written to {shown(args.csv)}", file=sys.stderr)
     return 0
 
 
@@ -144,7 +156,7 @@ def register(sub) -> None:
     p.add_argument("--plot", metavar="REPORT.png", help="write the confusion matrix and ROC curves as PNG")
     p.add_argument("--predictions", metavar="PRED.csv", help="also write per-image probabilities")
     p.add_argument("--csv", help="CSV of path,label rows instead of class subfolders")
-    p.add_argument("--batch-size", type=int, default=64, metavar="N")
+    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N")
     add_device(p)
     add_quiet(p)
     p.set_defaults(func=cmd_evaluate)
@@ -162,7 +174,7 @@ def register(sub) -> None:
     p.add_argument("model", metavar="MODEL", help="a .safetensors model bundle")
     p.add_argument("paths", metavar="PATH", nargs="+", help="image files or folders")
     p.add_argument("--csv", metavar="OUT.csv", help="where to write the probabilities (default: standard output)")
-    p.add_argument("--batch-size", type=int, default=32, metavar="N")
+    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N")
     add_device(p)
     add_quiet(p)
     p.set_defaults(func=cmd_predict)

@@ -6,7 +6,11 @@ import json
 import sys
 from pathlib import Path
 
-from ._common import PROG, _fmt_kw, _load, _image, _write_tiff, overlay_rgb, classes_overlay_rgb, _write_png, _tqdm, add_device, add_quiet, add_shifts
+from ._common import (
+    PROG, _fmt_kw, _image, _load, _tqdm, add_device, add_quiet, add_shifts, atomic_write_many, check_colormap,
+    check_outputs, classes_overlay_rgb, finite_float, fraction, image_writer, non_negative_int, overlay_rgb,
+    positive_int, safe_file_names, shown, tiff_writer,
+)
 
 
 def cmd_explain(args) -> int:
@@ -14,43 +18,66 @@ def cmd_explain(args) -> int:
 
     from ..engine import explain
 
+    out, overlay = check_outputs([(args.out, "tiff", "--out"), (args.overlay, "image", "--overlay")],
+                                 inputs=[args.model, args.image])
+    if overlay is not None or args.colormap != "inferno":
+        check_colormap(args.colormap)
     bundle = _load(args.model, args.device)
-    image = _image(args.image)
     target = args.target
     if target is not None and target.lstrip("-").isdigit() and target not in bundle.classes:
         target = int(target)
+    overlays = {}
+    if overlay is not None and isinstance(target, str) and target.lower() == "all" and "all" not in bundle.classes:
+        # one overlay per class, named after it: checked (not an input, not a folder) before the work
+        overlays = {c: overlay.with_name(f"{overlay.stem}_{s}{overlay.suffix}")
+                    for c, s in zip(bundle.classes, safe_file_names(bundle.classes))}
+        check_outputs([(out, "tiff", "--out")] + [(p, "image", "--overlay") for p in overlays.values()],
+                      inputs=[args.model, args.image])
+    image = _image(args.image)
     result = explain(bundle, image, method=args.method, target=target, layer=args.layer, shifts=args.shifts)
     maps = result if isinstance(result, list) else [result]
-    out = Path(args.out)
     meta = {"method": maps[0].method, "layer": maps[0].layer, "shifts": maps[0].shifts, "targets": [h.target for h in maps],
             "scores": [h.score for h in maps], "image": str(args.image)}
     data = maps[0].data if len(maps) == 1 else np.stack([h.data for h in maps])
-    _write_tiff(out, data, **{"napari_gradcam": json.dumps(meta)})
+    files = [(out, tiff_writer(data, **{"napari_gradcam": json.dumps(meta)}))]
+    if overlay is not None:
+        files += [(overlays.get(h.target, overlay), image_writer(overlay_rgb(image, h.data, args.colormap, args.alpha),
+                                                                 overlays.get(h.target, overlay))) for h in maps]
+    atomic_write_many(files)  # all or nothing: a failure leaves every previous file as it was
     probs = maps[0].probabilities
     top = int(np.argmax(probs))
     print(f"predicted {bundle.classes[top]} ({probs[top]:.3f}); "
           + "; ".join(f"{h.method} for {h.target} (p={h.score:.3f}) at layer {h.layer}" for h in maps))
-    print(f"heatmap written to {out}", file=sys.stderr)
-    if args.overlay:
-        ov = Path(args.overlay)
-        for h in maps:
-            p = ov if len(maps) == 1 else ov.with_name(f"{ov.stem}_{h.target}{ov.suffix or '.png'}")
-            _write_png(p, overlay_rgb(image, h.data, args.colormap, args.alpha))
-            print(f"overlay written to {p}", file=sys.stderr)
+    print(f"heatmap written to {shown(out)}", file=sys.stderr)
+    for p, _ in files[1:]:
+        print(f"overlay written to {shown(p)}", file=sys.stderr)
     return 0
 
 
 # ----------------------------------------------------------------------------- tile
+def _tile_files(out: Path, classes: list[str]) -> dict[str, Path]:
+    """The files ``tile`` writes into ``out``: one heatmap per class (safe, unique names), the breakdown, the overlay."""
+    files = {c: out / f"heatmap_{s}.tif" for c, s in zip(classes, safe_file_names(classes))}
+    return {**files, "breakdown.json": out / "breakdown.json", "overlay.png": out / "overlay.png"}
+
+
 def cmd_tile(args) -> int:
     import numpy as np
 
+    from ..data import open_image_lazy
     from ..engine import iter_tiled_heatmaps
+    from ..engine.budget import check_result_fits
 
+    (out,) = check_outputs([(args.out, "folder", "--out")], inputs=[args.model, args.image])
     bundle = _load(args.model, args.device)
-    image = _image(args.image)
+    planned = _tile_files(out, bundle.classes)
+    check_outputs([(p, "json" if p.suffix == ".json" else "image", "--out") for p in planned.values()],
+                  inputs=[args.model, args.image])
+    image = open_image_lazy(args.image)  # a TIFF too large to decode whole is read tile by tile
     classes = None
     if args.classes:
         classes = int(args.classes[0]) if len(args.classes) == 1 and args.classes[0].isdigit() else args.classes
+    check_result_fits(image.shape[:2], bundle.n_classes if classes is None or isinstance(classes, int) else len(classes))
     gen = iter_tiled_heatmaps(bundle, image, tile=args.tile, overlap=args.overlap, classes=classes,
                               method=args.method, batch_size=args.batch_size, mode=args.mode)
     bar = None
@@ -68,34 +95,33 @@ def cmd_tile(args) -> int:
     finally:
         if bar is not None:
             bar.close()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     heat = np.asarray(res.heatmaps, dtype=np.float32)
-    files = []
-    for k, c in enumerate(res.classes):
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in c)
-        files.append(_write_tiff(out / f"heatmap_{safe}.tif", heat[k], method=res.method, cls=c).name)
+    files = [(planned[c], tiff_writer(heat[k], method=res.method, cls=c)) for k, c in enumerate(res.classes)]
     info = {
         "image": str(args.image), "shape": list(heat.shape[1:]), "classes": res.classes,
         "breakdown": res.breakdown, "probabilities": res.probabilities, "tiles": res.tiles, "tile": res.tile,
-        "stride": res.stride, "method": res.method, "mode": res.mode, "heatmaps": files,
+        "stride": res.stride, "method": res.method, "mode": res.mode, "heatmaps": [p.name for p, _ in files],
     }
-    (out / "breakdown.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(info, indent=2) + "\n"
+    files.append((planned["breakdown.json"], lambda tmp: Path(tmp).write_text(text, encoding="utf-8")))
     step = max(1, int(np.ceil(max(heat.shape[1:]) / 4096)))  # keep the PNG at most ~4096 px
-    _write_png(out / "overlay.png", classes_overlay_rgb(image[::step, ::step], heat[:, ::step, ::step]))
+    small = np.asarray(image[::step, ::step])
+    files.append((planned["overlay.png"], image_writer(classes_overlay_rgb(small, heat[:, ::step, ::step]),
+                                                       planned["overlay.png"])))
+    atomic_write_many(files)  # the folder's previous results stay whole if any write fails
     print("class breakdown (share of the image where the class dominates):")
     w = max(len(c) for c in res.classes) + 2
     for c in res.classes:
         print(f"  {c:<{w}} {100 * res.breakdown[c]:5.1f} %   mean probability {res.probabilities[c]:.3f}")
     if not args.quiet:
-        print(f"{len(files)} heatmap(s), breakdown.json and overlay.png written to {out}", file=sys.stderr)
+        print(f"{len(res.classes)} heatmap(s), breakdown.json and overlay.png written to {shown(out)}", file=sys.stderr)
     return 0
 
 
-# ----------------------------------------------------------------------------- demo
 def cmd_localize(args) -> int:
     from ..localisation import localize_folder
 
+    check_outputs([(args.json, "json", "--json")], inputs=[args.model, args.images_dir, args.masks_dir])
     bar = None if args.quiet else _tqdm(desc="localising", unit="img", leave=False)
 
     def progress(done, total):
@@ -137,7 +163,7 @@ def register(sub) -> None:
     p.add_argument("--target", metavar="CLASS", help="class name or index to explain, or 'all'; default the predicted class")
     add_shifts(p)
     p.add_argument("--colormap", default="inferno", help="matplotlib colormap of the overlay (inferno, turbo, jet, ...)")
-    p.add_argument("--alpha", type=float, default=0.5, metavar="A", help="overlay opacity of the heatmap")
+    p.add_argument("--alpha", type=fraction, default=0.5, metavar="A", help="overlay opacity of the heatmap, 0-1")
     add_device(p)
     p.set_defaults(func=cmd_explain)
 
@@ -153,15 +179,15 @@ def register(sub) -> None:
 """, **_fmt_kw())
     p.add_argument("model", metavar="MODEL", help="a .safetensors model bundle")
     p.add_argument("image", metavar="IMAGE", help="a (large) image file")
-    p.add_argument("--tile", type=int, default=None, metavar="N", help="tile size in image pixels (default: the model's input size)")
-    p.add_argument("--overlap", type=float, default=0.5, metavar="F", help="fraction shared by neighbouring tiles, 0-0.95")
+    p.add_argument("--tile", type=positive_int, default=None, metavar="N", help="tile size in image pixels (default: the model's input size)")
+    p.add_argument("--overlap", type=finite_float, default=0.5, metavar="F", help="fraction shared by neighbouring tiles, 0-0.95")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--method", default="cam", choices=("cam", "gradcam", "gradcam++"),
                    help="heatmap method per tile (cam is the fastest)")
     p.add_argument("--classes", nargs="+", metavar="CLASS", help="class names, or one number k for the top-k classes; default all")
     p.add_argument("--mode", default="tiles", choices=("tiles", "fullconv"),
                    help="'fullconv': one fully convolutional pass (CAM only; faster, approximate)")
-    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="tiles per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="tiles per forward pass")
     add_device(p)
     add_quiet(p)
     p.set_defaults(func=cmd_tile)
@@ -184,9 +210,9 @@ def register(sub) -> None:
     p.add_argument("--json", metavar="OUT.json", help="write per-image scores and means as JSON")
     p.add_argument("--target", default="label", choices=("label", "predicted"),
                    help="explain the true class (from the class subfolder) or the predicted one")
-    p.add_argument("--tolerance", type=int, default=15, metavar="PX",
+    p.add_argument("--tolerance", type=non_negative_int, default=15, metavar="PX",
                    help="pointing game also counts a maximum within PX pixels of the mask")
-    p.add_argument("--level", type=float, default=0.5, metavar="F", help="fixed threshold, a fraction of the maximum")
+    p.add_argument("--level", type=fraction, default=0.5, metavar="F", help="fixed threshold, a fraction of the maximum")
     p.add_argument("--curves", action="store_true", help="also deletion/insertion curves and their AUC (slower)")
     add_shifts(p)
     add_device(p)

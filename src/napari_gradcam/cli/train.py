@@ -5,13 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ._common import PROG, GradCamError, _fmt_kw, _tqdm, add_device, add_quiet
+from ._common import PROG, GradCamError, _fmt_kw, _tqdm, add_device, add_quiet, check_outputs, shown
 
 
 def cmd_train(args) -> int:
     from ..train import TrainConfig, train
 
     data_dir = args.data_dir
+    check_outputs([(args.out, "model", "--out")], inputs=[data_dir, args.csv])
     if not Path(data_dir).exists():
         raise GradCamError(f"No data folder at {data_dir}.")
     cfg = TrainConfig(
@@ -38,7 +39,7 @@ def cmd_train(args) -> int:
                 break
             if ev.kind == "start":
                 if not quiet:
-                    print(ev.message, file=sys.stderr)
+                    print(shown(ev.message), file=sys.stderr)
             elif ev.kind == "load" and not quiet:
                 if bar is None:
                     bar = _tqdm(total=ev.n_batches, desc="reading images", unit="img", leave=False)
@@ -58,12 +59,12 @@ def cmd_train(args) -> int:
                 if bar is not None:
                     bar.close()
                     bar = None
-                print(ev.message, file=sys.stderr)
+                print(shown(ev.message), file=sys.stderr)
             elif ev.kind in ("done", "stopped"):
                 if bar is not None:
                     bar.close()
                     bar = None
-                print(ev.message, file=sys.stderr)
+                print(shown(ev.message), file=sys.stderr)
     except BaseException:  # Ctrl-C or an error: close the bar so the message gets a line of its own
         gen.close()
         if bar is not None:
@@ -72,8 +73,8 @@ def cmd_train(args) -> int:
     if result is not None and (result.best_path or result.last_path):
         print(result.best_path or result.last_path)
         if result.skipped and not quiet:
-            print(f"{len(result.skipped)} file(s) were skipped, e.g. {result.skipped[0][0]} "
-                  f"({result.skipped[0][1]}).", file=sys.stderr)
+            print(shown(f"{len(result.skipped)} file(s) were skipped, e.g. {result.skipped[0][0]} "
+                        f"({result.skipped[0][1]})."), file=sys.stderr)
     return 0
 
 

@@ -8,9 +8,11 @@ import numpy as np
 
 from ..errors import GradCamError
 from ..models import get_module
+from ..numerics import check_logits, check_maps
+from ..validate import check_bundle, check_int
 from ..preprocess import bundle_tensor, check_image, resize_maps
 from .hooks import StopForward, capture
-from .methods import Method, get_method
+from .methods import MapOutput, Method, get_method
 from .result import FeatureMaps, Heatmap
 from .shifts import check_shifts, shift_offsets, shifted_inputs, unshift_average
 
@@ -29,6 +31,12 @@ def _resolve_targets(bundle: "ModelBundle", target) -> tuple[list[int] | None, b
             raise GradCamError("An empty list of target classes was given.")
         return [bundle.class_index(t) for t in target], True
     return [bundle.class_index(target)], False
+
+
+def check_output(bundle: "ModelBundle", out: "MapOutput", method: str, layer: str | None, x) -> None:
+    """NumericalError for NaN or infinite logits or maps (naming the model, the method and the layer)."""
+    check_logits(bundle, out.logits, x)
+    check_maps(bundle, out.maps, method, layer, x)
 
 
 def _layer_for(spec: Method, bundle: "ModelBundle", layer: str | None) -> str:
@@ -71,6 +79,7 @@ def explain(
     Heatmap, or a list of Heatmap (one per class) when ``target`` is a list or "all".
     ``Heatmap.data`` is (H, W) float32 in [0, 1] at the image's own size.
     """
+    check_bundle(bundle, "explain")
     spec = get_method(method)
     method = spec.name
     shifts = check_shifts(shifts)
@@ -80,6 +89,7 @@ def explain(
     bundle.model.eval()
     used_layer = _layer_for(spec, bundle, layer)
     out = spec.compute(bundle, x, targets, [used_layer])
+    check_output(bundle, out, spec.name, used_layer, x)  # NaN scores or maps are refused, naming the layer
     logits, indices, raw = out.logits, out.targets, out.maps[0]
     import torch
 
@@ -89,7 +99,9 @@ def explain(
     if shifts > 1:  # the other k*k - 1 translations, for the same classes, in one batch
         offsets = shift_offsets(x.shape[-1] / raw.shape[-1], shifts)
         xs = shifted_inputs(x, offsets[1:])
-        more = spec.compute(bundle, xs, indices, [used_layer]).maps
+        shifted = spec.compute(bundle, xs, indices, [used_layer])
+        check_output(bundle, shifted, spec.name, used_layer, xs)
+        more = shifted.maps
         fine = unshift_average(torch.cat([raw[None], more]).relu_(), offsets, x.shape[-1])
         full = resize_maps(fine, img.shape[:2])
         scale = full.amax(dim=(1, 2))
@@ -116,10 +128,10 @@ def feature_maps(bundle: "ModelBundle", image, layer: str | None = None, n: int 
     """
     import torch
 
+    check_bundle(bundle, "feature_maps")
     img = check_image(image)
     layer = layer or bundle.target_layer
-    if n < 1:
-        raise GradCamError(f"The number of feature maps must be at least 1, not {n}.")
+    n = check_int(n, "The number of feature maps", 1)
     x = bundle_tensor(bundle, [img]).to(bundle.device)
     bundle.model.eval()
     with torch.inference_mode(), capture(bundle.model, layer, stop=True) as box:
@@ -128,6 +140,7 @@ def feature_maps(bundle: "ModelBundle", image, layer: str | None = None, n: int 
         except StopForward:
             pass
     act = box.activation[0].float()
+    check_maps(bundle, act, "feature", layer, x)
     scores = act.mean(dim=(1, 2))
     order = torch.argsort(scores, descending=True)[: min(n, act.shape[0])]
     return FeatureMaps(act[order].cpu().numpy(), order.cpu().numpy(), scores[order].cpu().numpy(), layer)

@@ -37,7 +37,10 @@ from typing import TYPE_CHECKING, Generator, Sequence
 
 import numpy as np
 
-from ..errors import GradCamError, ImageError
+from ..errors import GradCamError, ImageError, ParameterError
+from ..numerics import check_logits, check_maps
+from ..validate import check_bundle, check_int, check_number, is_integer
+from .budget import check_fullconv, check_tiling, tiling_cost
 from ..preprocess import (
     MAX_PIXELS, _as_array_like, _shape_dtype, check_dtype, check_shape, to_channels, to_unit, value_range,
 )
@@ -121,7 +124,7 @@ def _resolve_classes(bundle: "ModelBundle", classes, lazy: bool) -> tuple[list[i
     """-> (indices to compute, top-k or None)."""
     if classes is None or (isinstance(classes, str) and classes.lower() == "all"):
         return list(range(bundle.n_classes)), None
-    if isinstance(classes, (int, np.integer)) and not isinstance(classes, bool):
+    if is_integer(classes):
         k = int(classes)
         if not 1 <= k <= bundle.n_classes:
             raise GradCamError(f"Top-k needs k between 1 and {bundle.n_classes}, not {k}.")
@@ -130,6 +133,9 @@ def _resolve_classes(bundle: "ModelBundle", classes, lazy: bool) -> tuple[list[i
         return list(range(bundle.n_classes)), k
     if isinstance(classes, str):
         classes = [classes]
+    if not isinstance(classes, (list, tuple, np.ndarray)):
+        raise ParameterError(f"classes must be None, 'all', a number k (the top k) or a list of class names or "
+                             f"indices, not {type(classes).__name__} {classes!r:.40}.")
     idx = [bundle.class_index(c) for c in classes]
     if not idx:
         raise GradCamError("An empty list of classes was given.")
@@ -158,6 +164,9 @@ def _run_tiles(
             m = torch.relu(m[:, plan.targets])
         else:
             logits, m, _ = gradient_maps(bundle, x, plan.targets, bundle.target_layer, plan.method)
+        where = f"the tiles at {batch[0]}..{batch[-1]} (y, x)"
+        check_logits(bundle, logits, x, what=where)
+        check_maps(bundle, m, plan.method, None if plan.method == "cam" else bundle.target_layer, x)
         probs.append(torch.softmax(logits, dim=1).cpu())
         maps.append(m.cpu())
         yield min(i + plan.batch_size, len(corners))
@@ -231,13 +240,20 @@ def _blend(
     return heat.div_(weight).clamp_(0, 1), prob.div_(weight)
 
 
-def _to_pixels(grid: "torch.Tensor", f: int) -> np.ndarray:
-    """(T, gh, gw) blended grid -> (T, gh*f, gw*f) float32 pixels (bilinear)."""
+def _to_pixels(grid: "torch.Tensor", f: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """(T, gh, gw) blended grid -> (T, gh*f, gw*f) float32 pixels (bilinear), or only their top-left
+    ``size`` (H, W): the grid is cut to the cells those pixels read first (one more than they cover;
+    the same values, without upsampling the padding of a tile larger than the image)."""
     from ..preprocess import resize_maps
 
+    if size is not None:
+        gh, gw = (min(n, -(-s // f) + 1) for n, s in zip(grid.shape[-2:], size))
+        grid = grid[:, :gh, :gw]
     if f == 1:
-        return grid.numpy()
-    return resize_maps(grid, (grid.shape[-2] * f, grid.shape[-1] * f)).numpy()
+        out = grid.numpy()
+    else:
+        out = resize_maps(grid, (grid.shape[-2] * f, grid.shape[-1] * f)).numpy()
+    return out if size is None else out[:, : size[0], : size[1]]
 
 
 def _padded_shape(H: int, W: int, tile: int, f: int) -> tuple[int, int]:
@@ -275,6 +291,8 @@ def _fullconv(bundle: "ModelBundle", img: np.ndarray, plan: _Plan, topk: int | N
     x = F.interpolate(chans, size=(h2, w2), mode="bilinear", align_corners=False, antialias=scale < 1)
     x = (x - torch.tensor(c.mean).view(1, -1, 1, 1)) / torch.tensor(c.std).view(1, -1, 1, 1)
     cams, logits = local_logits(bundle, x.to(bundle.device))
+    check_logits(bundle, logits, None, what="the whole image (fully convolutional)")
+    check_maps(bundle, cams, "cam", None)
     fh, fw = cams.shape[-2:]
     k = max(1, round(c.input_size * fh / h2))  # a tile's size in feature cells
     pad = k // 2
@@ -291,6 +309,33 @@ def _fullconv(bundle: "ModelBundle", img: np.ndarray, plan: _Plan, topk: int | N
     stride_px = max(1, round(h2 / fh / scale))
     return TiledHeatmaps(heat_full, prob_full, [bundle.classes[i] for i in targets], targets, 1, plan.tile,
                          stride_px, "cam", "fullconv", {"feature_shape": (fh, fw), "window_cells": k})
+
+
+def _check_arguments(bundle: "ModelBundle", tile, overlap, batch_size, chunk, mode) -> tuple[int, int, int, int]:
+    """(tile, stride, batch_size, chunk) checked: types and ranges, one sentence for anything else."""
+    if mode not in ("tiles", "fullconv"):
+        raise GradCamError(f"Unknown tiling mode {mode!r}; choose 'tiles' or 'fullconv'.")
+    tile = bundle.input_size if tile is None else check_int(tile, "The tile size")
+    if not 8 <= tile <= MAX_TILE:
+        raise GradCamError(f"Tiles must be between 8 and {MAX_TILE} pixels, not {tile}.")
+    overlap = check_number(overlap, "Overlap", 0, 0.95)
+    stride = max(1, int(round(tile * (1 - overlap))))
+    return tile, stride, check_int(batch_size, "batch_size", 1), check_int(chunk, "chunk", 1)
+
+
+def _check_cost(bundle: "ModelBundle", mode: str, shape: tuple[int, ...], itemsize: int, tile: int, stride: int,
+                batch_size: int, n_targets: int, lazy: bool, chunk: int) -> None:
+    """Refuse a run that cannot fit and note one with far too many tiles (see :mod:`.budget`), before
+    the image is read or a tile runs."""
+    H, W = shape[:2]
+    if mode == "fullconv":
+        S = bundle.input_size
+        h2, w2 = max(S, round(H * S / tile)), max(S, round(W * S / tile))
+        check_fullconv(bundle, h2, w2, n_targets, (H, W))
+        return
+    cost = tiling_cost(bundle, shape, itemsize, tile, stride, batch_size, n_targets, lazy, chunk,
+                       f=blend_factor(tile, stride))
+    check_tiling(cost, shape, tile, stride, batch_size, bundle.input_size)
 
 
 def iter_tiled_heatmaps(
@@ -326,21 +371,13 @@ def iter_tiled_heatmaps(
         one streaming pass over it, block by block, which giving the range skips).
     chunk : output chunk size for dask inputs.
     """
+    check_bundle(bundle, "tiled_heatmaps")
     method = canonical_method(method)
     image = _as_array_like(image)  # numpy stays numpy; dask, zarr... stay unloaded
-    shape, _ = _check_large_image(image)
+    shape, dtype = _check_large_image(image)
     H, W = shape[:2]
     is_dask = _is_lazy(image)
-    if mode not in ("tiles", "fullconv"):
-        raise GradCamError(f"Unknown tiling mode {mode!r}; choose 'tiles' or 'fullconv'.")
-    tile = int(tile or bundle.input_size)
-    if not 8 <= tile <= MAX_TILE:
-        raise GradCamError(f"Tiles must be between 8 and {MAX_TILE} pixels, not {tile}.")
-    if not 0 <= overlap <= 0.95:
-        raise GradCamError(f"Overlap must be between 0 and 0.95, not {overlap}.")
-    if batch_size < 1:
-        raise GradCamError(f"batch_size must be at least 1, not {batch_size}.")
-    stride = max(1, int(round(tile * (1 - overlap))))
+    tile, stride, batch_size, chunk = _check_arguments(bundle, tile, overlap, batch_size, chunk, mode)
     targets, topk = _resolve_classes(bundle, classes, lazy=is_dask)
     # results too large for memory are computed lazily, chunk by chunk (never an out-of-memory crash)
     too_big = H * W > MAX_PIXELS or 2 * 4 * len(targets) * H * W > IN_MEMORY_BYTES
@@ -361,6 +398,8 @@ def iter_tiled_heatmaps(
         # name=False: no hashing of the data; _Window: from_array would copy a numpy array whole
         image = da.from_array(_Window(image), chunks=(step, step) + tuple(shape[2:]), name=False)
         is_dask = True
+    _check_cost(bundle, mode, shape, dtype.itemsize, tile, stride, batch_size, len(targets),
+                is_dask and not (H <= chunk and W <= chunk), chunk)
     if not is_dask and not isinstance(image, np.ndarray):
         image = np.asarray(image)  # a small zarr / h5py array
     if value_range_ is None:
@@ -404,7 +443,7 @@ def iter_tiled_heatmaps(
         columns = [int(i) for i in np.argsort(-probs.mean(axis=0), kind="stable")[:topk]]
         targets = [targets[i] for i in columns]
     heat, prob = _blend(probs[:, targets], maps[:, columns], corners, (0, Hp, 0, Wp), tile, f)
-    return TiledHeatmaps(_to_pixels(heat, f)[:, :H, :W], _to_pixels(prob, f)[:, :H, :W],
+    return TiledHeatmaps(_to_pixels(heat, f, (H, W)), _to_pixels(prob, f, (H, W)),
                          [bundle.classes[i] for i in targets], targets, total, tile, stride, method, "tiles",
                          {"blend_step": f})
 
