@@ -395,6 +395,27 @@ def check_input_size(name: str, in_channels: int, input_size: int) -> None:
     raise GradCamError(f"{canonical} cannot take {input_size}-pixel inputs ({near} works); choose another input_size.")
 
 
+def pretrained_weights_file(name: str) -> Path | None:
+    """Where the ImageNet weights of architecture ``name`` would be in the torch hub cache (the file
+    may not exist); None when it has none (simple_cnn, timm models: give their file instead)."""
+    canonical = canonical_name(name)
+    arch = ARCHITECTURES.get(canonical)
+    if arch is not None:
+        return imagenet_weights_path(arch) if arch.weights_enum else None
+    if canonical.startswith("torchvision:"):
+        from .tv_models import weights_path
+
+        return weights_path(canonical.split(":", 1)[1])
+    return None
+
+
+def head_layer(name: str, model: "nn.Module") -> str:
+    """Dotted name of the classifier head of ``model`` (architecture ``name``): the registry's, else
+    :func:`head_name`."""
+    arch = ARCHITECTURES.get(name)
+    return arch.head if arch is not None else head_name(model)
+
+
 def first_conv_name(model: "nn.Module") -> str:
     """Dotted name of the convolution that takes the image (the patch embedding of a ViT): timm's
     ``pretrained_cfg["first_conv"]`` where it names one, else the first ``Conv2d`` registered."""

@@ -153,10 +153,22 @@ def _build_and_fill(path: Path, config: ModelConfig, tensors: dict) -> "nn.Modul
     model = models.build_network(config.architecture, len(config.classes), config.in_channels,
                                  input_size=config.input_size)
     try:
-        model.load_state_dict(tensors, strict=True)
+        model.load_state_dict(_with_versions(tensors, model), strict=True)
     except RuntimeError as e:
         raise diagnose.fit_error(path, config, e) from None
     return model.eval()
+
+
+def _with_versions(tensors: dict, model: "nn.Module") -> dict:
+    """``tensors`` with the module versions ``load_state_dict`` reads (MNASNet refuses weights without
+    them); safetensors files do not keep them, so they are the versions of the code that loads them."""
+    from collections import OrderedDict
+
+    if getattr(tensors, "_metadata", None) is not None:
+        return tensors
+    out = OrderedDict(tensors)
+    out._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
+    return out
 
 
 def _finish(path: Path, bundle: ModelBundle) -> ModelBundle:
@@ -262,7 +274,7 @@ def _into_module(path: Path, module: "nn.Module", config: ModelConfig, tensors: 
     if not isinstance(module, nn.Module):
         raise ModelFileError(f"module must be a torch.nn.Module, not {type(module).__name__}.")
     try:
-        module.load_state_dict(tensors, strict=True)
+        module.load_state_dict(_with_versions(tensors, module), strict=True)
     except RuntimeError as e:
         raise diagnose.fit_error(path, ModelConfig(type(module).__name__, config.classes, config.in_channels,
                                                    config.input_size), e) from None
@@ -326,7 +338,7 @@ def _from_onnx_bundle(path: Path, config: ModelConfig, tensors: dict) -> ModelBu
     net, _ = convert(data, path.name)
     if tensors:  # weights changed after the conversion (fine-tuned)
         try:
-            net.load_state_dict(tensors, strict=True)
+            net.load_state_dict(_with_versions(tensors, net), strict=True)
         except RuntimeError as e:
             raise diagnose.fit_error(path, config, e) from None
     return _finish(path, ModelBundle(net, config, [], data))

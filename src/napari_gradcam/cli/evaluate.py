@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ._common import PROG, GradCamError, _fmt_kw, _load, _image, _tqdm, _expand_paths, add_device, add_quiet
+from ._common import PROG, GradCamError, _fmt_kw, _load, _image, _tqdm, _expand_paths, add_device, add_quiet, add_model_options
 
 
 def cmd_evaluate(args) -> int:
@@ -16,7 +16,7 @@ def cmd_evaluate(args) -> int:
     from ..metrics import classification_report, format_report, plot_report, save_report
     from ..train import evaluate_model
 
-    bundle = _load(args.model, args.device)
+    bundle = _load(args)
     data = scan_folder(args.data_dir, csv=args.csv, group_pattern=None, classes=bundle.classes)
     if not data.items:
         bad = [f for files in data.unreadable_classes.values() for f in files]
@@ -85,7 +85,7 @@ def cmd_predict(args) -> int:
     from ..errors import ImageError
     from ..inference import predict
 
-    bundle = _load(args.model, args.device)
+    bundle = _load(args)
     files, skipped = _expand_paths(args.paths)
     if not files:
         raise GradCamError(f"No image files were found in {', '.join(args.paths)}"
@@ -147,6 +147,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
     add_device(p)
     add_quiet(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_evaluate)
 
     # predict
@@ -165,5 +166,6 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32, metavar="N")
     add_device(p)
     add_quiet(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_predict)
 

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._common import PROG, _fmt_kw, _load, _image, _write_tiff, overlay_rgb, classes_overlay_rgb, _write_png, _tqdm, add_device, add_quiet, add_shifts
+from ._common import PROG, _fmt_kw, _load, _image, _write_tiff, overlay_rgb, classes_overlay_rgb, _write_png, _tqdm, add_device, add_quiet, add_shifts, add_model_options
 
 
 def cmd_explain(args) -> int:
@@ -14,7 +14,7 @@ def cmd_explain(args) -> int:
 
     from ..engine import explain
 
-    bundle = _load(args.model, args.device)
+    bundle = _load(args)
     image = _image(args.image)
     target = args.target
     if target is not None and target.lstrip("-").isdigit() and target not in bundle.classes:
@@ -46,7 +46,7 @@ def cmd_tile(args) -> int:
 
     from ..engine import iter_tiled_heatmaps
 
-    bundle = _load(args.model, args.device)
+    bundle = _load(args)
     image = _image(args.image)
     classes = None
     if args.classes:
@@ -103,7 +103,7 @@ def cmd_localize(args) -> int:
             bar.total = total
             bar.update(done - bar.n)
 
-    report = localize_folder(args.model, args.images_dir, args.masks_dir, methods=args.method,
+    report = localize_folder(_load(args), args.images_dir, args.masks_dir, methods=args.method,
                              json_path=args.json, curves=args.curves, target=args.target, progress=progress,
                              device=args.device, tolerance=args.tolerance, level=args.level, shifts=args.shifts)
     if bar is not None:
@@ -139,6 +139,7 @@ def register(sub) -> None:
     p.add_argument("--colormap", default="inferno", help="matplotlib colormap of the overlay (inferno, turbo, jet, ...)")
     p.add_argument("--alpha", type=float, default=0.5, metavar="A", help="overlay opacity of the heatmap")
     add_device(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_explain)
 
     # tile
@@ -164,6 +165,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="tiles per forward pass")
     add_device(p)
     add_quiet(p)
+    add_model_options(p, classes_flag=False)
     p.set_defaults(func=cmd_tile)
 
     # localize
@@ -191,5 +193,6 @@ def register(sub) -> None:
     add_shifts(p)
     add_device(p)
     add_quiet(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_localize)
 
