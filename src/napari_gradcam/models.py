@@ -532,17 +532,22 @@ def default_normalisation(name: str, in_channels: int, pretrained: bool = False,
 
 
 def default_layer(model: "nn.Module", in_channels: int, input_size: int) -> str:
-    """The default Grad-CAM layer of any classifier: the last layer with a spatial output
-    (:func:`~napari_gradcam.engine.discover.default_target_layer`); for a vision transformer, whose only
-    spatial output is the patch embedding, the first LayerNorm of its last block (``...ln_1`` /
-    ``...norm1``), whose tokens the class token still attends to.  "" when there is neither.
+    """The default Grad-CAM layer of any classifier: the last layer whose output is a square feature map
+    (B, K, h, h) with h > 1, traced on one image (:func:`~napari_gradcam.engine.discover.trace_calls`;
+    a container is named rather than its last child).  Square maps of a square input tell channels-first
+    maps from channels-last ones (B, H, W, C) and from attention tensors (B, heads, tokens, dim).  For a
+    vision transformer, whose only such map is the patch embedding, it is the first LayerNorm of the last
+    block (``...ln_1`` / ``...norm1``), whose tokens the class token still attends to.  "" if neither.
     """
-    from .engine.discover import default_target_layer
+    from torch import nn
 
-    try:
-        layer = default_target_layer(model, in_channels, input_size)
-    except LayerError:
-        layer = ""
+    from .engine.discover import trace_calls
+
+    calls, _ = trace_calls(model, in_channels, input_size)
+    pools = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+    maps = [c.name for c in calls if getattr(c.output, "ndim", 0) == 4 and not isinstance(c.module, pools)
+            and c.output.shape[-1] == c.output.shape[-2] > 1]
+    layer = maps[-1] if maps else ""
     if not layer or layer == first_conv_name(model):
         norms = [n for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in ("ln_1", "norm1")]
         if norms:

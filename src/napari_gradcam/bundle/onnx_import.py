@@ -112,25 +112,48 @@ def _tidy(model) -> bool:
 
 
 def convert(data: bytes, name: str) -> tuple["nn.Module", OnnxInfo]:
-    """The torch module (a ``torch.fx.GraphModule``, eval mode) that computes what the ONNX model does."""
-    import warnings
+    """The torch module (a ``torch.fx.GraphModule``, eval mode) that computes what the ONNX model does.
 
-    from onnx2torch import convert as onnx2torch_convert
-
+    Operator versions newer than onnx2torch knows are first converted down (ONNX's version converter,
+    to opset 17, else 13).
+    """
     model = parse(data, name)
     info = describe(model, name)
     info.softmax_removed = _tidy(model)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module = onnx2torch_convert(model)
+        module = _convert(model)
     except NotImplementedError as e:
-        raise ModelFileError(f"{name} uses an ONNX operation onnx2torch cannot convert ({first_line(e, 160)}).") \
-            from None
+        module = _convert_older(model, name, e)
     except Exception as e:  # noqa: BLE001 - the converter raises many types on graphs it cannot read
-        raise ModelFileError(f"{name} could not be converted to PyTorch ({type(e).__name__}: "
-                             f"{first_line(e, 160)}).") from None
+        raise _unconvertible(name, e) from None
     return module.eval(), info
+
+
+def _convert(model) -> "nn.Module":
+    import warnings
+
+    from onnx2torch import convert as onnx2torch_convert
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return onnx2torch_convert(model)
+
+
+def _convert_older(model, name: str, first_error: Exception) -> "nn.Module":
+    from onnx import version_converter
+
+    for opset in (17, 13):
+        try:
+            return _convert(version_converter.convert_version(model, opset))
+        except Exception:  # noqa: BLE001 - try the next opset, then report the first error
+            continue
+    raise _unconvertible(name, first_error) from None
+
+
+def _unconvertible(name: str, e: Exception) -> ModelFileError:
+    if isinstance(e, NotImplementedError):
+        return ModelFileError(f"{name} uses an ONNX operation onnx2torch cannot convert ({first_line(e, 160)}).")
+    return ModelFileError(f"{name} could not be converted to PyTorch ({type(e).__name__}: {first_line(e, 160)}).")
 
 
 def fingerprint(module: "nn.Module") -> str:
