@@ -538,14 +538,19 @@ def default_layer(model: "nn.Module", in_channels: int, input_size: int) -> str:
     maps from channels-last ones (B, H, W, C) and from attention tensors (B, heads, tokens, dim).  For a
     vision transformer, whose only such map is the patch embedding, it is the first LayerNorm of the last
     block (``...ln_1`` / ``...norm1``), whose tokens the class token still attends to.  "" if neither.
+    Layers from the head on (:func:`head_name`; SqueezeNet's head is a convolution), global pooling,
+    identity and dropout layers (which pass a map on unchanged) are left out.
     """
     from torch import nn
 
     from .engine.discover import trace_calls
 
     calls, _ = trace_calls(model, in_channels, input_size)
-    pools = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-    maps = [c.name for c in calls if getattr(c.output, "ndim", 0) == 4 and not isinstance(c.module, pools)
+    head = head_name(model) if any(isinstance(m, (nn.Linear, nn.Conv2d)) for m in model.modules()) else None
+    ends = [i for i, c in enumerate(calls) if c.name == head]
+    calls = calls[: ends[0]] if ends else calls  # maps after a convolutional head (SqueezeNet) are class maps
+    passed = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Identity, nn.modules.dropout._DropoutNd)
+    maps = [c.name for c in calls if getattr(c.output, "ndim", 0) == 4 and not isinstance(c.module, passed)
             and c.output.shape[-1] == c.output.shape[-2] > 1]
     layer = maps[-1] if maps else ""
     if not layer or layer == first_conv_name(model):
