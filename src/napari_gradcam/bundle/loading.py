@@ -314,7 +314,7 @@ def _from_onnx_file(path: Path, request: dict, module) -> ModelBundle:
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if c == 3 else ([0.449], [0.226])
         notes.append(f"{path.name} does not say how its inputs were normalised; using ImageNet's: mean "
                      f"{_numbers(mean)}, std {_numbers(std)} (give --mean/--std, or mean=/std=, if it was trained "
-                     "otherwise; mean 0 and std 0.00392 feed 0-255 pixel values).")
+                     "otherwise; mean 0 and std 0.0039216 feed a 0-255 range).")
     bundle = wrap_model(net, [str(k) for k in classes], s, c, mean, std, architecture="onnx")
     bundle.config.origin = {"input": info.input_name, "softmax_removed": info.softmax_removed,
                             "weights_sha256": fingerprint(net)}
