@@ -117,6 +117,11 @@ def convert(data: bytes, name: str) -> tuple["nn.Module", OnnxInfo]:
     Operator versions newer than onnx2torch knows are first converted down (ONNX's version converter,
     to opset 17, else 13).
     """
+    import warnings
+
+    # onnx2torch's Slice indexes with a list, which torch warns about on every forward pass
+    warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing",
+                            category=UserWarning, module=r"onnx2torch\.")
     model = parse(data, name)
     info = describe(model, name)
     info.softmax_removed = _tidy(model)
