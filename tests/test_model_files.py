@@ -21,6 +21,7 @@ from torch import nn
 import napari_gradcam as ng
 from napari_gradcam.bundle import FORMAT
 from napari_gradcam.cli import main
+from napari_gradcam.cli._common import _image as read_image
 from napari_gradcam.errors import ModelFileError
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
@@ -59,7 +60,7 @@ def test_state_dict_through_the_command_line(work, tmp_path, capsys):
     assert len(notes) == 1 and "r18.pt" in notes[0] and "ImageNet" in notes[0] and "0.485" in notes[0]
     row = next(csv.DictReader(open(csv_path)))
     expected = ng.predict(ng.load_model(pt, architecture="resnet18", classes=CLASSES, input_size=32, device="cpu",
-                                        mean=IMAGENET[0], std=IMAGENET[1]), ng.cli._common._image(str(img)))
+                                        mean=IMAGENET[0], std=IMAGENET[1]), read_image(str(img)))
     assert float(row["p_NORMAL"]) == pytest.approx(float(expected[0]), abs=1e-5)
     # explain
     heat = tmp_path / "h.tif"

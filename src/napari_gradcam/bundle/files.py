@@ -20,13 +20,13 @@ import os
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from .. import models
 from ..errors import GradCamError, ModelFileError
 from . import diagnose
-from .core import IMAGENET_MEAN, IMAGENET_STD, ModelBundle, ModelConfig, wrap_model
-from .diagnose import brief, shown
+from .core import ModelBundle, ModelConfig
+from .diagnose import shown
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -90,7 +90,7 @@ def _with_onnx_graph(bundle: ModelBundle, tensors: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- read
-def _is_safetensors(path: Path) -> bool:
+def is_safetensors(path: Path) -> bool:
     """True if the file starts like a safetensors file (8-byte header length, then '{')."""
     with open(path, "rb") as f:
         head = f.read(9)
@@ -100,7 +100,7 @@ def _is_safetensors(path: Path) -> bool:
     return 2 <= n <= path.stat().st_size - 8
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
+def read_safetensors(path: Path) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
@@ -113,7 +113,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, "torch.Tensor"], dict[str, 
     return tensors, metadata
 
 
-def _read_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
+def read_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
     """A plain state dict through ``torch.load(weights_only=True)``; code-carrying pickles are refused."""
     import pickle
     import warnings
@@ -143,7 +143,7 @@ def _read_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
     return obj
 
 
-def _config_from_metadata(path: Path, metadata: dict[str, str]) -> ModelConfig | None:
+def config_from_metadata(path: Path, metadata: dict[str, str]) -> ModelConfig | None:
     if metadata.get("format") != FORMAT:
         return None
     try:

@@ -23,7 +23,6 @@ from .core import IMAGENET_MEAN, IMAGENET_STD, ModelBundle, ModelConfig, wrap_mo
 from .diagnose import brief, shown
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
     from torch import nn
 
 
@@ -72,13 +71,13 @@ def _load(path: Path, request: dict, module: "nn.Module | None") -> ModelBundle:
     if path.suffix.lower() == ".onnx":
         return _from_onnx_file(path, request, module)
     config: ModelConfig | None = None
-    if files._is_safetensors(path):
-        tensors, metadata = files._read_safetensors(path)
-        config = files._config_from_metadata(path, metadata)
+    if files.is_safetensors(path):
+        tensors, metadata = files.read_safetensors(path)
+        config = files.config_from_metadata(path, metadata)
     elif path.suffix == ".safetensors":
         raise ModelFileError(f"{path.name} is not a readable .safetensors file (truncated or corrupted header).")
     else:
-        tensors = files._read_state_dict(path)
+        tensors = files.read_state_dict(path)
     if config is None:
         return _from_bare_weights(path, tensors, request, module)
     _check_agrees(path, config, request)
@@ -107,7 +106,7 @@ def _check_agrees(path: Path, config: ModelConfig, request: dict) -> None:
         except GradCamError:
             same = False
         if not same:
-            raise ModelFileError(f"{path.name} is a architecture={config.architecture} model, not {given}.")
+            raise ModelFileError(f"{path.name} holds a {config.architecture} model, not {given}.")
     for name in ("in_channels", "input_size"):
         if request[name] is not None and int(request[name]) != getattr(config, name):
             raise ModelFileError(f"{path.name} is a {name}={getattr(config, name)} model, not {request[name]}.")
