@@ -209,3 +209,9 @@ def test_refused_protocol_4_pickle_is_called_code_even_unnamed(tmp_path):
     path.write_bytes(pickle.dumps({"w": _Evil()}, protocol=4))
     with pytest.raises(ModelFileError, match="could run code"):
         ng.load_model(path, architecture="simple_cnn", classes=CLASSES)
+
+
+def test_module_without_convolutions_wraps_with_no_default_layer():
+    """Pixel attributions still work on an MLP; layer methods then ask for a layer."""
+    b = ng.wrap_model(nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2)), CLASSES, input_size=16)
+    assert b.target_layer == "" and ng.predict(b, np.zeros((16, 16, 3), np.float32)).shape == (2,)

@@ -553,7 +553,7 @@ def default_layer(model: "nn.Module", in_channels: int, input_size: int) -> str:
     maps = [c.name for c in calls if getattr(c.output, "ndim", 0) == 4 and not isinstance(c.module, passed)
             and c.output.shape[-1] == c.output.shape[-2] > 1]
     layer = maps[-1] if maps else ""
-    if not layer or layer == first_conv_name(model):
+    if not layer or (any(isinstance(m, nn.Conv2d) for m in model.modules()) and layer == first_conv_name(model)):
         norms = [n for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in ("ln_1", "norm1")]
         if norms:
             return norms[-1]
