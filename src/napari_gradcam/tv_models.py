@@ -52,9 +52,9 @@ def check_input_size(name: str, input_size: int) -> None:
         near = max(patch, round(input_size / patch) * patch)
         raise GradCamError(f"{name} needs an input_size that is a multiple of its {patch}-pixel patches "
                            f"(e.g. {near} or 224), not {input_size}.")
-    if name.startswith("maxvit") and input_size % 224 and input_size % 32:  # 32 * partition 7 = 224
-        raise GradCamError(f"{name} needs an input_size whose feature maps divide into 7 x 7 windows "
-                           f"(224 or 448), not {input_size}.")
+    if name.startswith("maxvit") and input_size % 224:  # every stage's map (1/4 .. 1/32) in 7 x 7 windows
+        raise GradCamError(f"{name} needs an input_size that is a multiple of 224 (its feature maps divide into "
+                           f"7 x 7 windows), not {input_size}.")
 
 
 def _constructor_kwargs(name: str, input_size: int) -> dict:
@@ -84,11 +84,16 @@ def build(name: str, n_classes: int, in_channels: int, input_size: int,
     check_input_size(name, input_size)
     kwargs = _constructor_kwargs(name, input_size)
     builder = tvm.get_model_builder(name)
+    try:
+        model = builder(weights=None, **kwargs) if pretrained else builder(weights=None, num_classes=n_classes,
+                                                                           **kwargs)
+    except (ValueError, AssertionError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise GradCamError(f"torchvision's {name} cannot be built for {input_size}-pixel inputs ({first}).") \
+            from None
     if not pretrained:
-        model = builder(weights=None, num_classes=n_classes, **kwargs)
         adapt_first_conv(model, in_channels)
         return model
-    model = builder(weights=None, **kwargs)
     _load_imagenet(model, name, input_size, pretrained)
     replace_head(model, n_classes)
     adapt_first_conv(model, in_channels, keep_weights=True)
