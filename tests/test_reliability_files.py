@@ -331,18 +331,18 @@ def test_failures_in_a_row_then_a_good_load(saved, probe, tmp_path):
 
 def test_huge_class_list_is_refused_before_building_the_network(saved, tmp_path, monkeypatch):
     """Metadata naming 300,000 classes must not allocate a 300,000-way head first."""
-    import napari_gradcam.bundle as bundle_module
+    import napari_gradcam.models as models_module
 
     bundle, good = saved
     path = CASES["huge-class-list"].make(Ctx(tmp_path, tmp_path / "m", bundle, good))
-    real = bundle_module.build_network
+    real = models_module.build_network
     built = []
 
     def spy(arch, n_classes, *args, **kwargs):
         built.append((n_classes, str(torch.empty(0).device)))
         return real(arch, n_classes, *args, **kwargs)
 
-    monkeypatch.setattr(bundle_module, "build_network", spy)
+    monkeypatch.setattr(models_module, "build_network", spy)
     with pytest.raises(ModelFileError):
         ng.load_model(path, device="cpu")
     assert built and all(dev == "meta" for _, dev in built), built

@@ -1,16 +1,20 @@
-"""Architecture registry: build classifiers by name, know their target layers.
+"""Architectures by name: our simple_cnn, every torchvision classifier, timm models.
 
-Every architecture is a torchvision model (or our small ``simple_cnn``) whose
-classification head is replaced for the class count and whose first convolution
-is adapted to 1 or 3 input channels.  Each knows
+Nine architectures are registered (a fast path that knows their layers without tracing); any other
+torchvision classification model is ``torchvision:NAME`` (:mod:`.tv_models`) and a timm model
+``timm:NAME`` (:mod:`.timm_models`).  Each is built with its head sized for the class count and its
+first convolution (or patch embedding) adapted to 1 or 3 input channels.  Registered ones know
 
 * ``target_layer``: the default layer for Grad-CAM (the last convolutional block);
 * ``cam``: where the global-average-pooling + linear head is, if it has one
   (CAM is defined only for those heads).
+
+For the others both are found from the module (:mod:`napari_gradcam.engine.discover`).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import warnings
 from dataclasses import dataclass
@@ -103,19 +107,42 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
-def list_architectures() -> list[str]:
-    """Names accepted by :func:`build_model`, in a stable order."""
-    return list(ARCHITECTURES)
+def list_architectures(all: bool = False) -> list[str]:  # noqa: A002 - the natural keyword
+    """Names accepted by :func:`build_model`, in a stable order.
+
+    The registered nine by default; with ``all=True`` also every other torchvision classifier
+    (common ones first, then alphabetically).  Any timm model is accepted as ``timm:NAME`` too.
+    """
+    names = list(ARCHITECTURES)
+    if not all:
+        return names
+    from . import tv_models
+
+    others = [n for n in tv_models.classifiers() if n not in ARCHITECTURES]
+    common = [n for n in tv_models.COMMON if n in others]
+    return names + common + [n for n in others if n not in common]
 
 
 def get_architecture(name: str) -> Architecture:
-    """The :class:`Architecture` called ``name``, or a clear error naming the valid ones."""
+    """The registered :class:`Architecture` called ``name``, or a clear error naming the valid ones."""
     key = name.strip().lower().replace("-", "_")
     if key not in ARCHITECTURES:
-        raise GradCamError(
-            f"Unknown architecture {name!r}; choose one of: {', '.join(ARCHITECTURES)}."
-        )
+        raise GradCamError(_unknown(name))
     return ARCHITECTURES[key]
+
+
+def _unknown(name: str) -> str:
+    """One sentence for an architecture name nobody knows, with near names."""
+    try:
+        from . import tv_models
+
+        known = list(ARCHITECTURES) + [n for n in tv_models.classifiers() if n not in ARCHITECTURES]
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        known = list(ARCHITECTURES)
+    near = difflib.get_close_matches(str(name).strip().lower(), known, n=3)
+    hint = f" (did you mean {', '.join(near)}?)" if near else ""
+    return (f"Unknown architecture {name!r}{hint}; choose simple_cnn, a torchvision classifier such as resnet18 or "
+            "convnext_tiny (list_architectures(all=True) lists them), or timm:NAME.")
 
 
 #: architectures that are not in the registry: a module handed over in Python, an ONNX graph, and
@@ -131,6 +158,32 @@ def find_architecture(name: str) -> Architecture | None:
     if isinstance(name, str) and (name in EXTERNAL_NAMES or name.startswith(EXTERNAL_PREFIXES)):
         return None
     return get_architecture(name)
+
+
+def canonical_name(name: str) -> str:
+    """The name a bundle records: a registered name (``resnet18``), ``torchvision:NAME`` for every other
+    torchvision classifier (given with or without the prefix), ``timm:NAME``, ``custom`` or ``onnx``.
+
+    Raises GradCamError for a name none of these know.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise GradCamError(f"architecture must be a name, not {name!r}.")
+    raw = name.strip()
+    if raw in EXTERNAL_NAMES:
+        return raw
+    if raw.lower().startswith("timm:"):
+        model = raw[len("timm:"):].strip()
+        if not model:
+            raise GradCamError("timm: needs a model name after it, e.g. timm:resnet18.")
+        return "timm:" + model
+    key = raw.lower().removeprefix("torchvision:").strip().replace("-", "_")
+    if key in ARCHITECTURES:
+        return key
+    from . import tv_models
+
+    if key in tv_models.classifiers():
+        return "torchvision:" + key
+    raise GradCamError(_unknown(raw))
 
 
 # ----------------------------------------------------------------------------- modules by name
@@ -238,55 +291,273 @@ def build_network(
     n_classes: int,
     in_channels: int = 1,
     pretrained: bool | str | os.PathLike = False,
+    input_size: int = 224,
 ) -> "nn.Module":
     """A bare ``nn.Module`` for architecture ``name``.
 
     Parameters
     ----------
     name : str
-        One of :func:`list_architectures`.
+        A registered name (:func:`list_architectures`), any torchvision classifier (``convnext_tiny``
+        or ``torchvision:convnext_tiny``) or ``timm:NAME``.
     n_classes : int
-        Output size of the new head (logits).
+        Output size of the head (logits).
     in_channels : int
         1 (grayscale) or 3 (RGB). For 1 channel, the first convolution takes 1 channel;
         with ImageNet weights its kernels are the sum over the RGB kernels.
     pretrained : bool or path
         ``True``: torchvision's ImageNet weights from the torch hub cache; a path: a local
-        state-dict file of the 3-channel, 1000-class torchvision model. Never downloads.
+        state-dict file of the 3-channel, 1000-class model. Never downloads.
+    input_size : int
+        The input side in pixels; only constructors that fix it use it (ViT, MaxViT, timm ViTs).
     """
-    from torch import nn
-
-    arch = get_architecture(name)
     if in_channels not in (1, 3):
         raise GradCamError(f"in_channels must be 1 (grayscale) or 3 (RGB), not {in_channels}.")
     if n_classes < 2:
         raise GradCamError(f"A classifier needs at least 2 classes, not {n_classes}.")
+    canonical = canonical_name(name)
+    if canonical.startswith("torchvision:"):
+        from . import tv_models
+
+        return tv_models.build(canonical.split(":", 1)[1], n_classes, in_channels, int(input_size), pretrained)
+    if canonical.startswith("timm:"):
+        from . import timm_models
+
+        return timm_models.build(canonical.split(":", 1)[1], n_classes, in_channels, int(input_size), pretrained)
+    if canonical in EXTERNAL_NAMES:
+        raise GradCamError(f"A {canonical} model is not built by name: load its file with load_model"
+                           + (" and give module=..." if canonical == "custom" else "") + ".")
+    arch = get_architecture(canonical)
     if arch.torchvision_name is None:
         if pretrained:
             raise GradCamError("simple_cnn has no ImageNet weights; it trains from scratch.")
         return _simple_cnn(n_classes, in_channels)
 
-    import torch
     import torchvision.models as tvm
 
     model = getattr(tvm, arch.torchvision_name)(weights=None)
     if pretrained:
         _load_pretrained(model, arch, pretrained)
-    old_head = get_module(model, arch.head)
-    set_module(model, arch.head, nn.Linear(old_head.in_features, n_classes))
-    if in_channels != 3:
-        old = get_module(model, arch.first_conv)
-        new = nn.Conv2d(
-            in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
-            old.dilation, old.groups, old.bias is not None, old.padding_mode,
-        )
-        if pretrained:
-            with torch.no_grad():
-                new.weight.copy_(old.weight.sum(dim=1, keepdim=True))
-                if old.bias is not None:
-                    new.bias.copy_(old.bias)
-        set_module(model, arch.first_conv, new)
+    replace_head(model, n_classes, arch.head)
+    adapt_first_conv(model, in_channels, keep_weights=bool(pretrained), name=arch.first_conv)
     return model
+
+
+_PROBE_SIZES = (16, 24, 32, 48, 64, 75, 96, 128, 160, 192, 224, 256, 299, 320, 384, 448, 512)
+
+
+def check_input_size(name: str, in_channels: int, input_size: int) -> None:
+    """Refuse, in one sentence naming a size that works, an input size the network cannot take.
+
+    Registered architectures know their minimum; others are tried on the meta device (no memory, no
+    arithmetic): one forward pass of a zero image, and on failure a few sizes to name the smallest that
+    works.  Networks that cannot be built on the meta device are not checked here.
+    """
+    import torch
+
+    canonical = canonical_name(name)
+    if canonical in ARCHITECTURES:
+        arch = ARCHITECTURES[canonical]
+        if input_size < arch.min_input_size:
+            raise GradCamError(f"{arch.name} needs an input_size of at least {arch.min_input_size} pixels, "
+                               f"not {input_size}.")
+        return
+    if canonical.startswith("torchvision:"):
+        from .tv_models import check_input_size as check_constructor
+
+        check_constructor(canonical.split(":", 1)[1], input_size)
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = build_network(canonical, 2, in_channels, input_size=input_size).eval()
+    except GradCamError:
+        raise
+    except Exception:  # noqa: BLE001 - e.g. RegNet's constructor computes on tensors; checked when run
+        return
+
+    def works(size: int) -> bool:
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model(torch.zeros(1, in_channels, size, size, device="meta"))
+            return True
+        except Exception:  # noqa: BLE001 - any failure means "not at this size"
+            return False
+
+    if works(input_size) or any(k in canonical for k in ("vit", "swin", "deit", "beit", "eva")):
+        return  # transformers fix their size in the constructor: a real pass decides
+    sizes = [s for s in _PROBE_SIZES if works(s)]
+    if not sizes:
+        return  # the meta device cannot run this network: a real pass decides
+    if sizes[0] > input_size:
+        raise GradCamError(f"{canonical} needs an input_size of at least {sizes[0]} pixels, not {input_size}.")
+    near = min(sizes, key=lambda s: abs(s - input_size))
+    raise GradCamError(f"{canonical} cannot take {input_size}-pixel inputs ({near} works); choose another input_size.")
+
+
+def pretrained_weights_file(name: str) -> Path | None:
+    """Where the ImageNet weights of architecture ``name`` would be in the torch hub cache (the file
+    may not exist); None when it has none (simple_cnn, timm models: give their file instead)."""
+    canonical = canonical_name(name)
+    arch = ARCHITECTURES.get(canonical)
+    if arch is not None:
+        return imagenet_weights_path(arch) if arch.weights_enum else None
+    if canonical.startswith("torchvision:"):
+        from .tv_models import weights_path
+
+        return weights_path(canonical.split(":", 1)[1])
+    return None
+
+
+def head_layer(name: str, model: "nn.Module") -> str:
+    """Dotted name of the classifier head of ``model`` (architecture ``name``): the registry's, else
+    :func:`head_name`."""
+    arch = ARCHITECTURES.get(name)
+    return arch.head if arch is not None else head_name(model)
+
+
+def first_conv_name(model: "nn.Module") -> str:
+    """Dotted name of the convolution that takes the image (the patch embedding of a ViT): timm's
+    ``pretrained_cfg["first_conv"]`` where it names one, else the first ``Conv2d`` registered."""
+    from torch import nn
+
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    named = cfg.get("first_conv") if isinstance(cfg, dict) else None
+    if isinstance(named, str):
+        try:
+            if isinstance(model.get_submodule(named), nn.Conv2d):
+                return named
+        except AttributeError:
+            pass
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return name
+    raise GradCamError("The model has no 2D convolution to take the image.")
+
+
+def head_name(model: "nn.Module") -> str:
+    """Dotted name of the classifier head: the last ``Linear`` registered, else the last ``Conv2d``
+    (SqueezeNet's 1 x 1 convolution)."""
+    from torch import nn
+
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if linears:
+        return linears[-1]
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise GradCamError("The model has no linear or convolutional layer to act as its head.")
+    return convs[-1]
+
+
+def replace_head(model: "nn.Module", n_classes: int, name: str | None = None) -> None:
+    """Put a new head with ``n_classes`` outputs where the old one (``name`` or :func:`head_name`) was."""
+    from torch import nn
+
+    name = name or head_name(model)
+    old = get_module(model, name)
+    if isinstance(old, nn.Linear):
+        new: nn.Module = nn.Linear(old.in_features, n_classes, bias=old.bias is not None)
+    else:
+        new = nn.Conv2d(old.in_channels, n_classes, old.kernel_size, old.stride, old.padding,
+                        bias=old.bias is not None)
+    set_module(model, name, new.to(old.weight.device))
+
+
+def adapt_first_conv(model: "nn.Module", in_channels: int, keep_weights: bool = False,
+                     name: str | None = None) -> None:
+    """Make the first convolution take ``in_channels`` channels (no-op when it already does).
+
+    With ``keep_weights`` a 3 -> 1 change keeps the sum of the RGB kernels (a gray image then gives
+    what the RGB weights gave for the same image in three channels).
+    """
+    import torch
+    from torch import nn
+
+    name = name or first_conv_name(model)
+    old = get_module(model, name)
+    if old.in_channels == in_channels:
+        return
+    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation,
+                    old.groups, old.bias is not None, old.padding_mode).to(old.weight.device)
+    if keep_weights:
+        with torch.no_grad():
+            gray = old.weight.sum(dim=1, keepdim=True)  # (out, 1, kh, kw)
+            new.weight.copy_(gray if in_channels == 1 else gray.expand_as(new.weight) / in_channels)
+            if old.bias is not None:
+                new.bias.copy_(old.bias)
+    set_module(model, name, new)
+
+
+def channels_in_weights(name: str, tensors: dict) -> int | None:
+    """The input channel count a state dict of architecture ``name`` was trained with, read from the
+    first convolution's weight (its name found on a network built without memory); None if unknown."""
+    import torch
+
+    canonical = canonical_name(name)
+    if canonical in ARCHITECTURES:
+        first = ARCHITECTURES[canonical].first_conv
+    else:
+        try:
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                first = first_conv_name(build_network(canonical, 2, 3, input_size=224))
+        except Exception:  # noqa: BLE001 - e.g. RegNet cannot be built on the meta device
+            first = next((k[: -len(".weight")] for k, v in tensors.items()
+                          if k.endswith(".weight") and getattr(v, "ndim", 0) == 4), None)
+    weight = tensors.get(f"{first}.weight") if first else None
+    return int(weight.shape[1]) if weight is not None and weight.ndim == 4 else None
+
+
+def default_normalisation(name: str, in_channels: int, pretrained: bool = False,
+                          model: "nn.Module | None" = None) -> tuple[list[float], list[float]]:
+    """Mean and std (one per channel) the inputs of architecture ``name`` are normalised with.
+
+    timm models: their ``pretrained_cfg``; torchvision ones: ImageNet's when ``pretrained`` (the
+    weights' own), else mean 0.5, std 0.25 (what training from scratch here uses); simple_cnn the latter.
+    One channel gets the averages of the RGB values.
+    """
+    canonical = canonical_name(name)
+    if canonical.startswith("timm:") and model is not None:
+        from .timm_models import normalisation
+
+        return normalisation(model, in_channels)
+    if not pretrained or canonical in ("simple_cnn", "custom", "onnx"):
+        return [0.5] * in_channels, [0.25] * in_channels
+    from .tv_models import pretrained_normalisation
+
+    mean, std = pretrained_normalisation(canonical.split(":", 1)[-1])
+    if in_channels == 1:
+        return [round(sum(mean) / 3, 3)], [round(sum(std) / 3, 3)]
+    return mean, std
+
+
+def default_layer(model: "nn.Module", in_channels: int, input_size: int) -> str:
+    """The default Grad-CAM layer of any classifier: the last layer whose output is a square feature map
+    (B, K, h, h) with h > 1, traced on one image (:func:`~napari_gradcam.engine.discover.trace_calls`;
+    a container is named rather than its last child).  Square maps of a square input tell channels-first
+    maps from channels-last ones (B, H, W, C) and from attention tensors (B, heads, tokens, dim).  For a
+    vision transformer, whose only such map is the patch embedding, it is the first LayerNorm of the last
+    block (``...ln_1`` / ``...norm1``), whose tokens the class token still attends to.  "" if neither.
+    Layers from the head on (:func:`head_name`; SqueezeNet's head is a convolution), global pooling,
+    identity and dropout layers (which pass a map on unchanged) are left out.
+    """
+    from torch import nn
+
+    from .engine.discover import trace_calls
+
+    calls, _ = trace_calls(model, in_channels, input_size)
+    head = head_name(model) if any(isinstance(m, (nn.Linear, nn.Conv2d)) for m in model.modules()) else None
+    ends = [i for i, c in enumerate(calls) if c.name == head]
+    calls = calls[: ends[0]] if ends else calls  # maps after a convolutional head (SqueezeNet) are class maps
+    passed = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Identity, nn.modules.dropout._DropoutNd)
+    maps = [c.name for c in calls if getattr(c.output, "ndim", 0) == 4 and not isinstance(c.module, passed)
+            and c.output.shape[-1] == c.output.shape[-2] > 1]
+    layer = maps[-1] if maps else ""
+    if not layer or (any(isinstance(m, nn.Conv2d) for m in model.modules()) and layer == first_conv_name(model)):
+        norms = [n for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in ("ln_1", "norm1")]
+        if norms:
+            return norms[-1]
+    return layer
 
 
 def spatial_layers(model: "nn.Module", in_channels: int, input_size: int, max_depth: int | None = None) -> list[str]:

@@ -491,7 +491,7 @@ def train(
 
     from .bundle import build_model, load_model, resolve_device, save_model
     from .metrics import classification_report
-    from .models import get_architecture, imagenet_weights_path
+    from .models import canonical_name, head_layer, pretrained_weights_file
 
     cfg = config
     cfg.validate()
@@ -551,17 +551,18 @@ def train(
     if resumed is not None:
         bundle = resumed
     else:
-        arch = get_architecture(cfg.arch)
+        arch = canonical_name(cfg.arch)
         pretrained: bool | str = cfg.pretrained
         if isinstance(pretrained, str) and pretrained.lower() in ("auto", "true", "false", "none", ""):
             if pretrained.lower() == "auto":
-                pretrained = bool(arch.weights_enum) and imagenet_weights_path(arch).is_file()
+                weights = pretrained_weights_file(arch)
+                pretrained = weights is not None and weights.is_file()
             else:
                 pretrained = pretrained.lower() == "true"
-        bundle = build_model(arch.name, classes, cfg.in_channels, cfg.image_size, pretrained=pretrained, device=device)
+        bundle = build_model(arch, classes, cfg.in_channels, cfg.image_size, pretrained=pretrained, device=device)
         notes.append("ImageNet initialisation" if pretrained else "trained from scratch")
     model = bundle.model
-    head = get_architecture(bundle.architecture).head
+    head = head_layer(bundle.architecture, bundle.model)
     mc = bundle.config
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type in ("cpu", "cuda")
     if channels_last:

@@ -41,20 +41,39 @@ def _parse_classes(text: str) -> list[str]:
     return classes
 
 
-def _load_file(path: str, device: str, arch: str, classes: str, in_channels: int, input_size: int):
-    """Worker: load a bundle (or bare weights described by the form) and list its layers."""
+def searchable(combo) -> None:
+    """Let a QComboBox be searched by typing: matches anywhere in the name, picked from a popup."""
+    from qtpy.QtWidgets import QComboBox, QCompleter
+
+    combo.setEditable(True)
+    combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+    completer = QCompleter(combo.model(), combo)
+    completer.setFilterMode(Qt.MatchFlag.MatchContains)
+    completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+    completer.setCompletionMode(QCompleter.CompletionMode.PopupCompletion)
+    combo.setCompleter(completer)
+
+
+def _load_file(path: str, device: str, arch: str, classes: str, in_channels: int | str, input_size: int):
+    """Worker: load a bundle (or bare weights / an ONNX graph described by the form) and list its layers.
+
+    ``in_channels`` "auto" reads the channel count from the weights (or the ONNX graph)."""
     from ..bundle import load_model
 
     p = Path(path)
     bare = p.suffix.lower() in (".pt", ".pth", ".bin")
-    if not bare:
+    if not bare and p.suffix.lower() != ".onnx":
         try:
             bundle = load_model(p, device=device)
             return bundle, bundle.layers(), str(p)
         except ModelFileError as e:
             if "bare weights" not in str(e):
                 raise
-    bundle = load_model(p, architecture=arch, classes=_parse_classes(classes), in_channels=in_channels,
+    channels = None if str(in_channels) == "auto" else int(in_channels)
+    if p.suffix.lower() == ".onnx":
+        bundle = load_model(p, classes=_parse_classes(classes), in_channels=channels, device=device)
+        return bundle, bundle.layers(), str(p)
+    bundle = load_model(p, architecture=arch, classes=_parse_classes(classes), in_channels=channels,
                         input_size=input_size, device=device)
     return bundle, bundle.layers(), str(p)
 
@@ -87,6 +106,7 @@ class ModelWidget(GradCamWidget):
         from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, SpinBox
 
         from ..models import list_architectures
+        from ._compat import avoid_triton_llvm_clash
 
         lay = self.layout()
         self.info = QLabel()
@@ -96,13 +116,17 @@ class ModelWidget(GradCamWidget):
         lay.addWidget(section("Current model"))
         lay.addWidget(self.info)
 
-        self.file = FileEdit(label="file", mode="r", filter="Model files (*.safetensors *.pt *.pth *.bin)")
+        self.file = FileEdit(label="file", mode="r", filter="Model files (*.safetensors *.pt *.pth *.bin *.onnx)")
         self.file.native.setToolTip("A napari-gradcam .safetensors bundle, or a PyTorch state dict "
-                                    "(.pt/.pth: then give architecture and classes below).")
-        self.architecture = ComboBox(label="architecture", choices=list_architectures(), value="simple_cnn")
+                                    "(.pt/.pth: then give architecture and classes below), or an ONNX model "
+                                    "(.onnx: give the classes).")
+        avoid_triton_llvm_clash()  # list_architectures(all=True) imports torchvision (see _compat)
+        self.architecture = ComboBox(label="architecture", choices=list_architectures(all=True), value="simple_cnn")
+        searchable(self.architecture.native)
         self.classes = LineEdit(label="classes", value=DEFAULT_CLASSES)
         self.classes.native.setToolTip("Class names, comma separated (for building, or for bare state dicts).")
-        self.in_channels = ComboBox(label="channels", choices=[1, 3], value=1)
+        self.in_channels = ComboBox(label="channels", choices=["auto", 1, 3], value="auto")
+        self.in_channels.native.setToolTip("Input channels; 'auto' reads them from the weights (building: 1).")
         self.input_size = SpinBox(label="input size", min=16, max=4096, step=16, value=224)
         self.form = Container(widgets=[self.file, self.architecture, self.classes, self.in_channels,
                                        self.input_size], labels=True)
@@ -164,7 +188,7 @@ class ModelWidget(GradCamWidget):
             notify_error("Choose a model file first (.safetensors, .pt or .pth).")
             return None
         return self.start(_load_file, str(value), self.device.value, self.architecture.value,
-                          self.classes.value, int(self.in_channels.value), int(self.input_size.value),
+                          self.classes.value, self.in_channels.value, int(self.input_size.value),
                           on_returned=self._set_loaded, what="Loading the model")
 
     def build(self, architecture: str | None = None, classes: str | list[str] | None = None,
@@ -178,7 +202,8 @@ class ModelWidget(GradCamWidget):
             self.in_channels.value = int(in_channels)
         if input_size is not None:
             self.input_size.value = int(input_size)
-        return self.start(_build, self.architecture.value, self.classes.value, int(self.in_channels.value),
+        channels = 1 if self.in_channels.value == "auto" else int(self.in_channels.value)
+        return self.start(_build, self.architecture.value, self.classes.value, channels,
                           int(self.input_size.value), self.device.value,
                           on_returned=self._set_loaded, what="Building the model")
 
@@ -203,9 +228,13 @@ class ModelWidget(GradCamWidget):
             self.load_file()
 
     def _set_loaded(self, result) -> None:
+        from ._base import notify_info
+
         bundle, layers, source = result
         self._device_in_use = self.device.value
         self.state.set_model(bundle, source, layers)
+        for note in getattr(bundle, "notes", []):
+            notify_info(note)
 
     # ----------------------------------------------------------------- reactions
     def _layer_choices(self, _widget=None) -> list[str]:
@@ -213,12 +242,12 @@ class ModelWidget(GradCamWidget):
 
     def _sync_form(self, bundle) -> None:
         """Show the loaded model's description in the form (so "Build untrained" rebuilds its like)."""
+        name = bundle.architecture.removeprefix("torchvision:")
         with self.architecture.changed.blocked():
-            if bundle.architecture in self.architecture.choices:
-                self.architecture.value = bundle.architecture
+            if name in self.architecture.choices:
+                self.architecture.value = name
         self.classes.value = ", ".join(bundle.classes)
-        self.in_channels.value = bundle.in_channels
-        self.input_size.value = bundle.input_size
+        self.input_size.value = bundle.input_size  # channels stay as chosen ("auto": read from the next file)
 
     def _on_model_changed(self, bundle) -> None:
         if bundle is not None:

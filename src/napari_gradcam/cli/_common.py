@@ -113,10 +113,38 @@ def check_colormap(name: str) -> str:
     return name
 
 
-def _load(model: str, device: str = "auto"):
+def _load(model, device: str = "auto"):
+    """Load MODEL: a path, or the parsed arguments of a command that called :func:`add_model_options`
+    (then the options describe a bare file and what loading assumed is printed as notes)."""
     from ..bundle import load_model
 
-    return load_model(model, device=device)
+    if not isinstance(model, argparse.Namespace):
+        return load_model(model, device=device)
+    args = model
+    bundle = load_model(args.model, architecture=args.arch, classes=args.model_classes, in_channels=args.in_channels,
+                        input_size=args.input_size, device=getattr(args, "device", device), mean=args.mean,
+                        std=args.std)
+    if not getattr(args, "quiet", False):
+        for note in bundle.notes:
+            print(f"note: {note}", file=sys.stderr)
+    return bundle
+
+
+def add_model_options(p, classes_flag: bool = True) -> None:
+    """Options that describe a model file that does not describe itself (a .pt/.pth state dict, an
+    .onnx graph); :func:`_load` reads them.  ``classes_flag=False`` for a command whose --classes means
+    something else (the option is then only --model-classes)."""
+    g = p.add_argument_group("describing a bare model file (.pt/.pth state dict or .onnx)")
+    g.add_argument("--arch", metavar="NAME",
+                   help="architecture of a state dict: simple_cnn, resnet18, convnext_tiny (any torchvision "
+                        "classifier) or timm:NAME")
+    flags = ("--classes", "--model-classes") if classes_flag else ("--model-classes",)
+    g.add_argument(*flags, dest="model_classes", nargs="+", metavar="CLASS", help="the model's class names, in order")
+    g.add_argument("--in-channels", type=int, choices=(1, 3), help="input channels (default: read from the weights)")
+    g.add_argument("--input-size", type=int, metavar="N", help="input side in pixels (default 224; ONNX: the graph's)")
+    g.add_argument("--mean", type=float, nargs="+", metavar="M",
+                   help="normalisation mean per channel (default: ImageNet's for torchvision/timm/ONNX)")
+    g.add_argument("--std", type=float, nargs="+", metavar="S", help="normalisation std per channel")
 
 
 def _image(path: str):

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 from ._common import (
-    PROG, GradCamError, _expand_paths, _fmt_kw, _image, _load, _tqdm, add_device, add_quiet, atomic_write, check_outputs,
-    positive_int, shown,
+    PROG, GradCamError, _expand_paths, _fmt_kw, _image, _load, _tqdm, add_device, add_model_options, add_quiet,
+    atomic_write, check_outputs, positive_int, shown,
 )
 
 
@@ -21,7 +21,7 @@ def cmd_evaluate(args) -> int:
 
     check_outputs([(args.json, "json", "--json"), (args.plot, "plot", "--plot"), (args.predictions, "csv", "--predictions")],
                   inputs=[args.model, args.data_dir, args.csv])
-    bundle = _load(args.model, args.device)
+    bundle = _load(args)
     data = scan_folder(args.data_dir, csv=args.csv, group_pattern=None, classes=bundle.classes)
     if not data.items:
         bad = [f for files in data.unreadable_classes.values() for f in files]
@@ -98,7 +98,7 @@ def cmd_predict(args) -> int:
     from ..inference import predict
 
     check_outputs([(args.csv, "csv", "--csv")], inputs=[args.model, *args.paths])
-    bundle = _load(args.model, args.device)
+    bundle = _load(args)
     files, skipped = _expand_paths(args.paths)
     if not files:
         raise GradCamError(f"No image files were found in {', '.join(args.paths)}"
@@ -159,6 +159,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64, metavar="N")
     add_device(p)
     add_quiet(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_evaluate)
 
     # predict
@@ -177,5 +178,6 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N")
     add_device(p)
     add_quiet(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_predict)
 

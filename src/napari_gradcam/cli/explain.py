@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from ._common import (
-    PROG, _fmt_kw, _image, _load, _tqdm, add_device, add_quiet, add_shifts, atomic_write_many, check_colormap,
-    check_outputs, classes_overlay_rgb, finite_float, fraction, image_writer, non_negative_int, overlay_rgb,
-    positive_int, safe_file_names, shown, tiff_writer,
+    PROG, _fmt_kw, _image, _load, _tqdm, add_device, add_model_options, add_quiet, add_shifts, atomic_write_many,
+    check_colormap, check_outputs, classes_overlay_rgb, finite_float, fraction, image_writer, non_negative_int,
+    overlay_rgb, positive_int, safe_file_names, shown, tiff_writer,
 )
 
 
@@ -22,7 +22,7 @@ def cmd_explain(args) -> int:
                                  inputs=[args.model, args.image])
     if overlay is not None or args.colormap != "inferno":
         check_colormap(args.colormap)
-    bundle = _load(args.model, args.device)
+    bundle = _load(args)
     target = args.target
     if target is not None and target.lstrip("-").isdigit() and target not in bundle.classes:
         target = int(target)
@@ -69,7 +69,7 @@ def cmd_tile(args) -> int:
     from ..engine.budget import check_result_fits
 
     (out,) = check_outputs([(args.out, "folder", "--out")], inputs=[args.model, args.image])
-    bundle = _load(args.model, args.device)
+    bundle = _load(args)
     planned = _tile_files(out, bundle.classes)
     check_outputs([(p, "json" if p.suffix == ".json" else "image", "--out") for p in planned.values()],
                   inputs=[args.model, args.image])
@@ -129,7 +129,7 @@ def cmd_localize(args) -> int:
             bar.total = total
             bar.update(done - bar.n)
 
-    report = localize_folder(args.model, args.images_dir, args.masks_dir, methods=args.method,
+    report = localize_folder(_load(args), args.images_dir, args.masks_dir, methods=args.method,
                              json_path=args.json, curves=args.curves, target=args.target, progress=progress,
                              device=args.device, tolerance=args.tolerance, level=args.level, shifts=args.shifts)
     if bar is not None:
@@ -165,6 +165,7 @@ def register(sub) -> None:
     p.add_argument("--colormap", default="inferno", help="matplotlib colormap of the overlay (inferno, turbo, jet, ...)")
     p.add_argument("--alpha", type=fraction, default=0.5, metavar="A", help="overlay opacity of the heatmap, 0-1")
     add_device(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_explain)
 
     # tile
@@ -190,6 +191,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="tiles per forward pass")
     add_device(p)
     add_quiet(p)
+    add_model_options(p, classes_flag=False)
     p.set_defaults(func=cmd_tile)
 
     # localize
@@ -217,5 +219,6 @@ def register(sub) -> None:
     add_shifts(p)
     add_device(p)
     add_quiet(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_localize)
 

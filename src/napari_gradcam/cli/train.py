@@ -106,7 +106,8 @@ def register(sub) -> None:
                         "(person123_..., IM-0115-...); 'none': every file on its own")
     g = p.add_argument_group("model")
     g.add_argument("--arch", default="simple_cnn",
-                   help="simple_cnn, alexnet, vgg16, vgg19, resnet18, resnet50, mobilenet_v2, densenet121, efficientnet_b0")
+                   help="simple_cnn, alexnet, vgg16, vgg19, resnet18, resnet50, mobilenet_v2, densenet121, efficientnet_b0, "
+                        "any other torchvision classifier (convnext_tiny, efficientnet_v2_s, swin_t, ...) or timm:NAME")
     g.add_argument("--image-size", type=int, default=224, metavar="N", help="network input size: images are resized to N x N (on a CPU, 64-128 trains in minutes)")
     g.add_argument("--in-channels", type=int, default=1, choices=(1, 3), help="1: grayscale, 3: RGB")
     g.add_argument("--pretrained", default="auto", metavar="auto|true|false|PATH",
