@@ -25,13 +25,10 @@ DEFAULT_CLASSES = "normal, pneumonia, covid"
 
 
 def demo_model_path() -> Path:
-    """Where the shipped demo model lives (``napari_gradcam.data.demo_model_path`` when available)."""
-    try:
-        from ..data import demo_model_path as _path
+    """Where the shipped demo model lives (see :mod:`napari_gradcam.shipped`)."""
+    from ..shipped import DEMO_MODEL, shipped_file
 
-        return Path(_path())
-    except (ImportError, AttributeError):
-        return Path(__file__).resolve().parent.parent / "sample_data" / "demo_model.safetensors"
+    return shipped_file(DEMO_MODEL)
 
 
 def _parse_classes(text: str) -> list[str]:

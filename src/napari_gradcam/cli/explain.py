@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ def cmd_explain(args) -> int:
     import numpy as np
 
     from ..engine import explain
+    from ..engine.scaling import scale_heatmaps
 
     bundle = _load(args.model, args.device)
     image = _image(args.image)
@@ -21,33 +23,54 @@ def cmd_explain(args) -> int:
         target = int(target)
     result = explain(bundle, image, method=args.method, target=target, layer=args.layer, shifts=args.shifts)
     maps = result if isinstance(result, list) else [result]
+    if len(maps) > 1:  # several classes: one brightness scale for all of them
+        maps = scale_heatmaps(maps, args.scale)
     out = Path(args.out)
     meta = {"method": maps[0].method, "layer": maps[0].layer, "shifts": maps[0].shifts, "targets": [h.target for h in maps],
             "scores": [h.score for h in maps], "image": str(args.image)}
+    if len(maps) > 1:
+        meta["scale"] = args.scale
     data = maps[0].data if len(maps) == 1 else np.stack([h.data for h in maps])
     _write_tiff(out, data, **{"napari_gradcam": json.dumps(meta)})
     probs = maps[0].probabilities
     top = int(np.argmax(probs))
     print(f"predicted {bundle.classes[top]} ({probs[top]:.3f}); "
           + "; ".join(f"{h.method} for {h.target} (p={h.score:.3f}) at layer {h.layer}" for h in maps))
-    print(f"heatmap written to {out}", file=sys.stderr)
+    what = "heatmap" if len(maps) == 1 else f"{len(maps)} heatmaps (one page per class, scale: {args.scale})"
+    print(f"{what} written to {out}")
     if args.overlay:
-        ov = Path(args.overlay)
-        for h in maps:
-            p = ov if len(maps) == 1 else ov.with_name(f"{ov.stem}_{h.target}{ov.suffix or '.png'}")
-            _write_png(p, overlay_rgb(image, h.data, args.colormap, args.alpha))
-            print(f"overlay written to {p}", file=sys.stderr)
+        _write_explain_overlay(Path(args.overlay), image, maps, args)
     return 0
+
+
+def _write_explain_overlay(path: Path, image, maps, args) -> None:
+    """One PNG: the map in ``--colormap`` for one class; for several, each pixel in the colour of its
+    strongest class, with a legend (class colours of :mod:`napari_gradcam.colours`)."""
+    import numpy as np
+
+    from ..colours import class_colour
+    from ._legend import add_legend
+
+    if len(maps) == 1:
+        _write_png(path, overlay_rgb(image, maps[0].data, args.colormap, args.alpha))
+        print(f"overlay written to {path}")
+        return
+    rgb = classes_overlay_rgb(image, np.stack([h.data for h in maps]), min(1.0, 1.2 * args.alpha),
+                              [h.target_index for h in maps])
+    entries = [(f"{h.target} {100 * h.score:.1f} %", class_colour(h.target_index)) for h in maps]
+    from ..engine import method_title
+
+    _write_png(path, add_legend(rgb, entries, title=f"{method_title(maps[0].method)}, scale: {args.scale}"))
+    print(f"overlay of {len(maps)} classes (each pixel in the colour of its strongest class, legend below) "
+          f"written to {path}")
 
 
 # ----------------------------------------------------------------------------- tile
 def cmd_tile(args) -> int:
-    import numpy as np
-
     from ..engine import iter_tiled_heatmaps
 
     bundle = _load(args.model, args.device)
-    image = _image(args.image)
+    image = _large_image(args.image)
     classes = None
     if args.classes:
         classes = int(args.classes[0]) if len(args.classes) == 1 and args.classes[0].isdigit() else args.classes
@@ -70,26 +93,140 @@ def cmd_tile(args) -> int:
             bar.close()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    heat = np.asarray(res.heatmaps, dtype=np.float32)
-    files = []
-    for k, c in enumerate(res.classes):
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in c)
-        files.append(_write_tiff(out / f"heatmap_{safe}.tif", heat[k], method=res.method, cls=c).name)
+    files, res = _write_tiled_outputs(res, image, out)
     info = {
-        "image": str(args.image), "shape": list(heat.shape[1:]), "classes": res.classes,
+        "image": str(args.image), "shape": list(res.heatmaps.shape[1:]), "classes": res.classes,
         "breakdown": res.breakdown, "probabilities": res.probabilities, "tiles": res.tiles, "tile": res.tile,
-        "stride": res.stride, "method": res.method, "mode": res.mode, "heatmaps": files,
+        "stride": res.stride, "method": res.method, "mode": res.mode, "heatmaps": files, "lazy": bool(res.lazy),
     }
     (out / "breakdown.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    step = max(1, int(np.ceil(max(heat.shape[1:]) / 4096)))  # keep the PNG at most ~4096 px
-    _write_png(out / "overlay.png", classes_overlay_rgb(image[::step, ::step], heat[:, ::step, ::step]))
-    print("class breakdown (share of the image where the class dominates):")
+    print(f"class breakdown (share of the image where the class dominates; tiles of {res.tile} px):")
     w = max(len(c) for c in res.classes) + 2
     for c in res.classes:
         print(f"  {c:<{w}} {100 * res.breakdown[c]:5.1f} %   mean probability {res.probabilities[c]:.3f}")
     if not args.quiet:
         print(f"{len(files)} heatmap(s), breakdown.json and overlay.png written to {out}", file=sys.stderr)
     return 0
+
+
+def _large_image(path: str):
+    """A zarr store, or a TIFF with more pixels than ``preprocess.MAX_PIXELS``, as a lazy dask array
+    (read block by block by the tiled engine); any other image read whole (:func:`_image`)."""
+    import numpy as np
+
+    from .. import preprocess
+    from ..errors import ImageError
+
+    p = Path(path)
+    if p.suffix.lower() == ".zarr" or (p.is_dir() and any((p / n).exists() for n in (".zarray", "zarr.json"))):
+        return _lazy_zarr(p)
+    if p.suffix.lower() in (".tif", ".tiff") and p.is_file():
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(p) as tf:
+                shape = tuple(tf.series[0].shape)
+        except Exception as e:  # noqa: BLE001 - any unreadable TIFF: one sentence
+            raise ImageError(f"{p.name} is not a readable TIFF ({type(e).__name__}).") from None
+        if len(shape) >= 2 and int(np.prod(shape[:2], dtype=np.int64)) > preprocess.MAX_PIXELS:
+            return _lazy_tiff(p)
+    return _image(path)
+
+
+def _lazy_tiff(path: Path):
+    import dask.array as da
+    import tifffile
+    import zarr
+
+    store = tifffile.imread(path, aszarr=True, level=0)
+    return da.from_zarr(zarr.open(store, mode="r"))
+
+
+def _lazy_zarr(path: Path):
+    """A zarr array, or the first array of a zarr group (level 0 of an OME-Zarr pyramid), as dask."""
+    import dask.array as da
+
+    from ..errors import ImageError
+
+    try:
+        import zarr
+
+        node = zarr.open(str(path), mode="r")
+    except Exception as e:  # noqa: BLE001
+        raise ImageError(f"{path.name} is not a readable zarr store ({type(e).__name__}).") from None
+    if not hasattr(node, "shape"):  # a group: "0" (OME-Zarr), else its first array
+        arrays = dict(node.arrays())
+        if not arrays:
+            raise ImageError(f"The zarr group {path.name} holds no array.")
+        node = arrays.get("0", next(iter(arrays.values())))
+    return da.from_zarr(node)
+
+
+def _write_tiled_outputs(res, image, out: Path):
+    """heatmap_<class>.tif per class and overlay.png (with a legend); a lazy result is computed once,
+    into a temporary zarr store in ``out`` (with its breakdown in the same pass), then copied to TIFFs
+    row band by row band: memory stays bounded by the bands, whatever the image size.
+
+    Returns (the TIFF file names, the result with its breakdown computed).
+    """
+    import shutil
+
+    import numpy as np
+
+    tmp = None
+    if res.lazy:
+        tmp = out / f".heatmaps-{os.getpid()}.zarr"
+        res = res.to_zarr(tmp, dtype="float32")
+    try:
+        heat = res.heatmaps
+        files = []
+        for k, c in enumerate(res.classes):
+            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in c)
+            name = f"heatmap_{safe}.tif"
+            if res.lazy:
+                _write_tiff_bands(out / name, heat, k, method=res.method, cls=c)
+            else:
+                _write_tiff(out / name, heat[k], method=res.method, cls=c)
+            files.append(name)
+        step = max(1, int(np.ceil(max(heat.shape[1:]) / 4096)))  # keep the PNG at most ~4096 px
+        small_image = np.asarray(image[::step, ::step])
+        small_heat = np.asarray(heat[:, ::step, ::step], dtype=np.float32)
+        _write_png(out / "overlay.png", _tiled_overlay(small_image, small_heat, res))
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return files, res
+
+
+def _tiled_overlay(image, heat, res):
+    from ..colours import class_colour
+    from ._legend import add_legend
+
+    rgb = classes_overlay_rgb(image, heat, class_indices=res.class_indices)
+    entries = [(f"{c} {100 * res.breakdown[c]:.1f} %", class_colour(i)) for c, i in zip(res.classes, res.class_indices)]
+    return add_legend(rgb, entries, title="share of the image:")
+
+
+def _write_tiff_bands(path: Path, heat, k: int, band: int = 256, **meta) -> Path:
+    """Write ``heat[k]`` (a (C, H, W) array read on demand) as a tiled float32 TIFF, one band of rows at a time."""
+    import numpy as np
+    import tifffile
+
+    _, H, W = heat.shape
+
+    def tiles():
+        for y in range(0, H, band):
+            rows = np.asarray(heat[k, y:y + band], dtype=np.float32)
+            for x in range(0, W, band):
+                t = np.zeros((band, band), np.float32)
+                part = rows[:, x:x + band]
+                t[: part.shape[0], : part.shape[1]] = part
+                yield t
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, tiles(), shape=(H, W), dtype=np.float32, tile=(band, band), photometric="minisblack",
+                     metadata=meta or None, bigtiff=H * W * 4 > 2**31)
+    return path
 
 
 # ----------------------------------------------------------------------------- demo
@@ -118,13 +255,16 @@ def register(sub) -> None:
     p = sub.add_parser(
         "explain", help="heatmap of why the model decided (CAM, Grad-CAM, Grad-CAM++)",
         description="Explain MODEL's decision on IMAGE. Writes the heatmap at the image's own size as a float32 "
-                    "TIFF in [0, 1] (a stack of one map per class with --target all), and with --overlay a PNG of "
-                    "the image in gray with the colormapped heatmap on top.",
+                    "TIFF in [0, 1] (a stack of one map per class with --target all, on the --scale they share), "
+                    "and with --overlay a PNG of the image in gray with the colormapped heatmap on top (with "
+                    "several classes: each pixel in its strongest class's colour, and a legend). It prints what "
+                    "it wrote.",
         epilog=f"""examples:
   {PROG} explain m.safetensors scan.png --method gradcam --out heat.tif --overlay heat.png
   {PROG} explain m.safetensors scan.png --method cam --target PNEUMONIA --out cam.tif
   {PROG} explain m.safetensors scan.png --method gradcam++ --layer features.block3 --out heat.tif
   {PROG} explain m.safetensors scan.png --shifts 4 --out fine.tif
+  {PROG} explain m.safetensors scan.png --target all --scale probability --out all.tif --overlay all.png
 """, **_fmt_kw())
     p.add_argument("model", metavar="MODEL", help="a .safetensors model bundle")
     p.add_argument("image", metavar="IMAGE", help="an image file (PNG, JPEG, TIFF, ...)")
@@ -136,6 +276,10 @@ def register(sub) -> None:
     p.add_argument("--layer", metavar="NAME", help="layer to explain (Grad-CAM); default the model's target layer")
     p.add_argument("--target", metavar="CLASS", help="class name or index to explain, or 'all'; default the predicted class")
     add_shifts(p)
+    p.add_argument("--scale", default="probability", choices=("probability", "shared", "each"),
+                   help="how the maps of several classes (--target all) share one brightness scale: "
+                        "'probability': each map times its class probability (a class with p = 0 is dark); "
+                        "'shared': raw map values on one scale; 'each': each map to its own maximum")
     p.add_argument("--colormap", default="inferno", help="matplotlib colormap of the overlay (inferno, turbo, jet, ...)")
     p.add_argument("--alpha", type=float, default=0.5, metavar="A", help="overlay opacity of the heatmap")
     add_device(p)
@@ -146,14 +290,17 @@ def register(sub) -> None:
         "tile", help="per-class heatmaps and class breakdown of a large image",
         description="Slide MODEL over a large IMAGE in overlapping tiles. Writes DIR/heatmap_<class>.tif (float32, "
                     "the image's size), DIR/breakdown.json (the share of the image where each class dominates, "
-                    "mean probabilities) and DIR/overlay.png (each pixel coloured by its strongest class).",
+                    "mean probabilities) and DIR/overlay.png (each pixel coloured by its strongest class, with a "
+                    "legend). TIFFs larger than memory and zarr stores are read lazily, block by block.",
         epilog=f"""examples:
   {PROG} tile m.safetensors mosaic.tif --tile 512 --overlap 0.5 --out mosaic_heatmaps/
   {PROG} tile m.safetensors slide.png --tile 256 --classes 2 --out top2/
 """, **_fmt_kw())
     p.add_argument("model", metavar="MODEL", help="a .safetensors model bundle")
     p.add_argument("image", metavar="IMAGE", help="a (large) image file")
-    p.add_argument("--tile", type=int, default=None, metavar="N", help="tile size in image pixels (default: the model's input size)")
+    p.add_argument("--tile", type=int, default=None, metavar="N",
+                   help="tile size in image pixels (default: the scale the model was trained at, i.e. the typical "
+                        "size of its training images, recorded in the bundle; else the model's input size)")
     p.add_argument("--overlap", type=float, default=0.5, metavar="F", help="fraction shared by neighbouring tiles, 0-0.95")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--method", default="cam", choices=("cam", "gradcam", "gradcam++"),
