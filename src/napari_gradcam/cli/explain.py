@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import _common
 from ._common import PROG, _fmt_kw, _load, _image, _write_tiff, overlay_rgb, classes_overlay_rgb, _write_png, _tqdm, add_device, add_quiet, add_shifts
 
 
@@ -130,7 +131,7 @@ def _large_image(path: str):
             raise ImageError(f"{p.name} is not a readable TIFF ({type(e).__name__}).") from None
         if len(shape) >= 2 and int(np.prod(shape[:2], dtype=np.int64)) > preprocess.MAX_PIXELS:
             return _lazy_tiff(p)
-    return _image(path)
+    return _common._image(path)
 
 
 def _lazy_tiff(path: Path):
