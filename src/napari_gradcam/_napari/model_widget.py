@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QPushButton, QWidget
 
 from ..errors import GradCamError, ModelFileError
-from ._base import GradCamWidget, notify_error, section
+from ._base import GradCamWidget, Section, notify_error, section, wrapping_label
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -86,9 +86,7 @@ class ModelWidget(GradCamWidget):
         from ..models import list_architectures
 
         lay = self.layout()
-        self.info = QLabel()
-        self.info.setWordWrap(True)
-        self.info.setTextFormat(Qt.TextFormat.RichText)
+        self.info = wrapping_label(rich=True)
         self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         lay.addWidget(section("Current model"))
         lay.addWidget(self.info)
@@ -104,13 +102,10 @@ class ModelWidget(GradCamWidget):
         self.form = Container(widgets=[self.file, self.architecture, self.classes, self.in_channels,
                                        self.input_size], labels=True)
         self.form.native.layout().setContentsMargins(0, 0, 0, 0)
-        hint = QLabel("<small>Bundles (.safetensors) describe themselves; architecture, classes, channels and "
-                      "input size are for building a model or reading bare .pt/.pth weights.</small>")
-        hint.setWordWrap(True)
-        hint.setTextFormat(Qt.TextFormat.RichText)
-        from superqt import QCollapsible
-
-        self.open_section = QCollapsible("Open or build a model")
+        hint = wrapping_label("<small>Bundles (.safetensors) describe themselves; architecture, classes, channels "
+                              "and input size are for building a model or reading bare .pt/.pth weights.</small>",
+                              rich=True)
+        self.open_section = Section("Open or build a model")
         self.open_section.addWidget(self.form.native)
         self.open_section.addWidget(hint)
 
@@ -160,9 +155,9 @@ class ModelWidget(GradCamWidget):
         if value is None or str(value) in ("", ".") or Path(value).is_dir():
             notify_error("Choose a model file first (.safetensors, .pt or .pth).")
             return None
-        return self.start(_load_file, str(value), self.device.value, self.architecture.value,
-                          self.classes.value, int(self.in_channels.value), int(self.input_size.value),
-                          on_returned=self._set_loaded, what="Loading the model")
+        return self.jobs.start(_load_file, str(value), self.device.value, self.architecture.value,
+                               self.classes.value, int(self.in_channels.value), int(self.input_size.value),
+                               on_result=lambda _job, result: self._set_loaded(result), what="Loading the model")
 
     def build(self, architecture: str | None = None, classes: str | list[str] | None = None,
               in_channels: int | None = None, input_size: int | None = None):
@@ -175,14 +170,14 @@ class ModelWidget(GradCamWidget):
             self.in_channels.value = int(in_channels)
         if input_size is not None:
             self.input_size.value = int(input_size)
-        return self.start(_build, self.architecture.value, self.classes.value, int(self.in_channels.value),
-                          int(self.input_size.value), self.device.value,
-                          on_returned=self._set_loaded, what="Building the model")
+        return self.jobs.start(_build, self.architecture.value, self.classes.value, int(self.in_channels.value),
+                               int(self.input_size.value), self.device.value,
+                               on_result=lambda _job, result: self._set_loaded(result), what="Building the model")
 
     def load_demo(self):
         """Load the shipped demo model (simple_cnn on synthetic chest X-rays)."""
-        return self.start(_load_demo, self.device.value, on_returned=self._set_loaded,
-                          what="Loading the demo model")
+        return self.jobs.start(_load_demo, self.device.value, on_result=lambda _job, result: self._set_loaded(result),
+                               what="Loading the demo model")
 
     def set_bundle(self, bundle: "ModelBundle", source: str = "", layers: list[str] | None = None) -> None:
         """Make ``bundle`` the shared model (on the GUI thread; lists its layers if not given)."""
