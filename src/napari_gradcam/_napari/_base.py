@@ -38,10 +38,10 @@ class GradCamWidget(QWidget):
         self.state = get_state(self.viewer)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        self.scroll = QScrollArea()
+        self.scroll = _Scroll()
         self.scroll.setWidgetResizable(True)
         self.scroll.setFrameShape(QFrame.Shape.NoFrame)
-        self.body = QWidget()
+        self.body = _Body()
         body = QVBoxLayout(self.body)
         body.setContentsMargins(6, 6, 6, 6)
         body.setSpacing(4)
@@ -53,12 +53,6 @@ class GradCamWidget(QWidget):
     def layout(self):  # noqa: D401 - Qt name
         """The layout of the widget's scrolling body (where its controls go)."""
         return self.body.layout()
-
-    def showEvent(self, event) -> None:  # noqa: N802 - Qt name
-        """Wide enough for the body and a vertical scroll bar (no horizontal scrolling when it shows)."""
-        bar = self.scroll.verticalScrollBar().sizeHint().width()
-        self.scroll.setMinimumWidth(self.body.minimumSizeHint().width() + bar)
-        super().showEvent(event)
 
     # ----------------------------------------------------------------- the runner's state
     @property
@@ -161,6 +155,29 @@ class GradCamWidget(QWidget):
         super().closeEvent(event)
 
 
+class _Scroll(QScrollArea):
+    """A scroll area as wide as its body and a vertical scroll bar (it scrolls up and down only), and
+    as short as the dock needs."""
+
+    def minimumSizeHint(self):  # noqa: N802 - Qt name
+        from qtpy.QtCore import QSize
+
+        body = self.widget()
+        width = body.minimumSizeHint().width() if body is not None else 0
+        bar = self.verticalScrollBar().sizeHint().width()
+        return QSize(width + bar + 2 * self.frameWidth(), super().minimumSizeHint().height())
+
+
+class _Body(QWidget):
+    """The scrolling body: never shorter than its preferred height (the scroll area scrolls instead), so
+    no control is squeezed below its size hint (napari's stylesheet lets spin boxes shrink to 20 px)."""
+
+    def minimumSizeHint(self):  # noqa: N802 - Qt name
+        from qtpy.QtCore import QSize
+
+        return QSize(super().minimumSizeHint().width(), self.sizeHint().height())
+
+
 def section(title: str) -> QLabel:
     """A bold section heading."""
     label = QLabel(f"<b>{title}</b>")
@@ -180,12 +197,13 @@ def wrapping_label(text: str = "", rich: bool = False) -> QLabel:
 
 # ----------------------------------------------------------------------------- layer pickers
 def layer_picker(viewer: "napari.Viewer", label: str, eligible: Callable | None = None, annotation=None,
-                 tooltip: str = "", prefer: Callable | None = None):
+                 tooltip: str = "", prefer: Callable | None = None, group: Callable | None = None):
     """magicgui's layer ComboBox (``create_widget(annotation=napari.layers.Image)``) over ``eligible(viewer)``
     (default: the images this plugin did not make), kept current as layers come, go and are renamed.
 
-    It follows the viewer's active layer when that is eligible and ``prefer(layer)`` (default: any);
-    a newly added layer with ``prefer(layer)`` is chosen at once.
+    It follows the viewer's active layer when that is eligible and ``prefer(layer)`` (default: any),
+    unless ``group`` (a key, e.g. the run that made a layer) puts it with the layer already chosen;
+    when a layer with ``prefer(layer)`` is added, the first preferred choice is taken at once.
     """
     from magicgui.widgets import create_widget
     from napari.layers import Image
@@ -197,15 +215,17 @@ def layer_picker(viewer: "napari.Viewer", label: str, eligible: Callable | None 
         "choices": lambda _w=None: [(layer.name, layer) for layer in eligible(viewer)], "nullable": False})
     if tooltip:
         combo.native.setToolTip(tooltip)
-    combo._gradcam_follower = _LayerFollower(viewer, combo, eligible, prefer)  # lives as long as the combo
+    combo._gradcam_follower = _LayerFollower(viewer, combo, eligible, prefer, group)  # lives as long as the combo
     return combo
 
 
 class _LayerFollower:
     """Keeps a layer ComboBox's choices current and its value on the active (or preferred) layer."""
 
-    def __init__(self, viewer, combo, eligible: Callable, prefer: Callable | None) -> None:
+    def __init__(self, viewer, combo, eligible: Callable, prefer: Callable | None, group: Callable | None = None
+                 ) -> None:
         self.viewer, self.combo, self.eligible = viewer, combo, eligible
+        self.group = group
         self.prefer = prefer or _any
         self.new_ones = prefer is not None  # a new preferred layer is chosen when it is added
         events = viewer.layers.events
@@ -235,12 +255,17 @@ class _LayerFollower:
         if layer is not None:
             layer.events.name.connect(self.reset)
         self.reset()
-        if layer is not None and self.new_ones and self.prefer(layer):
-            self.choose(layer)
+        if layer is not None and self.new_ones and self.prefer(layer):  # the first preferred choice, now
+            self.choose(next((x for x in self.eligible(self.viewer) if self.prefer(x)), layer))
 
     def _on_active(self, event=None) -> None:
         self.reset()
-        self.choose(self.viewer.layers.selection.active)
+        active, current = self.viewer.layers.selection.active, self.combo.value
+        if self.group is not None and active is not None and current is not None and active is not current:
+            key = self.group(active)
+            if key is not None and key == self.group(current):
+                return  # e.g. another class of the same run: the best one stays chosen
+        self.choose(active)
 
 
 def _any(layer) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING
 
 from qtpy.QtWidgets import QHBoxLayout, QPushButton, QWidget
@@ -140,7 +141,7 @@ class ExplainWidget(GradCamWidget):
         camera = self.viewer.camera
         if enabled:
             self._view_before_grid = (tuple(camera.center), float(camera.zoom))
-            n = len([layer for layer in self.viewer.layers if layer.visible])
+            n = len(self.viewer.layers)  # napari gives every layer a panel, hidden ones too
             grid.shape = (1, n) if 1 < n <= 4 else (-1, -1)
             grid.stride = 1
             grid.enabled = True
@@ -194,6 +195,9 @@ class ExplainWidget(GradCamWidget):
         tuples = [heatmap_layer(h, plane, job.model.name, factor=float(f), scale_name=scale,
                                 source_id=str(layer.unique_id), default_layer=default_layer)
                   for h, f in zip(heatmaps, factors)]
+        run = uuid.uuid4().hex  # the layers of one run (the outline widget picks the newest run's best class)
+        for _, kwargs, _ in tuples:
+            kwargs["metadata"]["run"] = run
         if len(tuples) > 1:  # several classes at once: each in its class's colour (the CLI's overlays too)
             for (_, kwargs, _), h in zip(tuples, heatmaps):
                 kwargs["colormap"] = class_colormap(h.target_index, CLASS_COLORMAPS)

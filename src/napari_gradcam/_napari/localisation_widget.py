@@ -50,12 +50,23 @@ def is_heatmap(layer) -> bool:
 
 
 def heatmap_layers(viewer: "napari.Viewer") -> list:
-    """Every Image layer: heatmaps first, the newest (highest in the layer list) first; then the others."""
+    """Every Image layer: heatmaps first, newest run first (the run of the highest heatmap in the layer
+    list) and, within a run of several classes, the most probable class first; then the other images."""
     from napari.layers import Image
 
     images = [layer for layer in viewer.layers if isinstance(layer, Image)]
-    heats = [layer for layer in images if is_heatmap(layer)]
-    return heats[::-1] + [layer for layer in images if not is_heatmap(layer)]
+    heats = [(i, layer) for i, layer in enumerate(images) if is_heatmap(layer)]
+    newest: dict = {}
+    for i, layer in heats:
+        run = layer.metadata.get("run") or id(layer)
+        newest[run] = max(newest.get(run, -1), i)
+
+    def order(item):
+        i, layer = item
+        score = layer.metadata.get("score")
+        return (-newest[layer.metadata.get("run") or id(layer)], -(score if isinstance(score, (int, float)) else 0), -i)
+
+    return [layer for _, layer in sorted(heats, key=order)] + [layer for layer in images if not is_heatmap(layer)]
 
 
 def outline_layers(viewer: "napari.Viewer") -> list:
@@ -231,6 +242,7 @@ class LocalisationWidget(GradCamWidget):
         self.params = LocalisationParams()
         self.heatmap = layer_picker(
             self.viewer, "heatmap", heatmap_layers, Image, prefer=is_heatmap,
+            group=lambda layer: layer.metadata.get("run"),
             tooltip="The heatmap (an image layer; the newest made by the Explain widget is chosen by default).")
         self.outline = layer_picker(
             self.viewer, "outline", outline_layers, Layer,

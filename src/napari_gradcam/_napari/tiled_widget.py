@@ -90,9 +90,8 @@ class TiledHeatmapsWidget(GradCamWidget):
         self.params = TiledParams()
         self.image = layer_picker(self.viewer, "image", tooltip="The (large) image layer to tile.")
         self.method = ComboBox(label="method", choices=METHODS, value="cam")
-        self.tile = SpinBox(label="tile size", min=0, max=8192, step=16, value=0)
-        self.tile.native.setSpecialValueText("training scale")
-        self.tile.native.setToolTip("Tile side in image pixels. 0 (\"training scale\"): the typical size of the "
+        self.tile = SpinBox(label="tile size (0: auto)", min=0, max=8192, step=16, value=0)
+        self.tile.native.setToolTip("Tile side in image pixels. 0: the model's training scale, the typical size of the "
                                     "model's training images, recorded when it was trained (else its input size), "
                                     "so that a tile shows what one training image showed. Tiles are resized to "
                                     "the model's input size.")
@@ -105,6 +104,8 @@ class TiledHeatmapsWidget(GradCamWidget):
                                        self.k, self.chosen, self.keep], labels=True)
         self.form.native.layout().setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.form.native)
+        self.tile_hint = wrapping_label(rich=True)
+        lay.addWidget(self.tile_hint)
         bind(self.params, {"method": self.method, "tile": self.tile, "overlap": self.overlap,
                            "class_mode": self.class_mode, "k": self.k, "chosen": self.chosen, "keep": self.keep})
         self.run_button = QPushButton("Compute tiled heatmaps")
@@ -134,8 +135,17 @@ class TiledHeatmapsWidget(GradCamWidget):
 
     def _on_model(self, _bundle=None) -> None:
         self.chosen.reset_choices()
-        if self.state.bundle is not None:
-            self.k.max = self.state.bundle.n_classes
+        bundle = self.state.bundle
+        if bundle is not None:
+            self.k.max = bundle.n_classes
+            from ..engine.tiling import default_tile
+
+            tile = default_tile(bundle)
+            recorded = (bundle.config.training or {}).get("source_size") == tile
+            why = "training scale" if recorded else "input size (no training scale recorded)"
+            self.tile_hint.setText(f"<small>tile size 0: {tile} px, the model's {why}</small>")
+        else:
+            self.tile_hint.setText("")
         self._on_mode()
 
     def _on_mode(self, *_args) -> None:

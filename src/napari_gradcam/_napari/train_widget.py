@@ -324,3 +324,6 @@ class TrainWidget(GradCamWidget):
                     item.setFont(font)
                 t.setItem(i, j, item)
         t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        t.resizeRowsToContents()
+        rows = sum(t.rowHeight(i) for i in range(t.rowCount()))
+        t.setFixedHeight(t.horizontalHeader().height() + rows + 2 * t.frameWidth() + 2)  # no empty area below
