@@ -217,13 +217,16 @@ def test_model_switched_while_training(make_napari_viewer, qtbot, model_file, tm
     viewer = make_napari_viewer()
     tw = dock(viewer, "Train")
     out = tmp_path / "trained.safetensors"
-    assert tw.run(data_dir=data, output=out, image_size=32, epochs=2, batch_size=8, device="cpu") is not None
+    assert tw.run(data_dir=data, output=out, image_size=32, epochs=100, batch_size=4, device="cpu") is not None
     qtbot.waitUntil(lambda: any(e.kind == "batch" for e in tw.events), timeout=60_000)
     mw = load(qtbot, viewer, model_file)
-    assert mw.state.source == str(model_file)
+    assert mw.state.source == str(model_file) and tw.busy  # switched while training
+    qtbot.waitUntil(lambda: any(e.kind == "epoch" for e in tw.events), timeout=60_000)
+    tw.cancel()
     wait(qtbot, tw, timeout=120_000)
-    assert tw.last_error is None and tw.result.epochs_done == 2
+    assert tw.last_error is None and tw.result.stopped and tw.result.bundle is not None
     assert tw.state.bundle is tw.result.bundle and tw.state.source == str(out)
+    assert set(tw.state.bundle.classes) == set(CLASSES)
 
 
 def test_refused_second_train_click_leaves_the_run_alone(make_napari_viewer, qtbot, tmp_path, notes):
