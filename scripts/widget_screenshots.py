@@ -66,22 +66,22 @@ def populate(viewer, widgets: dict, workdir: Path) -> None:
     mw, cw, ew, tw, fw, trw, lw = (widgets[k] for k in WIDGETS)
     mw.load_demo()
     wait(mw)
-    mosaic = [viewer.add_layer(__import__("napari").layers.Layer.create(*t)) for t in sample_mosaic()][0]
-    layers = [viewer.add_layer(__import__("napari").layers.Layer.create(*t)) for t in sample_pneumonia()]
-    image, lesion = layers
+    from napari.layers import Layer
+
+    mosaic = [viewer.add_layer(Layer.create(*t)) for t in sample_mosaic()]
+    tw.run(mosaic[0], classes="all", method="cam")
+    wait(tw)
+    for layer in list(viewer.layers):  # the table keeps the breakdown; the view shows the X-ray
+        viewer.layers.remove(layer)
+    image, lesion = [viewer.add_layer(Layer.create(*t)) for t in sample_pneumonia()]
     lesion.visible = True
     lesion.contour = 2
-    tw.run(mosaic, classes="all", method="cam")
-    wait(tw)
-    mosaic.visible = False
-    for layer in [x for x in viewer.layers if x.metadata.get("widget") == "tiled"]:
-        layer.visible = False
     cw.run(image)
     wait(cw)
     fw.run(image, n=16, display="grid")
     wait(fw)
     for layer in [x for x in viewer.layers if x.metadata.get("widget") == "features"]:
-        layer.visible = False
+        viewer.layers.remove(layer)  # the widget keeps its summary; the view shows the X-ray
     ew.run(image, method="gradcam", target="all", scale="probability")
     wait(ew)
     lw.run(outline=lesion)

@@ -82,6 +82,16 @@ class GradCamWidget(QWidget):
         """True (and a notification) while a run is going on: call first in ``run()``."""
         return self.jobs.refuse_if_busy(what)
 
+    def start(self, func, *args, on_returned=None, on_yielded=None, on_finished=None, what=None,
+              progress_total: int = 0, **kwargs):
+        """``self.jobs.start`` in the call style the widgets used before the job runner (callbacks without
+        the job), for code written against it; it captures nothing: prefer ``self.jobs.start``."""
+        return self.jobs.start(
+            func, *args, what=what, total=progress_total,
+            on_result=None if on_returned is None else (lambda _job, result: on_returned(result)),
+            on_event=None if on_yielded is None else (lambda _job, value: on_yielded(value)),
+            on_finished=None if on_finished is None else (lambda _job: on_finished()), **kwargs)
+
     def _on_busy(self, busy: bool) -> None:
         button = getattr(self, "run_button", None)
         if button is not None:

@@ -22,6 +22,7 @@ While a job runs, a second one is refused (a notification) before anything chang
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import threading
@@ -106,15 +107,8 @@ class Job:
 
 
 def _locked(lock, use_lock: bool):
-    return lock if use_lock else _NoLock()
-
-
-class _NoLock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    """The model's lock for jobs that run the model; nothing to hold for the others."""
+    return lock if use_lock else contextlib.nullcontext()
 
 
 def _function_job(func: Callable, lock, use_lock: bool) -> Callable:
