@@ -18,6 +18,7 @@ pytest.importorskip("pytestqt")
 
 import torchvision  # noqa: E402,F401  - before any viewer: see _napari/_compat.py
 
+from napari_gradcam._napari._base import camera_of  # noqa: E402
 from napari_helpers import dock, load, wait  # noqa: E402
 
 CLASSES = ["normal", "pneumonia", "covid"]
@@ -335,8 +336,9 @@ def test_side_by_side_shows_everything_and_gives_the_view_back(make_napari_viewe
     src = viewer.add_image(xray.image, name="xray")
     ew.run(src, target="all")
     wait(qtbot, ew)
-    viewer.camera.zoom, viewer.camera.center = 8.0, (0.0, 20.0, 30.0)  # zoomed into a corner
-    before = (viewer.camera.zoom, tuple(viewer.camera.center))
+    camera = camera_of(viewer)
+    camera.zoom, camera.center = 8.0, (0.0, 20.0, 30.0)  # zoomed into a corner
+    before = (camera.zoom, tuple(camera.center))
     ew.side_by_side(True)
     qtbot.wait(100)
     shot = viewer.screenshot(canvas_only=True, flash=False)
@@ -345,7 +347,7 @@ def test_side_by_side_shows_everything_and_gives_the_view_back(make_napari_viewe
     assert top > 0 and left > 0 and bottom < h - 1 and right < w - 1  # every panel whole, in view
     assert right - left > 2 * (bottom - top)  # the panels side by side
     ew.side_by_side(False)
-    assert not ew.grid.enabled and (viewer.camera.zoom, tuple(viewer.camera.center)) == before
+    assert not ew.grid.enabled and (camera.zoom, tuple(camera.center)) == before
 
 
 def test_feature_grid_in_view_and_back(make_napari_viewer, qtbot, model_file, xray):
@@ -353,8 +355,9 @@ def test_feature_grid_in_view_and_back(make_napari_viewer, qtbot, model_file, xr
     load(qtbot, viewer, model_file)
     fw = dock(viewer, "Feature maps")
     src = viewer.add_image(xray.image, name="xray")
-    viewer.camera.zoom, viewer.camera.center = 6.0, (0.0, 10.0, 10.0)
-    before = (viewer.camera.zoom, tuple(viewer.camera.center))
+    camera = camera_of(viewer)
+    camera.zoom, camera.center = 6.0, (0.0, 10.0, 10.0)
+    before = (camera.zoom, tuple(camera.center))
     fw.run(src, n=9, display="grid")
     wait(qtbot, fw)
     qtbot.wait(100)
@@ -364,7 +367,7 @@ def test_feature_grid_in_view_and_back(make_napari_viewer, qtbot, model_file, xr
     assert top > 0 and left > 0 and bottom < h - 1 and right < w - 1  # image and grid, whole
     fw.run(src, display="stack")
     wait(qtbot, fw)
-    assert (viewer.camera.zoom, tuple(viewer.camera.center)) == before
+    assert (camera.zoom, tuple(camera.center)) == before
 
 
 def test_tables_and_plots_read_well(make_napari_viewer, qtbot, model_file):

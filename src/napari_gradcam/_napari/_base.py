@@ -188,6 +188,12 @@ class _Body(QWidget):
         return QSize(super().minimumSizeHint().width(), self.sizeHint().height())
 
 
+def camera_of(viewer):
+    """The viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
 def section(title: str) -> QLabel:
     """A bold section heading."""
     label = QLabel(f"<b>{title}</b>")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from qtpy.QtWidgets import QHBoxLayout, QPushButton, QWidget
 
 from ..engine.methods import method_title
-from ._base import GradCamWidget, layer_picker, wrapping_label
+from ._base import GradCamWidget, camera_of, layer_picker, wrapping_label
 from .layers import CLASS_COLORMAPS, class_colormap, heatmap_layer, replace_plugin_layers
 from .params import ALL, PREDICTED, ExplainParams, bind, snapshot
 
@@ -138,7 +138,7 @@ class ExplainWidget(GradCamWidget):
         enabled = not grid.enabled if enabled is None else bool(enabled)
         if enabled == bool(grid.enabled):
             return
-        camera = self.viewer.camera
+        camera = camera_of(self.viewer)
         if enabled:
             self._view_before_grid = (tuple(camera.center), float(camera.zoom))
             n = len(self.viewer.layers)  # napari gives every layer a panel, hidden ones too

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from qtpy.QtWidgets import QPushButton
 
-from ._base import GradCamWidget, layer_picker, wrapping_label
+from ._base import GradCamWidget, camera_of, layer_picker, wrapping_label
 from .layers import feature_layers, replace_plugin_layers
 from .params import FeatureParams, bind, snapshot
 
@@ -107,7 +107,7 @@ class FeatureMapsWidget(GradCamWidget):
 
     def _frame(self, grid: bool) -> None:
         """A grid beside the image: everything in view; back to a stack: the view from before the grid."""
-        camera = self.viewer.camera
+        camera = camera_of(self.viewer)
         if grid:
             if self._view_before_grid is None:
                 self._view_before_grid = (tuple(camera.center), float(camera.zoom))
