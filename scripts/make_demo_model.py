@@ -1,6 +1,6 @@
 """Train the bundled demo model: simple_cnn on synthetic chest X-rays (normal / pneumonia / covid).
 
-    python scripts/make_demo_model.py                # writes src/napari_gradcam/sample_data/demo_model.safetensors
+    python scripts/make_demo_model.py                # writes sample_data/demo_model.safetensors
     python scripts/make_demo_model.py --check-only   # re-measure the shipped model
 
 Reproducible: phantoms, split, initialisation, batches and augmentation all follow ``--seed``.
@@ -24,6 +24,12 @@ Afterwards the script measures, on fresh phantoms (other seeds, 512 px like the 
   one heatmap cell is 32 px); target >= 90 %.  Hit rates at 0, 4, 8, 16 and 32 px are printed too.
 
 The numbers are printed and stored in the model's training summary (``config.training["demo"]``).
+
+``config.training["source_size"]`` (the scale the model was trained at, the default tile of tiled
+heatmaps) is set to ``--source-size`` (512): the phantoms are resolution-independent drawings of one
+chest, rendered at ``--render-size`` for training speed only; the sample images, the chests of the
+sample mosaic and the checks above are 512 px.  ``--set-source-size`` writes it into an existing model
+without retraining (the weights are copied bit for bit).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "src" / "napari_gradcam" / "sample_data" / "demo_model.safetensors"
+DEFAULT_OUT = ROOT / "sample_data" / "demo_model.safetensors"
 EVAL_SEED_OFFSET = 10_000  # fresh patients for the checks
 
 
@@ -100,7 +106,11 @@ def main(argv=None) -> int:
     ap.add_argument("--erase-grid", type=int, default=4, help="hide-and-seek grid (cells per side)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tolerance", type=int, default=8, help="mask dilation (pixels at 512 px) for the pointing game")
+    ap.add_argument("--source-size", type=int, default=512,
+                    help="the size (px) of one chest X-ray the model is meant for: the default tile of tiled heatmaps")
     ap.add_argument("--check-only", action="store_true", help="only measure the model at --out")
+    ap.add_argument("--set-source-size", action="store_true",
+                    help="only record --source-size in the model at --out (no training)")
     ap.add_argument("--workdir", help="where to render the phantom PNGs (default: a temporary folder)")
     args = ap.parse_args(argv)
 
@@ -112,6 +122,10 @@ def main(argv=None) -> int:
     from napari_gradcam.train import TrainConfig, train
 
     out = Path(args.out)
+    if args.set_source_size:
+        set_source_size(out, args.source_size)
+        print(f"recorded source_size = {args.source_size} px in {out}")
+        return 0
     if args.check_only:
         bundle = load_model(out, device="cpu")
         res = check(bundle, args.seed, 100, 100, 512, args.tolerance)
@@ -152,6 +166,7 @@ def main(argv=None) -> int:
                        f"size={args.render_size}, seed={args.seed})")
     summary["recipe"] = {k: v for k, v in summary.get("recipe", {}).items() if k not in ("data_dir", "out")}
     summary["demo"] = dict(res, train_seconds=train_s, script="scripts/make_demo_model.py")
+    summary["source_size"] = args.source_size
     bundle.config.training = summary
     save_model(bundle, out)
     size_mb = out.stat().st_size / 2**20
@@ -159,6 +174,24 @@ def main(argv=None) -> int:
     if size_mb >= 5:
         print("warning: the demo model is larger than 5 MB")
     return 0
+
+
+def set_source_size(path: Path, size: int) -> None:
+    """Rewrite the bundle's metadata with ``training["source_size"] = size``; tensors unchanged."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from napari_gradcam.outputs import atomic_write
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    config = json.loads(metadata["config"])
+    config.setdefault("training", {})["source_size"] = int(size)
+    metadata["config"] = json.dumps(config)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def _print_check(res: dict) -> None:

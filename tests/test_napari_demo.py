@@ -37,7 +37,7 @@ def test_build_demo_in_process(make_napari_viewer, model_file):
     widgets = build_demo(viewer, model_path=model_file, wait=True)
     names = [layer.name for layer in viewer.layers]
     assert names[:2] == ["xray_pneumonia", "xray_pneumonia_lesion"]
-    assert len(names) == 3 and names[2].startswith("Grad-CAM ") and names[2].endswith("[xray_pneumonia]")
+    assert len(names) == 3 and " · Grad-CAM [" in names[2] and names[2].endswith("[xray_pneumonia]")
     pred = viewer.layers["xray_pneumonia"].metadata["gradcam_prediction"]
     assert pred["predicted"] == viewer.layers[2].metadata["target"]  # the overlay explains the prediction
     assert widgets["model"].state.bundle is not None

@@ -463,7 +463,7 @@ def test_failed_tiled_run_forgets_its_source(make_napari_viewer, qtbot, model_fi
     tw.run(src, tile=64, overlap=0.0, classes="all")
     wait(qtbot, tw)
     assert tw.last_error and "Tiled heatmaps failed (RuntimeError: boom)" in tw.last_error
-    assert tw._job_source is None and not tw._source_removed and tiled(viewer) == []
+    assert tw.jobs.job is None and tw.worker is None and tiled(viewer) == []  # the runner let go of the job
     assert_idle(tw, mw.state.bundle)
 
 

@@ -53,9 +53,10 @@ def scene(viewer, scale=(1.0, 1.0), translate=(0.0, 0.0)):
     from napari_gradcam.phantoms import make_xray
 
     geo = {"scale": scale, "translate": translate}
-    viewer.add_image(make_xray("pneumonia", size=SIZE, seed=1).image, name="xray", **geo)
+    xray = viewer.add_image(make_xray("pneumonia", size=SIZE, seed=1).image, name="xray", **geo)
     return viewer.add_image(blob(), name="heat", colormap="inferno", blending="additive",
                             metadata={"napari_gradcam": "heatmap", "method": "gradcam", "source": "xray",
+                                      "source_id": str(xray.unique_id),  # the very layer, not its name
                                       "target": "pneumonia", "target_index": 1, "slice": []}, **geo)
 
 
@@ -100,7 +101,7 @@ def test_labels_and_shapes_outline_match_direct_scores(make_napari_viewer, qtbot
     labels = viewer.add_labels(square_mask(), name="lesion", **geo)
     lw = LocalisationWidget(viewer)
     # the Explain-made heatmap is preferred over the plain image
-    assert lw.heatmap.value is heat and [n for n, _ in lw.heatmap._choices()][:2] == ["heat", "xray"]
+    assert lw.heatmap.value is heat and [layer.name for layer in lw.heatmap.choices][:2] == ["heat", "xray"]
 
     want = localisation_scores(blob(), square_mask(), tolerance=5, level=0.4)
     got = compare(qtbot, lw, heatmap=heat, outline=labels, tolerance=5, level=0.4)

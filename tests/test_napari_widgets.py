@@ -173,15 +173,28 @@ def test_explain_layer_properties_and_replacement(make_napari_viewer, qtbot, mod
     wait(qtbot, ew)
     assert ew.last_error is None
     heat = viewer.layers[-1]
-    assert heat.name == "Grad-CAM pneumonia @features [xray_pneumonia]"
+    # the class first and the image last: both stay visible when napari shortens the name in the middle
+    assert heat.name == "pneumonia · Grad-CAM [xray_pneumonia]"
     assert heat.colormap.name == "inferno"
     assert str(heat.blending) == "additive"
     assert heat.opacity == pytest.approx(0.5)
     assert tuple(heat.contrast_limits) == (0.0, 1.0)
-    np.testing.assert_allclose(heat.scale, SCALE)
-    np.testing.assert_allclose(heat.translate, TRANSLATE)
-    assert heat.data.shape == xray.shape and heat.data.dtype == np.float32
+    # coarse: one value per feature-map cell, placed over the image's pixels and shown with linear
+    # interpolation; upsampled as napari shows it, it is the engine's full-size map
+    assert heat.data.shape == (8, 8) and heat.data.dtype == np.float32 and heat.metadata["coarse"]
+    cell = np.array(xray.shape) / 8
+    np.testing.assert_allclose(heat.scale, np.array(SCALE) * cell)
+    np.testing.assert_allclose(heat.translate, np.array(TRANSLATE) + np.array(SCALE) * (cell - 1) / 2)
+    assert str(heat.interpolation2d) == "linear"
     assert 0 <= heat.data.min() and heat.data.max() <= 1
+    import torch
+
+    from napari_gradcam import explain, load_model
+    from napari_gradcam.preprocess import resize_maps
+
+    full = explain(load_model(model_file), xray, "gradcam", target="pneumonia").data
+    shown = resize_maps(torch.from_numpy(heat.data), xray.shape).numpy()
+    np.testing.assert_allclose(shown, full, atol=1e-5)
     meta = heat.metadata
     assert meta["method"] == "gradcam" and meta["layer"] == "features" and meta["target"] == "pneumonia"
     assert meta["source"] == "xray_pneumonia" and 0 <= meta["score"] <= 1
@@ -190,17 +203,15 @@ def test_explain_layer_properties_and_replacement(make_napari_viewer, qtbot, mod
     # re-running replaces its own layer; "keep" adds
     ew.run(src, method="gradcam++")
     wait(qtbot, ew)
-    assert len(viewer.layers) == 2 and viewer.layers[-1].name.startswith("Grad-CAM++ ")
+    assert len(viewer.layers) == 2 and " · Grad-CAM++ [" in viewer.layers[-1].name
     ew.run(src, method="cam", keep=True)
     wait(qtbot, ew)
-    assert len(viewer.layers) == 3 and viewer.layers[-1].name.startswith("CAM ")
+    assert len(viewer.layers) == 3 and " · CAM [" in viewer.layers[-1].name
     # sub-cell shifts: the layer holds the core's shift-averaged map
     ew.run(src, method="gradcam", target="pneumonia", keep=False, shifts=3)
     wait(qtbot, ew)
     fine = viewer.layers[-1]
     assert fine.metadata["shifts"] == 3 and ew.shifts.value == 3
-    from napari_gradcam import explain, load_model
-
     want = explain(load_model(model_file), xray, "gradcam", target="pneumonia", shifts=3).data
     np.testing.assert_allclose(fine.data, want, atol=1e-6)
     ew.shifts.value = 1
@@ -227,7 +238,7 @@ def test_explain_overlay_visible_in_screenshot(make_napari_viewer, qtbot, model_
     ew.run(src)
     wait(qtbot, ew)
     layer = viewer.layers[-1]
-    heat = layer.data
+    heat = layer.data  # coarse: one value per feature-map cell, placed over the image (see points below)
     viewer.reset_view()
     layer.visible = False
     qtbot.wait(50)
@@ -258,8 +269,11 @@ def test_explain_overlay_visible_in_screenshot(make_napari_viewer, qtbot, model_
         assert vals
         return float(np.mean(vals))
 
-    hot = mean_over(np.argwhere(heat >= np.quantile(heat, 0.97)))
-    cold = mean_over(np.argwhere(heat <= np.quantile(heat, 0.05)))
+    def image_points(cells):  # cell centres -> image pixels (the layer's scale and translate)
+        return cells * np.asarray(layer.scale) + np.asarray(layer.translate)
+
+    hot = mean_over(image_points(np.argwhere(heat >= np.quantile(heat, 0.97))))
+    cold = mean_over(image_points(np.argwhere(heat <= np.quantile(heat, 0.05))))
     assert hot > 80 and hot > 2 * cold, (hot, cold)
 
 
@@ -276,16 +290,17 @@ def test_explain_stack_slice_rgb_and_multiscale(make_napari_viewer, qtbot, model
     ew.run(stack)
     wait(qtbot, ew)
     heat = viewer.layers[-1]
-    # a (1, H, W) layer sitting at slice 2 only
-    assert heat.data.shape == (1, 64, 64) and heat.metadata["slice"] == [2]
-    np.testing.assert_allclose(heat.scale, (5.0, *SCALE))
-    np.testing.assert_allclose(heat.translate, (1.0 + 2 * 5.0, *TRANSLATE))
+    # a (1, h, w) layer sitting at slice 2 only, its 8 x 8 cells over the 64 x 64 image
+    assert heat.data.shape == (1, 8, 8) and heat.metadata["slice"] == [2]
+    np.testing.assert_allclose(heat.scale, (5.0, *(np.array(SCALE) * 8)))
+    np.testing.assert_allclose(heat.translate, (1.0 + 2 * 5.0, *(np.array(TRANSLATE) + np.array(SCALE) * 3.5)))
     assert heat.name.endswith("[stack[2]]")
 
     rgb = viewer.add_image(np.dstack([images[0]] * 3), name="rgb", rgb=True)
     ew.run(rgb)
     wait(qtbot, ew)
-    assert ew.last_error is None and viewer.layers[-1].data.shape == (64, 64)
+    assert ew.last_error is None and viewer.layers[-1].data.shape == (8, 8)
+    np.testing.assert_allclose(viewer.layers[-1].data.shape * viewer.layers[-1].scale, (64, 64))
 
     # multiscale: a coarse level when the finest is too large; geometry follows the level
     base = np.zeros((256, 256), np.uint8)
@@ -296,7 +311,10 @@ def test_explain_stack_slice_rgb_and_multiscale(make_napari_viewer, qtbot, model
     np.testing.assert_allclose(plane.translate, np.array(TRANSLATE) + np.array(SCALE) * 0.5)
     ew.run(ms)
     wait(qtbot, ew)
-    assert ew.last_error is None and viewer.layers[-1].data.shape == (256, 256)
+    assert ew.last_error is None and viewer.layers[-1].metadata["image_shape"] == [256, 256]
+    # the coarse map covers the whole multiscale image in the world
+    np.testing.assert_allclose(np.array(viewer.layers[-1].data.shape) * viewer.layers[-1].scale,
+                               np.array((256, 256)) * SCALE)
 
 
 def test_errors_become_notifications(make_napari_viewer, qtbot, model_file, clean_notifications):
@@ -377,7 +395,9 @@ def test_tiled_widget_dask_and_multiscale(make_napari_viewer, qtbot, model_file)
     wait(qtbot, tw, timeout=120_000)
     assert tw.last_error is None
     layers = [layer for layer in viewer.layers if layer.metadata.get("widget") == "tiled"]
-    assert len(layers) == 2 and layers[0].data.shape == (2100, 2100)
+    # coarse: the engine's blending grid (4 px for 256 px tiles), covering the whole image
+    assert len(layers) == 2 and layers[0].data.shape == (525, 525) and layers[0].metadata["grid_step"] == 4
+    np.testing.assert_allclose(np.array(layers[0].data.shape) * layers[0].scale, (2100, 2100))
 
     base = rng.integers(0, 255, (512, 512), dtype=np.uint8)
     ms = viewer.add_image([base, base[::2, ::2]], name="pyramid", multiscale=True)
@@ -385,7 +405,8 @@ def test_tiled_widget_dask_and_multiscale(make_napari_viewer, qtbot, model_file)
     wait(qtbot, tw)
     assert tw.last_error is None
     layers = [layer for layer in viewer.layers if layer.metadata.get("source") == "pyramid"]
-    assert len(layers) == 3 and layers[0].data.shape == (512, 512)
+    assert len(layers) == 3 and layers[0].data.shape == (256, 256)  # a 2 px grid for 128 px tiles
+    np.testing.assert_allclose(np.array(layers[0].data.shape) * layers[0].scale, (512, 512))
 
 
 # ----------------------------------------------------------------------------- feature maps

@@ -32,6 +32,7 @@ _LAZY = {
     "feature_maps": "engine",
     "Heatmap": "engine",
     "TiledHeatmaps": "engine",
+    "scale_heatmaps": "engine",
     "GradCamError": "errors",
     "ModelFileError": "errors",
     "ImageError": "errors",

@@ -57,8 +57,10 @@ CACHE_LIMIT_BYTES = 2 << 30
 
 
 def demo_model_path() -> Path:
-    """Path of the small demo model shipped inside the package (simple_cnn, normal/pneumonia/covid phantoms)."""
-    return Path(__file__).parent / "sample_data" / "demo_model.safetensors"
+    """Path of the small demo model shipped with the package (simple_cnn, normal/pneumonia/covid phantoms)."""
+    from .shipped import DEMO_MODEL, shipped_file
+
+    return shipped_file(DEMO_MODEL)
 
 
 # ----------------------------------------------------------------------------- reading images

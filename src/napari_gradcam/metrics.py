@@ -170,15 +170,14 @@ def plot_report(report: dict[str, Any], y_true, probs, path: str | Path) -> Path
 
     The format follows the extension (.png, .pdf, .svg, .jpg); the file is written atomically.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from sklearn.metrics import roc_curve
 
     y, p, classes = _check(y_true, probs, report["classes"])
     cm = np.asarray(report["confusion_matrix"])
     fig = Figure(figsize=(10, 4.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)  # the object API: no global backend switch (napari's Qt backend stays as it is)
     ax1, ax2 = fig.subplots(1, 2)
     im = ax1.imshow(cm, cmap="Blues")
     ax1.set_xticks(range(len(classes)), classes, rotation=30, ha="right")

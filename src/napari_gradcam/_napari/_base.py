@@ -1,152 +1,104 @@
-"""What every widget shares: the viewer, the shared model, background work, notifications.
+"""What every widget shares: the viewer and its model, a scrolling body, the job runner, layer pickers.
 
-Long work runs in a napari ``thread_worker`` (``create_worker``).  The work function is wrapped
-so that exceptions come back as a value: a :class:`~napari_gradcam.errors.GradCamError` becomes
-a notification with its sentence, anything else a one-line notification plus a logged
-traceback — never a traceback dialog.  ``widget.worker`` is the running worker (None when idle: a
-finished run lets go of its arguments, the image among them) and ``widget.busy``
-says whether it is still running (tests wait on it).
+Each widget's controls live in a scroll area (``self.layout()`` is the body's layout), so a dock is
+never squeezed below its controls' sizes and the window never grows past the screen, however many
+widgets are docked.  Work runs through :class:`~.jobs.JobRunner` (``self.jobs``): ``widget.busy``,
+``widget.worker``, ``widget.last_error`` and ``widget.cancel()`` are the runner's.  Layer pickers are
+magicgui's own (``create_widget(annotation=napari.layers.Image)``) with the plugin's choices and a
+follower that keeps them current.
 """
 
 from __future__ import annotations
 
-import inspect
-import logging
-import traceback
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QSizePolicy, QVBoxLayout, QWidget,
+)
 
-from ..errors import GradCamError
-from ._compat import avoid_triton_llvm_clash
+from .jobs import JobRunner, error_message, notify_error, notify_info  # noqa: F401 - re-exported
 from .state import get_state, unwrap
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-log = logging.getLogger("napari_gradcam")
-
-
-class _Failure:
-    """An exception raised in a worker, carried back to the GUI thread as a value."""
-
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-        self.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-
-
-def _guard_function(func: Callable) -> Callable:
-    def run(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except Exception as e:  # noqa: BLE001 - reported on the GUI thread
-            return _Failure(e)
-
-    return run
-
-
-class _Cancelled:
-    """Returned by a generator job stopped with :meth:`GradCamWidget.cancel`."""
-
-
-def _guard_generator(func: Callable, should_stop: Callable[[], bool]) -> Callable:
-    """Run a generator step by step; stop between steps when asked.
-
-    Stopping closes the inner generator *in the worker thread*, so its ``finally`` blocks and
-    ``with`` statements (e.g. the model lock) unwind where they started.
-    """
-
-    def run(*args, **kwargs):
-        gen = func(*args, **kwargs)
-        try:
-            while True:
-                if should_stop():
-                    gen.close()
-                    return _Cancelled()
-                try:
-                    value = next(gen)
-                except StopIteration as stop:
-                    return stop.value
-                yield value
-        except Exception as e:  # noqa: BLE001
-            return _Failure(e)
-        finally:
-            gen.close()
-
-    return run
-
-
-def error_message(exc: BaseException, what: str) -> str:
-    """The one sentence shown for an exception."""
-    if isinstance(exc, GradCamError):
-        return str(exc)
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if len(text) > 200:
-        text = text[:197] + "..."
-    return f"{what} failed ({type(exc).__name__}{': ' + text if text else ''})."
-
-
-def notify_error(exc: BaseException | str, what: str = "The operation") -> None:
-    """Show an error as a napari notification (and log the traceback of unexpected ones)."""
-    from napari.utils.notifications import show_error
-
-    if isinstance(exc, str):
-        show_error(exc)
-        return
-    if not isinstance(exc, GradCamError):
-        log.error("%s failed", what, exc_info=(type(exc), exc, exc.__traceback__))
-    show_error(error_message(exc, what))
-
-
-def notify_info(message: str) -> None:
-    from napari.utils.notifications import show_info
-
-    show_info(message)
+__all__ = ["GradCamWidget", "section", "layer_picker", "notify_error", "notify_info", "error_message"]
 
 
 class GradCamWidget(QWidget):
-    """Base class: holds the viewer, its shared :class:`ModelState` and the running worker."""
+    """Base class: the viewer, its shared :class:`~.state.ModelState`, a scrolling body and a job runner."""
 
-    #: title used in notifications ("Explain failed ...")
+    #: title used in notifications ("Explaining failed ...")
     what = "The operation"
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer", parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = unwrap(napari_viewer)
         self.state = get_state(self.viewer)
-        self.worker = None
-        self._busy = False
-        self._stop_requested = False
-        self._progress = None  # napari.utils.progress of the running job
-        self.last_error: str | None = None
-        self.setLayout(QVBoxLayout())
-        self.layout().setContentsMargins(6, 6, 6, 6)
-        self.layout().setSpacing(4)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        self.scroll = _Scroll()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.body = _Body()
+        body = QVBoxLayout(self.body)
+        body.setContentsMargins(6, 6, 6, 6)
+        body.setSpacing(4)
+        self.scroll.setWidget(self.body)
+        outer.addWidget(self.scroll)
+        self.jobs = JobRunner(self.viewer, self.state, self.what, on_busy=self._on_busy)
+        self._widget_error: str | None = None
 
-    # ----------------------------------------------------------------- busy / progress bar row
+    def layout(self):  # noqa: D401 - Qt name
+        """The layout of the widget's scrolling body (where its controls go)."""
+        return self.body.layout()
+
+    # ----------------------------------------------------------------- the runner's state
     @property
     def busy(self) -> bool:
-        """True while this widget's worker runs (and until its results were added)."""
-        return self._busy
+        """True while this widget's job runs (and until its results were added)."""
+        return self.jobs.busy
+
+    @property
+    def worker(self):
+        """The running job's worker (None when idle)."""
+        return self.jobs.worker
+
+    @property
+    def last_error(self) -> str | None:
+        """The last run's error sentence (None after a run that went well)."""
+        return self.jobs.last_error
+
+    @last_error.setter
+    def last_error(self, message: str | None) -> None:
+        self.jobs.last_error = message
+
+    def cancel(self) -> None:
+        """Stop the running job between two of its steps (a no-op when idle)."""
+        self.jobs.cancel()
 
     def refuse_if_busy(self, what: str | None = None) -> bool:
-        """True (and a notification) while a run is going on: call first in ``run()``, so a refused
-        run leaves the form as it is."""
-        if self._busy:
-            notify_info(f"{what or self.what} is still running; wait for it or cancel it.")
-        return self._busy
+        """True (and a notification) while a run is going on: call first in ``run()``."""
+        return self.jobs.refuse_if_busy(what)
 
-    def source_still_there(self, layer, message: str) -> bool:
-        """Whether the very layer a run started from is still in the viewer (one deleted and re-added
-        under its name is another image); if not, notify ``message``."""
-        if any(lyr is layer for lyr in self.viewer.layers):
-            return True
-        notify_info(message)
-        return False
+    def start(self, func, *args, on_returned=None, on_yielded=None, on_finished=None, what=None,
+              progress_total: int = 0, **kwargs):
+        """``self.jobs.start`` in the call style the widgets used before the job runner (callbacks without
+        the job), for code written against it; it captures nothing: prefer ``self.jobs.start``."""
+        return self.jobs.start(
+            func, *args, what=what, total=progress_total,
+            on_result=None if on_returned is None else (lambda _job, result: on_returned(result)),
+            on_event=None if on_yielded is None else (lambda _job, value: on_yielded(value)),
+            on_finished=None if on_finished is None else (lambda _job: on_finished()), **kwargs)
+
+    def _on_busy(self, busy: bool) -> None:
+        button = getattr(self, "run_button", None)
+        if button is not None:
+            button.setEnabled(not busy)
 
     def _make_progress_row(self) -> QWidget:
-        """A QProgressBar with a Cancel button (for generator jobs)."""
+        """A QProgressBar with a Cancel button, driven by the job runner."""
         row = QWidget()
         lay = QHBoxLayout(row)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -159,173 +111,42 @@ class GradCamWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         lay.addWidget(self.progress_bar, 1)
         lay.addWidget(self.cancel_button)
+        self.jobs.progress_bar, self.jobs.cancel_button = self.progress_bar, self.cancel_button
         return row
 
-    def _set_busy(self, busy: bool) -> None:
-        self._busy = busy
-        try:
-            for name in ("run_button",):
-                button = getattr(self, name, None)
-                if button is not None:
-                    button.setEnabled(not busy)
-            if getattr(self, "cancel_button", None) is not None:
-                self.cancel_button.setEnabled(busy)
-        except RuntimeError:  # the Qt widgets are gone (the viewer was closed while the job ran)
-            pass
-
-    def cancel(self) -> None:
-        """Stop the running generator job between two of its steps (a no-op when idle)."""
-        if self._busy:
-            self._stop_requested = True
-            if getattr(self, "cancel_button", None) is not None:
-                self.cancel_button.setEnabled(False)
-
-    # ----------------------------------------------------------------- starting work
-    def start(
-        self,
-        func: Callable,
-        *args: Any,
-        on_returned: Callable[[Any], None] | None = None,
-        on_yielded: Callable[[Any], None] | None = None,
-        on_aborted: Callable[[], None] | None = None,
-        on_finished: Callable[[], None] | None = None,
-        what: str | None = None,
-        progress_total: int = 0,
-        **kwargs: Any,
-    ):
-        """Run ``func(*args, **kwargs)`` (a function or a generator function) in a thread_worker.
-
-        Generators may yield ``(done, total)`` tuples (shown as progress) or anything else
-        (passed to ``on_yielded``).  ``on_returned`` gets the result on the GUI thread;
-        exceptions become notifications.  ``on_finished`` runs at the end of every run (done, failed
-        or cancelled), after ``on_returned`` and before ``busy`` turns False; not when the run is refused.
-        """
-        from napari.qt.threading import create_worker
-        from napari.utils import progress
-
-        what = what or self.what
-        avoid_triton_llvm_clash()  # before any worker may import torchvision (see _compat)
-        if self.refuse_if_busy(what):
-            return None
-        is_gen = inspect.isgeneratorfunction(func)
-        self._stop_requested = False
-        wrapped = _guard_generator(func, lambda: self._stop_requested) if is_gen else _guard_function(func)
-        worker = create_worker(wrapped, *args, _start_thread=False, **kwargs)
-        self.worker = worker
-        self.last_error = None
-        self._set_busy(True)
-        pbar = progress(total=progress_total, desc=what)
-        self._progress = pbar
-        if getattr(self, "progress_bar", None) is not None:
-            self.progress_bar.setRange(0, progress_total)
-            self.progress_bar.setValue(0)
-
-        def returned(result):
-            if isinstance(result, _Cancelled):
-                notify_info(f"{what} was cancelled.")
-                if on_aborted is not None:
-                    on_aborted()
-                return
-            if isinstance(result, _Failure):
-                log.debug("%s failed:\n%s", what, result.traceback)
-                self.last_error = error_message(result.exc, what)
-                notify_error(result.exc, what)
-                return
-            if on_returned is not None:
-                try:
-                    on_returned(result)
-                except Exception as e:  # noqa: BLE001 - adding layers should never crash napari
-                    self.last_error = error_message(e, what)
-                    notify_error(e, what)
-
-        def yielded(value):
-            if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
-                done, total = int(value[0]), int(value[1])
-                if pbar.total != total:
-                    pbar.total = total
-                pbar.n = done
-                pbar.refresh()
-                if getattr(self, "progress_bar", None) is not None:
-                    try:
-                        self.progress_bar.setRange(0, max(total, 1))
-                        self.progress_bar.setValue(done)
-                    except RuntimeError:  # the viewer was closed
-                        pass
-            elif on_yielded is not None:
-                try:
-                    on_yielded(value)
-                except Exception as e:  # noqa: BLE001
-                    log.exception("progress display failed: %s", e)
-
-        def errored(exc):  # only BaseExceptions escape the guard (e.g. KeyboardInterrupt)
-            self.last_error = error_message(exc, what)
-            notify_error(exc, what)
-
-        def aborted():  # worker.quit() from outside: treated like cancel
-            notify_info(f"{what} was cancelled.")
-            if on_aborted is not None:
-                on_aborted()
-
-        def finished():
-            pbar.close()
-            if self._progress is pbar:
-                self._progress = None
-            if on_finished is not None:
-                try:
-                    on_finished()
-                except Exception as e:  # noqa: BLE001
-                    log.exception("cleaning up after %s failed: %s", what, e)
-            if self.worker is worker:  # let go of the run's arguments (an image may be large)
-                self.worker = None
-            self._set_busy(False)
-
-        worker.returned.connect(returned)
-        worker.errored.connect(errored)
-        if is_gen:
-            worker.yielded.connect(yielded)
-            worker.aborted.connect(aborted)
-        worker.finished.connect(finished)
-        worker.start()
-        return worker
-
-    # ----------------------------------------------------------------- helpers
-    def require_model(self):
-        """The shared model, or a notification and None."""
-        if self.state.bundle is None:
-            notify_error("No model is loaded: load one in the Model widget (or use the demo model) first.")
-            self.last_error = "no model"
-            return None
-        return self.state.bundle
-
+    # ----------------------------------------------------------------- inputs of a run
     def pick_image(self, layer=None):
-        """``layer`` (checked, and chosen in the dropdown) or the dropdown's layer; None + a notification."""
-        if layer is None:
-            layer = self.image.require()
-            if layer is None:
-                self.last_error = "no image layer"
-            return layer
+        """``layer`` (checked, and shown in the picker) or the picker's layer; None + a notification."""
         from napari.layers import Image
 
-        from .layers import is_plugin_layer
+        from .layers import is_plugin_layer, source_layers
 
+        if layer is None:
+            layer = self.image.value
+            if layer is None or not any(layer is x for x in self.viewer.layers):
+                self.jobs.fail("There is no image layer to analyse: open an image (or a sample: File > Open Sample)."
+                               if not source_layers(self.viewer) else "Choose an image layer first.")
+                return None
+            return layer
         name = getattr(layer, "name", str(layer))
         if not isinstance(layer, Image):
             kind = type(layer).__name__.lower()
-            notify_error(f"Layer {name!r} is a {kind} layer, not an image layer; pick an image layer.")
+            self.jobs.fail(f"Layer {name!r} is a {kind} layer, not an image layer; pick an image layer.")
         elif is_plugin_layer(layer):
-            notify_error(f"Layer {name!r} is a result of this plugin; pick the image it was computed from.")
-        elif layer not in list(self.viewer.layers):
-            notify_error(f"Layer {name!r} is not in this viewer.")
+            self.jobs.fail(f"Layer {name!r} is a result of this plugin; pick the image it was computed from.")
+        elif not any(layer is x for x in self.viewer.layers):
+            self.jobs.fail(f"Layer {name!r} is not in this viewer.")
         else:
+            self.image.reset_choices()
             self.image.value = layer
             return layer
-        self.last_error = "wrong layer"
         return None
 
     def plane_to_explain(self, layer=None):
-        """(layer, its plane on screen as numpy) when a model and an image layer are ready; else a
+        """(model snapshot, layer, its plane on screen) when a model and an image layer are ready; else a
         notification and None."""
-        if self.require_model() is None:
+        model = self.jobs.capture_model()
+        if model is None:
             return None
         layer = self.pick_image(layer)
         if layer is None:
@@ -333,14 +154,44 @@ class GradCamWidget(QWidget):
         from .layers import layer_plane
 
         try:
-            return layer, layer_plane(self.viewer, layer)
+            return model, layer, layer_plane(self.viewer, layer)
         except Exception as e:  # noqa: BLE001 - any failure to read the layer is the user's to see
+            self.jobs.last_error = error_message(e, self.what)
             notify_error(e, self.what)
             return None
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt name
         self.cancel()
         super().closeEvent(event)
+
+
+class _Scroll(QScrollArea):
+    """A scroll area as wide as its body and a vertical scroll bar (it scrolls up and down only), and
+    as short as the dock needs."""
+
+    def minimumSizeHint(self):  # noqa: N802 - Qt name
+        from qtpy.QtCore import QSize
+
+        body = self.widget()
+        width = body.minimumSizeHint().width() if body is not None else 0
+        bar = self.verticalScrollBar().sizeHint().width()
+        return QSize(width + bar + 2 * self.frameWidth(), super().minimumSizeHint().height())
+
+
+class _Body(QWidget):
+    """The scrolling body: never shorter than its preferred height (the scroll area scrolls instead), so
+    no control is squeezed below its size hint (napari's stylesheet lets spin boxes shrink to 20 px)."""
+
+    def minimumSizeHint(self):  # noqa: N802 - Qt name
+        from qtpy.QtCore import QSize
+
+        return QSize(super().minimumSizeHint().width(), self.sizeHint().height())
+
+
+def camera_of(viewer):
+    """The viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
 
 
 def section(title: str) -> QLabel:
@@ -350,77 +201,134 @@ def section(title: str) -> QLabel:
     return label
 
 
-class ImageLayerPicker:
-    """A live ComboBox of the viewer's image layers (our own heatmaps excluded).
+def wrapping_label(text: str = "", rich: bool = False) -> QLabel:
+    """A QLabel that wraps and may be as narrow as the dock."""
+    label = QLabel(text)
+    label.setWordWrap(True)
+    if rich:
+        label.setTextFormat(Qt.TextFormat.RichText)
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    return label
 
-    It follows the viewer's active layer when that is an eligible image.
+
+# ----------------------------------------------------------------------------- layer pickers
+def layer_picker(viewer: "napari.Viewer", label: str, eligible: Callable | None = None, annotation=None,
+                 tooltip: str = "", prefer: Callable | None = None, group: Callable | None = None):
+    """magicgui's layer ComboBox (``create_widget(annotation=napari.layers.Image)``) over ``eligible(viewer)``
+    (default: the images this plugin did not make), kept current as layers come, go and are renamed.
+
+    It follows the viewer's active layer when that is eligible and ``prefer(layer)`` (default: any),
+    unless ``group`` (a key, e.g. the run that made a layer) puts it with the layer already chosen;
+    when a layer with ``prefer(layer)`` is added, the first preferred choice is taken at once.
     """
+    from magicgui.widgets import create_widget
+    from napari.layers import Image
 
-    def __init__(self, viewer: "napari.Viewer", label: str = "image") -> None:
-        from magicgui.widgets import ComboBox
+    from .layers import source_layers
 
-        self.viewer = viewer
-        self.combo = ComboBox(label=label, choices=self._choices, nullable=False)
-        self.combo.native.setToolTip("The image layer to analyse (the current slice of a stack).")
+    eligible = eligible or source_layers
+    combo = create_widget(annotation=annotation or Image, label=label, options={
+        "choices": lambda _w=None: [(layer.name, layer) for layer in eligible(viewer)], "nullable": False})
+    if tooltip:
+        combo.native.setToolTip(tooltip)
+    combo._gradcam_follower = _LayerFollower(viewer, combo, eligible, prefer, group)  # lives as long as the combo
+    return combo
+
+
+class _LayerFollower:
+    """Keeps a layer ComboBox's choices current and its value on the active (or preferred) layer."""
+
+    def __init__(self, viewer, combo, eligible: Callable, prefer: Callable | None, group: Callable | None = None
+                 ) -> None:
+        self.viewer, self.combo, self.eligible = viewer, combo, eligible
+        self.group = group
+        self.prefer = prefer or _any
+        self.new_ones = prefer is not None  # a new preferred layer is chosen when it is added
         events = viewer.layers.events
         events.inserted.connect(self._on_inserted)
-        events.removed.connect(self.reset_choices)
-        events.moved.connect(self.reset_choices)
+        events.removed.connect(self.reset)
+        events.moved.connect(self.reset)
         for layer in viewer.layers:
-            layer.events.name.connect(self.reset_choices)
+            layer.events.name.connect(self.reset)
         viewer.layers.selection.events.active.connect(self._on_active)
         self._on_active()
 
-    def _choices(self, _widget=None) -> list:
-        from .layers import source_layers
-
-        return [(layer.name, layer) for layer in source_layers(self.viewer)]
-
-    def reset_choices(self, *_args) -> None:
+    def reset(self, *_args) -> None:
         try:
             self.combo.reset_choices()
         except RuntimeError:  # the Qt widget is gone (viewer closing)
             pass
 
-    def _on_inserted(self, event=None) -> None:
-        layer = getattr(event, "value", None)
-        if layer is not None:
-            layer.events.name.connect(self.reset_choices)
-        self.reset_choices()
-
-    def _on_active(self, event=None) -> None:
-        from .layers import source_layers
-
-        self.reset_choices()
-        active = self.viewer.layers.selection.active
-        if active is not None and any(active is layer for layer in source_layers(self.viewer)):
+    def choose(self, layer) -> None:
+        if layer is not None and any(layer is x for x in self.eligible(self.viewer)) and self.prefer(layer):
             try:
-                self.combo.value = active
+                self.combo.value = layer
             except (ValueError, RuntimeError):
                 pass
 
-    @property
-    def value(self):
-        """The chosen layer, or None."""
-        self.reset_choices()
-        value = self.combo.value
-        if value is not None and value not in list(self.viewer.layers):
-            return None
-        return value
+    def _on_inserted(self, event=None) -> None:
+        layer = getattr(event, "value", None)
+        if layer is not None:
+            layer.events.name.connect(self.reset)
+        self.reset()
+        if layer is not None and self.new_ones and self.prefer(layer):  # the first preferred choice, now
+            self.choose(next((x for x in self.eligible(self.viewer) if self.prefer(x)), layer))
 
-    @value.setter
-    def value(self, layer) -> None:
-        self.reset_choices()
-        self.combo.value = layer
+    def _on_active(self, event=None) -> None:
+        self.reset()
+        active, current = self.viewer.layers.selection.active, self.combo.value
+        if self.group is not None and active is not None and current is not None and active is not current:
+            key = self.group(active)
+            if key is not None and key == self.group(current):
+                return  # e.g. another class of the same run: the best one stays chosen
+        self.choose(active)
 
-    def require(self):
-        """The chosen layer, or a notification and None."""
-        layer = self.value
-        if layer is None:
-            from .layers import source_layers
 
-            if not source_layers(self.viewer):
-                notify_error("There is no image layer to analyse: open an image (or a sample: File > Open Sample).")
-            else:
-                notify_error("Choose an image layer first.")
-        return layer
+def _any(layer) -> bool:
+    return True
+
+
+class Section(QWidget):
+    """A titled part of a form that folds away (a checkable header button over its content).
+
+    Unlike an animated collapsible, whose height is fixed when it opens, the content keeps its own
+    size hints: it is never squeezed when more widgets are docked.
+    """
+
+    def __init__(self, title: str, parent: QWidget | None = None) -> None:
+        from qtpy.QtWidgets import QToolButton
+
+        super().__init__(parent)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(2)
+        self.header = QToolButton()
+        self.header.setText(title)
+        self.header.setCheckable(True)
+        self.header.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.header.setStyleSheet("QToolButton { border: none; font-weight: bold; }")
+        self.header.toggled.connect(self._show)
+        self.content = QWidget()
+        self.content_layout = QVBoxLayout(self.content)
+        self.content_layout.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.header)
+        lay.addWidget(self.content)
+        self.expand()
+
+    def addWidget(self, widget: QWidget) -> None:  # noqa: N802 - Qt style, like QCollapsible's
+        self.content_layout.addWidget(widget)
+
+    def _show(self, expanded: bool) -> None:
+        self.header.setArrowType(Qt.ArrowType.DownArrow if expanded else Qt.ArrowType.RightArrow)
+        self.content.setVisible(expanded)
+
+    def expand(self, animate: bool = False) -> None:
+        self.header.setChecked(True)
+        self._show(True)
+
+    def collapse(self, animate: bool = False) -> None:
+        self.header.setChecked(False)
+        self._show(False)
+
+    def isExpanded(self) -> bool:  # noqa: N802
+        return self.header.isChecked()

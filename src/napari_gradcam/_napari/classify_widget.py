@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QBrush, QColor, QFont
-from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QLabel, QProgressBar, QPushButton, QTableWidget, \
-    QTableWidgetItem
+from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QProgressBar, QPushButton, QTableWidget, QTableWidgetItem
 
-from ._base import GradCamWidget, ImageLayerPicker, section
+from ._base import GradCamWidget, error_message, layer_picker, notify_error, section, wrapping_label
 from .layers import layer_plane, stack_planes
+from .params import ClassifyParams, bind, snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -22,14 +22,13 @@ PREDICTION_KEY = "gradcam_prediction"
 HIGHLIGHT = QColor(255, 170, 0, 90)
 
 
-def _predict_plane(state, data):
+def _predict_plane(bundle, data):
     from ..inference import predict
 
-    with state.lock:
-        return predict(state.bundle, data)
+    return predict(bundle, data)
 
 
-def _predict_stack(state, data, indices, batch_size: int = 32):
+def _predict_stack(bundle, data, indices, batch_size: int = 32):
     """Generator: probabilities of every plane, yielding (done, total) progress."""
     from ..inference import predict
 
@@ -38,10 +37,9 @@ def _predict_stack(state, data, indices, batch_size: int = 32):
     yield 0, n
     for i in range(0, n, batch_size):
         chunk = np.asarray(data[i: i + batch_size])
-        with state.lock:
-            out.append(np.atleast_2d(predict(state.bundle, list(chunk))))
+        out.append(np.atleast_2d(predict(bundle, list(chunk))))
         yield min(i + batch_size, n), n
-    return np.concatenate(out) if out else np.zeros((0, state.bundle.n_classes), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, bundle.n_classes), np.float32)
 
 
 class ClassifyWidget(GradCamWidget):
@@ -54,26 +52,26 @@ class ClassifyWidget(GradCamWidget):
         from magicgui.widgets import CheckBox, Container
 
         lay = self.layout()
-        self.image = ImageLayerPicker(self.viewer)
+        self.params = ClassifyParams()
+        self.image = layer_picker(self.viewer, "image", tooltip="The image layer to classify (the slice on screen).")
         self.all_slices = CheckBox(text="every slice of a stack", value=False)
         self.all_slices.native.setToolTip("Classify all slices (a table) instead of the slice on screen.")
-        form = Container(widgets=[self.image.combo, self.all_slices], labels=True)
+        form = Container(widgets=[self.image, self.all_slices], labels=True)
         form.native.layout().setContentsMargins(0, 0, 0, 0)
         lay.addWidget(form.native)
+        bind(self.params, {"every_slice": self.all_slices})
         self.run_button = QPushButton("Classify")
         self.run_button.clicked.connect(lambda: self.run())
         lay.addWidget(self.run_button)
-        self.model_label = QLabel()
-        self.model_label.setWordWrap(True)
+        self.model_label = wrapping_label(rich=True)
         lay.addWidget(self.model_label)
         lay.addWidget(section("Probabilities"))
-        self.result_label = QLabel("")
-        self.result_label.setTextFormat(Qt.TextFormat.RichText)
-        self.result_label.setWordWrap(True)
+        self.result_label = wrapping_label(rich=True)
         lay.addWidget(self.result_label)
         self.table = QTableWidget(0, 2)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
+        self.table.setHorizontalHeaderLabels(["class", "probability"])  # never "1", "2" on an empty table
         self.table.setMinimumHeight(118)  # a header and three rows
         lay.addWidget(self.table, 1)
         self.result: dict | None = None
@@ -89,27 +87,34 @@ class ClassifyWidget(GradCamWidget):
 
     # ----------------------------------------------------------------- run
     def run(self, layer=None, every_slice: bool | None = None):
-        """Classify ``layer`` (default: the chosen one); returns the worker (or None)."""
+        """Classify ``layer`` (default: the chosen one) with the model of this moment; returns the worker
+        (or None)."""
+        if self.refuse_if_busy():
+            return None
         if every_slice is not None:
             self.all_slices.value = bool(every_slice)
-        if self.require_model() is None:
+        model = self.jobs.capture_model()
+        if model is None:
             return None
         layer = self.pick_image(layer)
         if layer is None:
             return None
+        p = snapshot(self.params)
+        removed = f"Layer {layer.name!r} was removed while it was being classified; nothing was recorded."
         try:
-            if self.all_slices.value and layer.ndim > 2:
+            if p.every_slice and layer.ndim > 2:
                 data, indices = stack_planes(layer)
-                return self.start(_predict_stack, self.state, data, indices,
-                                  on_returned=lambda p: self._show_stack(layer, indices, p), progress_total=len(indices))
+                return self.jobs.start(_predict_stack, model.bundle, data, indices, model=model, sources=[layer],
+                                       removed_message=removed, total=len(indices),
+                                       on_result=lambda job, probs: self._show_stack(job, layer, indices, probs))
             plane = layer_plane(self.viewer, layer)
         except Exception as e:  # noqa: BLE001 - GradCamError from the layer
-            from ._base import notify_error
-
+            self.last_error = error_message(e, self.what)
             notify_error(e, self.what)
             return None
-        return self.start(_predict_plane, self.state, plane.data,
-                          on_returned=lambda p: self._show_one(layer, plane, p))
+        return self.jobs.start(_predict_plane, model.bundle, plane.data, model=model, sources=[layer],
+                               removed_message=removed,
+                               on_result=lambda job, probs: self._show_one(job, layer, plane, probs))
 
     # ----------------------------------------------------------------- results
     def _record(self, layer, entry: dict) -> None:
@@ -118,23 +123,24 @@ class ClassifyWidget(GradCamWidget):
         layer.metadata = meta
         self.result = entry
 
-    def _show_one(self, layer, plane, probs) -> None:
-        classes = self.state.bundle.classes if self.state.bundle is not None else [str(i) for i in range(len(probs))]
+    def _show_one(self, job, layer, plane, probs) -> None:
+        """The probabilities of the model the run started with, under its own class names."""
+        classes = list(job.model.bundle.classes)
         probs = np.asarray(probs, dtype=float)
         top = int(np.argmax(probs))
         self._record(layer, {
-            "classes": list(classes), "probabilities": [float(p) for p in probs], "predicted": classes[top],
-            "score": float(probs[top]), "slice": list(plane.index), "model": self.state.name,
+            "classes": classes, "probabilities": [float(p) for p in probs], "predicted": classes[top],
+            "score": float(probs[top]), "slice": list(plane.index), "model": job.model.name,
         })
         where = f" (slice {', '.join(map(str, plane.index))})" if plane.index else ""
-        self.result_label.setText(f"<b>{classes[top]}</b> {probs[top]:.1%} — {plane.name}{where}")
+        self.result_label.setText(f"<b>{classes[top]}</b> {probs[top]:.1%} — {plane.name}{where}<br>"
+                                  f"<small>model: {job.model.name}</small>")
         t = self.table
         t.clear()
         t.setColumnCount(2)
         t.setRowCount(len(classes))
         t.setHorizontalHeaderLabels(["class", "probability"])
-        order = np.argsort(-probs)
-        for row, k in enumerate(order):
+        for row, k in enumerate(np.argsort(-probs)):
             item = QTableWidgetItem(classes[k])
             bar = QProgressBar()
             bar.setRange(0, 1000)
@@ -151,32 +157,35 @@ class ClassifyWidget(GradCamWidget):
         t.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
         t.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
 
-    def _show_stack(self, layer, indices, probs) -> None:
-        classes = self.state.bundle.classes
+    def _show_stack(self, job, layer, indices, probs) -> None:
+        """One row per slice: slice, predicted (next to it, always in view), then each class's probability."""
+        classes = list(job.model.bundle.classes)
         probs = np.asarray(probs, dtype=float)
         top = probs.argmax(axis=1)
         self._record(layer, {
-            "classes": list(classes), "probabilities": probs.round(6).tolist(),
-            "predicted": [classes[k] for k in top], "slices": [list(ix) for ix in indices], "model": self.state.name,
+            "classes": classes, "probabilities": probs.round(6).tolist(),
+            "predicted": [classes[k] for k in top], "slices": [list(ix) for ix in indices], "model": job.model.name,
         })
         counts = np.bincount(top, minlength=len(classes))
         self.result_label.setText(f"{len(indices)} slices of {layer.name}: " + ", ".join(
-            f"<b>{c}</b> {n}" for c, n in zip(classes, counts) if n))
+            f"<b>{c}</b> {n}" for c, n in zip(classes, counts) if n) + f"<br><small>model: {job.model.name}</small>")
         t = self.table
         t.clear()
         t.setColumnCount(len(classes) + 2)
         t.setRowCount(len(indices))
-        t.setHorizontalHeaderLabels(["slice", *classes, "predicted"])
+        t.setHorizontalHeaderLabels(["slice", "predicted", *classes])
         font = QFont()
         font.setBold(True)
         for row, (ix, p, k) in enumerate(zip(indices, probs, top)):
             t.setItem(row, 0, QTableWidgetItem(",".join(map(str, ix))))
+            predicted = QTableWidgetItem(classes[k])
+            predicted.setFont(font)
+            t.setItem(row, 1, predicted)
             for c, v in enumerate(p):
                 item = QTableWidgetItem(f"{v:.3f}")
                 item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 if c == k:
                     item.setFont(font)
                     item.setBackground(QBrush(HIGHLIGHT))
-                t.setItem(row, 1 + c, item)
-            t.setItem(row, len(classes) + 1, QTableWidgetItem(classes[k]))
+                t.setItem(row, 2 + c, item)
         t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)

@@ -1,30 +1,35 @@
-"""Explain widget: CAM / Grad-CAM / Grad-CAM++ heatmaps as Image layers over the source image."""
+"""Explain widget: heatmaps of the methods of the engine's registry as Image layers over the source image."""
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING
 
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QPushButton, QWidget
 
-from ._base import GradCamWidget, ImageLayerPicker
 from ..engine.methods import method_title
-from .layers import CLASS_COLORMAPS, heatmap_layer, replace_plugin_layers
+from ._base import GradCamWidget, camera_of, layer_picker, wrapping_label
+from .layers import CLASS_COLORMAPS, class_colormap, heatmap_layer, replace_plugin_layers
+from .params import ALL, PREDICTED, ExplainParams, bind, snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-METHODS = [("Grad-CAM", "gradcam"), ("Grad-CAM++", "gradcam++"), ("CAM", "cam")]
-PREDICTED = "predicted class"
-ALL = "all classes"
+SCALE_CHOICES = [("× class probability", "probability"), ("shared (raw values)", "shared"),
+                 ("each to its own maximum", "each")]
 
 
-def _explain(state, data, method: str, target, layer: str | None, bundle=None, shifts: int = 1):
+def method_choices() -> list[tuple[str, str]]:
+    """(title, name) of every method of the engine's registry (:func:`napari_gradcam.engine.list_methods`)."""
+    from ..engine import list_methods
+
+    return [(m["title"], m["name"]) for m in list_methods()]
+
+
+def _explain(bundle, data, method: str, target, layer: str | None, shifts: int = 1):
     from ..engine import explain
 
-    with state.lock:  # ``bundle``: the model when the run started (a model switched mid-run is not used)
-        bundle = bundle if bundle is not None else state.bundle
-        result = explain(bundle, data, method=method, target=target, layer=layer, shifts=shifts)
+    result = explain(bundle, data, method=method, target=target, layer=layer, shifts=shifts)
     return result if isinstance(result, list) else [result]
 
 
@@ -38,22 +43,29 @@ class ExplainWidget(GradCamWidget):
         from magicgui.widgets import CheckBox, ComboBox, Container, SpinBox
 
         lay = self.layout()
-        self.image = ImageLayerPicker(self.viewer)
-        self.method = ComboBox(label="method", choices=METHODS, value="gradcam")
+        self.params = ExplainParams()
+        self.image = layer_picker(self.viewer, "image", tooltip="The image layer to explain (the slice on screen).")
+        self.method = ComboBox(label="method", choices=method_choices(), value="gradcam")
         self.method.native.setToolTip("Grad-CAM works at any convolutional layer; CAM needs a global-average-"
                                       "pooling head and uses the layer feeding it.")
         self.target = ComboBox(label="target", choices=self._target_choices)
         self.target.native.setToolTip("The class to explain: the predicted one, any class, or all classes.")
+        self.scale = ComboBox(label="scale", choices=SCALE_CHOICES, value="probability")
+        self.scale.native.setToolTip("How the maps of all classes share one brightness scale: times each class's "
+                                     "probability (a class with p = 0 stays dark), the raw values on one scale, "
+                                     "or each map to its own maximum.")
         self.layer = ComboBox(label="layer", choices=self._layer_choices)
         self.layer.native.setToolTip("The layer whose activations are weighted (default: the Model widget's).")
         self.shifts = SpinBox(label="sub-cell shifts", min=1, max=8, value=1)
         self.shifts.native.setToolTip("k > 1: average the maps of k x k copies of the image shifted by fractions "
                                       "of a heatmap cell, for a k times finer map (k*k passes). 1 = off.")
         self.keep = CheckBox(text="keep previous heatmaps", value=False)
-        form = Container(widgets=[self.image.combo, self.method, self.target, self.layer, self.shifts, self.keep],
-                         labels=True)
-        form.native.layout().setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(form.native)
+        self.form = Container(widgets=[self.image, self.method, self.target, self.scale, self.layer, self.shifts,
+                                       self.keep], labels=True)
+        self.form.native.layout().setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.form.native)
+        bind(self.params, {"method": self.method, "target": self.target, "scale": self.scale, "layer": self.layer,
+                           "shifts": self.shifts, "keep": self.keep})
 
         row = QWidget()
         rlay = QHBoxLayout(row)
@@ -67,12 +79,12 @@ class ExplainWidget(GradCamWidget):
         rlay.addWidget(self.run_button, 2)
         rlay.addWidget(self.side_button, 1)
         lay.addWidget(row)
-        self.result_label = QLabel("")
-        self.result_label.setTextFormat(Qt.TextFormat.RichText)
-        self.result_label.setWordWrap(True)
+        self.result_label = wrapping_label(rich=True)
         lay.addWidget(self.result_label)
         lay.addStretch(1)
         self.layers_added: list = []
+        self._view_before_grid = None
+        self.target.changed.connect(self._on_target)
         self.state.model_changed.connect(self._on_model)
         self.state.target_layer_changed.connect(self._on_target_layer)
         self.grid.events.enabled.connect(self._on_grid)
@@ -91,11 +103,21 @@ class ExplainWidget(GradCamWidget):
         self.target.reset_choices()
         self.layer.reset_choices()
         self._on_target_layer(self.state.target_layer)
+        self._on_target()
 
     def _on_target_layer(self, name: str) -> None:
         if name and name in self.layer.choices:
             self.layer.value = name
 
+    def _on_target(self, *_args) -> None:
+        self.scale.visible = self.target.value == ALL  # a scale shared by several maps
+
+    def reset_choices(self, *_args) -> None:
+        self.image.reset_choices()
+        self.target.reset_choices()
+        self.layer.reset_choices()
+
+    # ----------------------------------------------------------------- side by side
     @property
     def grid(self):
         """The viewer's grid settings (``viewer.canvas.grid`` since napari 0.9, ``viewer.grid`` before)."""
@@ -109,24 +131,32 @@ class ExplainWidget(GradCamWidget):
             self.side_button.setChecked(enabled)
             self.side_button.blockSignals(False)
 
-    def reset_choices(self, *_args) -> None:
-        self.image.reset_choices()
-        self.target.reset_choices()
-        self.layer.reset_choices()
-
-    # ----------------------------------------------------------------- actions
     def side_by_side(self, enabled: bool | None = None) -> None:
-        """Toggle napari's grid mode: the image and each heatmap in its own panel."""
+        """Toggle napari's grid mode (the image and each heatmap in its own panel), with every panel in view;
+        leaving it brings back the view from before."""
         grid = self.grid
         enabled = not grid.enabled if enabled is None else bool(enabled)
+        if enabled == bool(grid.enabled):
+            return
+        camera = camera_of(self.viewer)
         if enabled:
-            n = len(self.viewer.layers)
+            self._view_before_grid = (tuple(camera.center), float(camera.zoom))
+            n = len(self.viewer.layers)  # napari gives every layer a panel, hidden ones too
             grid.shape = (1, n) if 1 < n <= 4 else (-1, -1)
             grid.stride = 1
-        grid.enabled = enabled
+            grid.enabled = True
+            self.viewer.reset_view()
+        else:
+            grid.enabled = False
+            if self._view_before_grid is not None:
+                camera.center, camera.zoom = self._view_before_grid
+                self._view_before_grid = None
+            else:
+                self.viewer.reset_view()
 
+    # ----------------------------------------------------------------- run
     def run(self, layer=None, method: str | None = None, target: str | None = None, target_layer: str | None = None,
-            keep: bool | None = None, shifts: int | None = None):
+            keep: bool | None = None, shifts: int | None = None, scale: str | None = None):
         """Explain ``layer`` (default: the chosen one); returns the worker (or None).
 
         While a run is going on, another is refused (a notification) and the form is left as it is.
@@ -139,39 +169,44 @@ class ExplainWidget(GradCamWidget):
             self.method.value = canonical_method(method)
         if target is not None:
             self.target.value = ALL if target == "all" else (PREDICTED if target == "predicted" else target)
-        if target_layer is not None:
-            self.layer.value = target_layer
-        if keep is not None:
-            self.keep.value = keep
-        if shifts is not None:
-            self.shifts.value = shifts
+        for control, value in ((self.layer, target_layer), (self.keep, keep), (self.shifts, shifts),
+                               (self.scale, scale)):
+            if value is not None:
+                control.value = value
         picked = self.plane_to_explain(layer)
         if picked is None:
             return None
-        layer, plane = picked
-        method = self.method.value
-        choice = self.target.value
-        tgt = None if choice in (None, PREDICTED) else ("all" if choice == ALL else choice)
-        tl = None if method == "cam" else (self.layer.value or None)
-        keep = bool(self.keep.value)
-        model = self.state.name
-        return self.start(_explain, self.state, plane.data, method, tgt, tl, self.state.bundle,
-                          int(self.shifts.value), on_returned=lambda hs: self._add(plane, layer, hs, keep, model))
+        model, layer, plane = picked
+        p = snapshot(self.params)
+        tgt = None if p.target in (None, PREDICTED) else ("all" if p.target == ALL else p.target)
+        tl = None if p.method == "cam" else (p.layer or None)
+        return self.jobs.start(
+            _explain, model.bundle, plane.data, p.method, tgt, tl, int(p.shifts), model=model, sources=[layer],
+            removed_message=f"Layer {plane.name!r} was removed while it was being explained; no heatmap was added.",
+            on_result=lambda job, heats: self._add(job, plane, layer, heats, p))
 
-    def _add(self, plane, layer, heatmaps, keep: bool, model: str) -> None:
+    def _add(self, job, plane, layer, heatmaps, p: ExplainParams) -> None:
+        from ..engine.scaling import scale_factors
+
         self.layers_added = []
-        if not self.source_still_there(
-                layer, f"Layer {plane.name!r} was removed while it was being explained; no heatmap was added."):
-            return
-        tuples = [heatmap_layer(h, plane, model) for h in heatmaps]
-        if len(tuples) > 1:  # several classes at once: give each its own hue, like the tiled maps
+        scale = p.scale if len(heatmaps) > 1 else "each"
+        factors = scale_factors(heatmaps, scale)
+        default_layer = job.model.bundle.target_layer
+        tuples = [heatmap_layer(h, plane, job.model.name, factor=float(f), scale_name=scale,
+                                source_id=str(layer.unique_id), default_layer=default_layer)
+                  for h, f in zip(heatmaps, factors)]
+        run = uuid.uuid4().hex  # the layers of one run (the outline widget picks the newest run's best class)
+        for _, kwargs, _ in tuples:
+            kwargs["metadata"]["run"] = run
+        if len(tuples) > 1:  # several classes at once: each in its class's colour (the CLI's overlays too)
             for (_, kwargs, _), h in zip(tuples, heatmaps):
-                kwargs["colormap"] = CLASS_COLORMAPS[h.target_index % len(CLASS_COLORMAPS)]
-        self.layers_added = replace_plugin_layers(self.viewer, tuples, "explain", plane.name, keep)
+                kwargs["colormap"] = class_colormap(h.target_index, CLASS_COLORMAPS)
+        self.layers_added = replace_plugin_layers(self.viewer, tuples, "explain", plane.name, p.keep)
         self.viewer.layers.selection.active = layer  # keep the source selected, so the next run uses it again
         h = heatmaps[0]
-        how = f"{method_title(h.method)} at <tt>{h.layer}</tt>"
+        how = f"{method_title(h.method)} at <tt>{h.layer}</tt> ({job.model.name})"
         if len(heatmaps) == 1:
             self.result_label.setText(f"<b>{h.target}</b> (p = {h.score:.1%}) explained by {how}")
         else:
-            self.result_label.setText("; ".join(f"<b>{x.target}</b> {x.score:.1%}" for x in heatmaps) + f" — {how}")
+            self.result_label.setText("; ".join(f"<b>{x.target}</b> {x.score:.1%}" for x in heatmaps)
+                                      + f" — {how}; scale: {scale}")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qtpy.QtWidgets import QLabel, QPushButton
+from qtpy.QtWidgets import QPushButton
 
-from ._base import GradCamWidget, ImageLayerPicker
+from ._base import GradCamWidget, camera_of, layer_picker, wrapping_label
 from .layers import feature_layers, replace_plugin_layers
+from .params import FeatureParams, bind, snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -15,11 +16,10 @@ if TYPE_CHECKING:  # pragma: no cover
 DISPLAYS = [("stack (slider)", "stack"), ("grid", "grid")]
 
 
-def _features(state, data, layer: str | None, n: int, bundle=None):
+def _features(bundle, data, layer: str | None, n: int):
     from ..engine import feature_maps
 
-    with state.lock:  # ``bundle``: the model when the run started (a model switched meanwhile is not used)
-        return feature_maps(bundle if bundle is not None else state.bundle, data, layer=layer, n=n)
+    return feature_maps(bundle, data, layer=layer, n=n)
 
 
 class FeatureMapsWidget(GradCamWidget):
@@ -32,23 +32,27 @@ class FeatureMapsWidget(GradCamWidget):
         from magicgui.widgets import CheckBox, ComboBox, Container, SpinBox
 
         lay = self.layout()
-        self.image = ImageLayerPicker(self.viewer)
+        self.params = FeatureParams()
+        self.image = layer_picker(self.viewer, "image", tooltip="The image layer to run the model on.")
         self.layer = ComboBox(label="layer", choices=self._layer_choices)
         self.count = SpinBox(label="channels", min=1, max=512, value=16)
         self.count.native.setToolTip("How many of the most active channels (highest mean activation) to show.")
         self.display = ComboBox(label="display", choices=DISPLAYS, value="stack")
+        self.display.native.setToolTip("A stack over the image (a slider picks the channel) or a grid of all "
+                                       "channels beside it.")
         self.keep = CheckBox(text="keep previous feature maps", value=False)
-        form = Container(widgets=[self.image.combo, self.layer, self.count, self.display, self.keep], labels=True)
-        form.native.layout().setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(form.native)
+        self.form = Container(widgets=[self.image, self.layer, self.count, self.display, self.keep], labels=True)
+        self.form.native.layout().setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.form.native)
+        bind(self.params, {"layer": self.layer, "count": self.count, "display": self.display, "keep": self.keep})
         self.run_button = QPushButton("Show feature maps")
         self.run_button.clicked.connect(lambda: self.run())
         lay.addWidget(self.run_button)
-        self.result_label = QLabel("")
-        self.result_label.setWordWrap(True)
+        self.result_label = wrapping_label()
         lay.addWidget(self.result_label)
         lay.addStretch(1)
         self.layers_added: list = []
+        self._view_before_grid = None
         self.state.model_changed.connect(self._on_model)
         self.state.target_layer_changed.connect(self._on_target_layer)
         self._on_model()
@@ -75,32 +79,39 @@ class FeatureMapsWidget(GradCamWidget):
         """
         if self.refuse_if_busy():
             return None
-        if model_layer is not None:
-            self.layer.value = model_layer
-        if n is not None:
-            self.count.value = int(n)
-        if display is not None:
-            self.display.value = display
+        for control, value in ((self.layer, model_layer), (self.count, n), (self.display, display)):
+            if value is not None:
+                control.value = value
         picked = self.plane_to_explain(layer)
         if picked is None:
             return None
-        layer, plane = picked
-        grid = self.display.value == "grid"
-        keep = bool(self.keep.value)
-        model = self.state.name  # the model of the run's start: it computes the maps, and labels them
+        model, layer, plane = picked
+        p = snapshot(self.params)
         shape = tuple(plane.data.shape[:2])
-        return self.start(_features, self.state, plane.data, self.layer.value or None, int(self.count.value),
-                          self.state.bundle,
-                          on_returned=lambda fm: self._add(fm, plane, layer, shape, grid, keep, model))
+        return self.jobs.start(
+            _features, model.bundle, plane.data, p.layer or None, int(p.count), model=model, sources=[layer],
+            removed_message=f"Layer {plane.name!r} was removed while its feature maps were computed; "
+                            "nothing was added.",
+            on_result=lambda job, fm: self._add(job, fm, plane, layer, shape, p))
 
-    def _add(self, fm, plane, layer, shape, grid: bool, keep: bool, model: str) -> None:
+    def _add(self, job, fm, plane, layer, shape, p: FeatureParams) -> None:
         self.layers_added = []
-        if not self.source_still_there(
-                layer, f"Layer {plane.name!r} was removed while its feature maps were computed; nothing was added."):
-            return
-        tuples = feature_layers(fm, plane, shape, grid=grid, model=model)
-        self.layers_added = replace_plugin_layers(self.viewer, tuples, "features", plane.name, keep)
+        grid = p.display == "grid"
+        tuples = feature_layers(fm, plane, shape, grid=grid, model=job.model.name)
+        self.layers_added = replace_plugin_layers(self.viewer, tuples, "features", plane.name, p.keep)
         self.viewer.layers.selection.active = layer
+        self._frame(grid)
         n, h, w = fm.maps.shape
         self.result_label.setText(f"{n} channels of {fm.layer} ({h} x {w}), most active first: "
                                   + ", ".join(str(int(c)) for c in fm.channels[:8]) + ("…" if n > 8 else ""))
+
+    def _frame(self, grid: bool) -> None:
+        """A grid beside the image: everything in view; back to a stack: the view from before the grid."""
+        camera = camera_of(self.viewer)
+        if grid:
+            if self._view_before_grid is None:
+                self._view_before_grid = (tuple(camera.center), float(camera.zoom))
+            self.viewer.reset_view()
+        elif self._view_before_grid is not None:
+            camera.center, camera.zoom = self._view_before_grid
+            self._view_before_grid = None

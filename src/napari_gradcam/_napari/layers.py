@@ -26,8 +26,27 @@ TAG = "napari_gradcam"
 #: colormap of single-image heatmaps: perceptual, black at 0 (so additive blending leaves the image as is)
 HEATMAP_COLORMAP = "inferno"
 
-#: one colormap per class for tiled heatmaps shown together (single hues, black at 0)
-CLASS_COLORMAPS = ("green", "magenta", "cyan", "yellow", "bop orange", "blue", "red", "bop purple", "bop blue")
+def _register_class_colormaps() -> tuple[str, ...]:
+    """napari colormaps "black -> the class's colour" (:mod:`napari_gradcam.colours`), by name."""
+    from napari.utils.colormaps import Colormap, ensure_colormap
+
+    from ..colours import CLASS_COLOURS
+
+    names = []
+    for name, rgb in CLASS_COLOURS:
+        cmap = Colormap([[0.0, 0.0, 0.0, 1.0], [*rgb, 1.0]], name=f"gradcam {name}", display_name=f"class {name}")
+        names.append(ensure_colormap(cmap).name)
+    return tuple(names)
+
+
+#: one colormap per class (by its index in the model's classes), the colours of the CLI's overlays too
+CLASS_COLORMAPS = _register_class_colormaps()
+
+
+def class_colormap(index: int, colormaps: Sequence[str] = CLASS_COLORMAPS) -> str:
+    """The colormap of the class with this index in the model's classes."""
+    return colormaps[int(index) % len(colormaps)]
+
 
 #: classify / explain work on at most this many pixels; larger multiscale layers use a coarser level
 MAX_EXPLAIN_PIXELS = 4096 * 4096
@@ -159,14 +178,51 @@ def _place(arr: np.ndarray, plane: ImagePlane, extra_scale=(1.0, 1.0)) -> tuple[
     return arr, {"scale": tuple(scale), "translate": tuple(translate)}
 
 
-def heatmap_name(method: str, target: str, layer: str, source: str) -> str:
-    """``"Grad-CAM pneumonia @features [xray_pneumonia]"``."""
-    return f"{method_title(method)} {target} @{layer} [{source}]"
+def heatmap_name(method: str, target: str, layer: str, source: str, default_layer: str = "") -> str:
+    """``"pneumonia · Grad-CAM [xray_pneumonia]"``: the class first and the image last, so that both stay
+    visible when napari's layer list shortens a long name in the middle; ``@layer`` when it is not
+    the model's default."""
+    at = f" @{layer}" if layer and layer != default_layer else ""
+    return f"{target} · {method_title(method)}{at} [{source}]"
 
 
-def heatmap_layer(heatmap: "Heatmap", plane: ImagePlane, model: str = "", colormap: str = HEATMAP_COLORMAP) -> tuple:
-    """A :class:`Heatmap` as an Image LayerDataTuple overlaying ``plane``."""
-    data, geo = _place(np.asarray(heatmap.data, dtype=np.float32), plane)
+def coarse_map(heatmap: "Heatmap", factor: float = 1.0) -> np.ndarray | None:
+    """The map at its layer's resolution, (h, w) float32 in [0, 1] times ``factor`` (the same values as
+    ``heatmap.data`` before its bilinear upsampling), or None when ``data`` is not that upsampling
+    (sub-cell shifts, pixel attributions, a map as large as the image)."""
+    from ..engine.methods import get_method
+    from ..errors import GradCamError
+
+    raw = np.asarray(heatmap.raw, dtype=np.float32)
+    try:
+        spec = get_method(heatmap.method)
+    except GradCamError:
+        return None
+    if (heatmap.shifts != 1 or spec.family != "cam" or spec.signed or raw.ndim != 2
+            or raw.shape[0] >= heatmap.data.shape[0] or raw.shape[1] >= heatmap.data.shape[1]):
+        return None
+    peak = float(heatmap.max)
+    positive = np.maximum(raw, 0)
+    scale = factor / peak if peak > 0 else 0.0
+    return np.clip(positive * np.float32(scale), 0, max(factor, 0)).astype(np.float32)
+
+
+def heatmap_layer(heatmap: "Heatmap", plane: ImagePlane, model: str = "", colormap: str = HEATMAP_COLORMAP,
+                  factor: float = 1.0, scale_name: str = "each", source_id: str = "",
+                  default_layer: str = "") -> tuple:
+    """A :class:`Heatmap` as an Image LayerDataTuple overlaying ``plane``.
+
+    The map goes to napari at its layer's resolution (:func:`coarse_map`), placed with scale and
+    translate over the image's pixels and shown with linear interpolation (what ``explain`` does to
+    upsample it), not as a full-size copy; ``factor`` puts it on the brightness scale it shares with
+    other classes (:mod:`napari_gradcam.engine.scaling`).
+    """
+    coarse = coarse_map(heatmap, factor)
+    full_hw = np.asarray(heatmap.data).shape[:2]
+    if coarse is not None:
+        data, geo = _place(coarse, plane, (full_hw[0] / coarse.shape[0], full_hw[1] / coarse.shape[1]))
+    else:
+        data, geo = _place(np.asarray(heatmap.data, dtype=np.float32) * np.float32(factor), plane)
     meta = {
         TAG: "heatmap",
         "widget": "explain",
@@ -177,13 +233,18 @@ def heatmap_layer(heatmap: "Heatmap", plane: ImagePlane, model: str = "", colorm
         "score": float(heatmap.score),
         "layer": heatmap.layer,
         "source": plane.name,
+        "source_id": source_id,
         "slice": list(plane.index),
         "max": float(heatmap.max),
         "probabilities": [float(p) for p in heatmap.probabilities],
         "model": model,
+        "coarse": coarse is not None,
+        "image_shape": [int(n) for n in full_hw],
+        "scale": scale_name,
+        "scale_factor": float(factor),
     }
     kwargs = {
-        "name": heatmap_name(heatmap.method, heatmap.target, heatmap.layer, plane.label),
+        "name": heatmap_name(heatmap.method, heatmap.target, heatmap.layer, plane.label, default_layer),
         "colormap": colormap,
         "blending": "additive",
         "opacity": 0.5,
@@ -195,8 +256,35 @@ def heatmap_layer(heatmap: "Heatmap", plane: ImagePlane, model: str = "", colorm
     return data, kwargs, "image"
 
 
-def tiled_layers(result: "TiledHeatmaps", plane: ImagePlane, model: str = "") -> list[tuple]:
-    """One Image LayerDataTuple per class of a :class:`TiledHeatmaps`, each with its own colormap."""
+def coarse_tiled_step(result: "TiledHeatmaps") -> int:
+    """The step (image pixels) of the grid tiled maps go to napari on: the engine's blending grid, on
+    which they were computed before their upsampling (1 for small tiles)."""
+    return max(1, int(getattr(result, "extra", {}).get("blend_step", 1) or 1))
+
+
+def block_mean(maps, step: int):
+    """(C, H, W) numpy or dask -> (C, ceil(H/step), ceil(W/step)) float32 means of step x step blocks
+    (edge blocks: the mean of what they hold)."""
+    if step <= 1:
+        return maps
+    C, H, W = maps.shape
+    if hasattr(maps, "dask"):
+        import dask.array as da
+
+        padded = da.pad(maps, ((0, 0), (0, -H % step), (0, -W % step)), mode="edge")
+        return da.coarsen(np.mean, padded, {1: step, 2: step}).astype(np.float32)
+    padded = np.pad(np.asarray(maps, np.float32), ((0, 0), (0, -H % step), (0, -W % step)), mode="edge")
+    return padded.reshape(C, padded.shape[1] // step, step, padded.shape[2] // step, step).mean(axis=(2, 4),
+                                                                                              dtype=np.float32)
+
+
+def tiled_layers(result: "TiledHeatmaps", plane: ImagePlane, model: str = "", step: int = 1,
+                 source_id: str = "") -> list[tuple]:
+    """One Image LayerDataTuple per class of a :class:`TiledHeatmaps`, each in its class's colour.
+
+    ``result.heatmaps`` may already be on a grid of ``step`` image pixels (:func:`block_mean`): the
+    layers are placed with scale and translate over the image's pixels.
+    """
     out = []
     heat = result.heatmaps
     lazy = bool(getattr(result, "extra", {}).get("lazy"))  # not computed: no breakdown (it needs every pixel)
@@ -204,24 +292,27 @@ def tiled_layers(result: "TiledHeatmaps", plane: ImagePlane, model: str = "") ->
     probabilities = {} if lazy else result.probabilities
     for k, cls in enumerate(result.classes):
         ci = result.class_indices[k] if k < len(result.class_indices) else k
-        data, geo = _place(heat[k], plane)
+        data, geo = _place(heat[k], plane, (step, step))
         meta = {
             TAG: "tiled",
             "widget": "tiled",
             "method": result.method,
             "target": cls,
+            "target_index": int(ci),
             "source": plane.name,
+            "source_id": source_id,
             "slice": list(plane.index),
             "share": breakdown.get(cls),
             "probability": probabilities.get(cls),
             "tile": int(result.tile),
             "stride": int(result.stride),
             "tiles": int(result.tiles),
+            "grid_step": int(step),
             "model": model,
         }
         kwargs = {
-            "name": f"{method_title(result.method)} tiled {cls} [{plane.label}]",
-            "colormap": CLASS_COLORMAPS[ci % len(CLASS_COLORMAPS)],
+            "name": f"{cls} · tiled {method_title(result.method)} [{plane.label}]",
+            "colormap": class_colormap(ci),
             "blending": "additive",
             "opacity": 0.6,
             "contrast_limits": (0.0, 1.0),

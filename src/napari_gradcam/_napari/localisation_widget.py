@@ -5,8 +5,9 @@ or a Shapes layer (rasterised with ``Shapes.to_labels``).  Either is brought ont
 pixel grid through world coordinates (each layer's scale and translate), so an outline drawn over
 the source image lines up with the heatmap that overlays it.  The metrics are those of
 :func:`napari_gradcam.localisation.localisation_scores`; with "deletion / insertion curves" the
-shared model also scores the heatmap on its source image
-(:func:`napari_gradcam.localisation.deletion_insertion`).
+model of the moment also scores the heatmap on its source image, the very layer it was computed from
+(:func:`napari_gradcam.localisation.deletion_insertion`).  A coarse heatmap (the Explain widget's: one
+value per feature-map cell) is compared on its source image's pixel grid, upsampled as napari shows it.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QLabel, QPushButton, QTableWidget, QTableWidgetItem
+from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QPushButton, QTableWidget, QTableWidgetItem
 
 from ..errors import GradCamError
-from ._base import GradCamWidget, ImageLayerPicker, notify_error, section
-from .layers import layer_plane
+from ._base import GradCamWidget, error_message, layer_picker, notify_error, section, wrapping_label
+from .layers import ImagePlane, layer_plane
+from .params import LocalisationParams, bind, snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -42,12 +44,29 @@ ROWS = (
 
 
 # ----------------------------------------------------------------------------- layer pickers
+def is_heatmap(layer) -> bool:
+    """An image layer that says which method made it (the Explain widget's heatmaps)."""
+    return "method" in getattr(layer, "metadata", {})
+
+
 def heatmap_layers(viewer: "napari.Viewer") -> list:
-    """Every Image layer, those with a ``method`` in their metadata (heatmaps) first."""
+    """Every Image layer: heatmaps first, newest run first (the run of the highest heatmap in the layer
+    list) and, within a run of several classes, the most probable class first; then the other images."""
     from napari.layers import Image
 
     images = [layer for layer in viewer.layers if isinstance(layer, Image)]
-    return sorted(images, key=lambda layer: "method" not in layer.metadata)  # stable: keeps layer order
+    heats = [(i, layer) for i, layer in enumerate(images) if is_heatmap(layer)]
+    newest: dict = {}
+    for i, layer in heats:
+        run = layer.metadata.get("run") or id(layer)
+        newest[run] = max(newest.get(run, -1), i)
+
+    def order(item):
+        i, layer = item
+        score = layer.metadata.get("score")
+        return (-newest[layer.metadata.get("run") or id(layer)], -(score if isinstance(score, (int, float)) else 0), -i)
+
+    return [layer for _, layer in sorted(heats, key=order)] + [layer for layer in images if not is_heatmap(layer)]
 
 
 def outline_layers(viewer: "napari.Viewer") -> list:
@@ -57,41 +76,26 @@ def outline_layers(viewer: "napari.Viewer") -> list:
     return [layer for layer in viewer.layers if isinstance(layer, (Labels, Shapes))]
 
 
-class _LayerPicker(ImageLayerPicker):
-    """:class:`ImageLayerPicker`'s live dropdown, over another set of layers."""
+def source_of(viewer: "napari.Viewer", heat_layer):
+    """The image layer a heatmap was computed from: the very layer (``metadata["source_id"]``, its
+    ``unique_id``), never one that merely has its name; None when it is not in the viewer."""
+    wanted = heat_layer.metadata.get("source_id")
+    if not wanted:
+        return None
+    return next((layer for layer in viewer.layers if str(layer.unique_id) == wanted), None)
 
-    def __init__(self, viewer, label: str, eligible, missing: str, tooltip: str, prefer=None) -> None:
-        self._eligible = eligible
-        self._missing = missing
-        self._prefer = prefer or (lambda layer: False)
-        super().__init__(viewer, label)
-        self.combo.native.setToolTip(tooltip)
 
-    def _choices(self, _widget=None) -> list:
-        return [(layer.name, layer) for layer in self._eligible(self.viewer)]
-
-    def _select_if_eligible(self, layer) -> None:
-        if layer is not None and any(layer is x for x in self._eligible(self.viewer)):
-            try:
-                self.combo.value = layer
-            except (ValueError, RuntimeError):
-                pass
-
-    def _on_inserted(self, event=None) -> None:
-        super()._on_inserted(event)
-        layer = getattr(event, "value", None)
-        if layer is not None and self._prefer(layer):  # a new heatmap: compare it next
-            self._select_if_eligible(layer)
-
-    def _on_active(self, event=None) -> None:
-        self.reset_choices()
-        self._select_if_eligible(self.viewer.layers.selection.active)
-
-    def require(self):
-        layer = self.value
-        if layer is None:
-            notify_error(self._missing)
-        return layer
+def metric_grid(plane: ImagePlane, meta: dict) -> tuple[ImagePlane, tuple[int, int]]:
+    """The pixel grid the metrics use, and its shape: the source image's for a coarse heatmap (its cells
+    are ``image_shape / data.shape`` image pixels, centred on them), else the heatmap's own."""
+    if not meta.get("coarse") or not meta.get("image_shape"):
+        return plane, tuple(int(n) for n in plane.data.shape[:2])
+    full = tuple(int(n) for n in meta["image_shape"])
+    f = np.array([full[0] / plane.data.shape[0], full[1] / plane.data.shape[1]])
+    scale, translate = plane.scale.copy(), plane.translate.copy()
+    scale[-2:] = plane.scale[-2:] / f
+    translate[-2:] = plane.translate[-2:] - scale[-2:] * (f - 1) / 2
+    return ImagePlane(plane.data, plane.index, scale, translate, plane.level, plane.name), full
 
 
 # ----------------------------------------------------------------------------- outline -> mask
@@ -165,13 +169,14 @@ def shapes_mask(layer, shape: tuple[int, int], scale, translate, point) -> tuple
     return Shapes(data, shape_type=types).to_labels(labels_shape=tuple(shape)) != 0, len(data)
 
 
-def outline_mask(viewer, heatmap, plane, outline) -> np.ndarray:
-    """The outline layer as a boolean mask on the heatmap plane's pixel grid (errors: one sentence)."""
+def outline_mask(viewer, heatmap, plane, outline, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """The outline layer as a boolean mask on a pixel grid: ``plane``'s geometry (scale, translate), of
+    ``shape`` (default: the plane's data's) (errors: one sentence)."""
     from napari.layers import Labels
 
     for layer in (heatmap, outline):
         _check_axis_aligned(layer)
-    shape = tuple(int(n) for n in plane.data.shape[:2])
+    shape = tuple(int(n) for n in (shape or plane.data.shape[:2]))
     scale, translate = plane.scale[-2:], plane.translate[-2:]
     point = _world_point(viewer, heatmap, plane)
     if int(outline.ndim) < 2:
@@ -190,18 +195,27 @@ def outline_mask(viewer, heatmap, plane, outline) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- worker
-def _compare(state, heat, mask, tolerance: float, level: float, curves: dict | None) -> dict[str, Any]:
+def upsample(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(h, w) -> ``shape`` float32 by bilinear interpolation on pixel centres (napari's linear display)."""
+    heat = np.asarray(heat, dtype=np.float32)
+    if heat.shape == tuple(shape):
+        return heat
+    from skimage.transform import resize
+
+    return resize(heat, shape, order=1, mode="edge", anti_aliasing=False, preserve_range=True).astype(np.float32)
+
+
+def _compare(bundle, heat, shape, mask, tolerance: float, level: float, curves: dict | None) -> dict[str, Any]:
     from ..localisation import deletion_insertion, localisation_scores
 
-    heat = np.asarray(heat, dtype=np.float32)
+    heat = upsample(heat, shape)
     result = localisation_scores(heat, mask, tolerance=tolerance, level=level)
     if curves is not None:
         image = np.asarray(curves["image"])
         if image.shape[:2] != heat.shape:
             raise GradCamError(f"The heatmap {heat.shape} and its source image {image.shape[:2]} have different "
                                "sizes; explain the image again.")
-        with state.lock:
-            di = deletion_insertion(state.bundle, image, heat, curves["target"])
+        di = deletion_insertion(bundle, image, heat, curves["target"])
         result.update(deletion_auc=di["deletion_auc"], insertion_auc=di["insertion_auc"])
     return result
 
@@ -222,19 +236,17 @@ class LocalisationWidget(GradCamWidget):
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer)
         from magicgui.widgets import CheckBox, Container, FloatSpinBox
+        from napari.layers import Image, Layer
 
         lay = self.layout()
-        self.heatmap = _LayerPicker(
-            self.viewer, "heatmap", heatmap_layers,
-            "There is no heatmap layer to compare: make one with the Explain widget first.",
-            "The heatmap (an image layer; those made by the Explain widget come first).",
-            prefer=lambda layer: "method" in getattr(layer, "metadata", {}),
-        )
-        self.outline = _LayerPicker(
-            self.viewer, "outline", outline_layers,
-            "There is no outline to compare with: draw the lesion in a Labels or Shapes layer first.",
-            "The lesion's outline: a Labels layer (nonzero = lesion) or a Shapes layer.",
-        )
+        self.params = LocalisationParams()
+        self.heatmap = layer_picker(
+            self.viewer, "heatmap", heatmap_layers, Image, prefer=is_heatmap,
+            group=lambda layer: layer.metadata.get("run"),
+            tooltip="The heatmap (an image layer; the newest made by the Explain widget is chosen by default).")
+        self.outline = layer_picker(
+            self.viewer, "outline", outline_layers, Layer,
+            tooltip="The lesion's outline: a Labels layer (nonzero = lesion) or a Shapes layer.")
         self.tolerance = FloatSpinBox(label="pointing tolerance (px)", value=15.0, min=0.0, max=10_000.0, step=1.0)
         self.tolerance.native.setToolTip("A heatmap maximum this close to the outline counts as a hit "
                                          "(Zhang et al. use 15 px at 224 px).")
@@ -243,17 +255,16 @@ class LocalisationWidget(GradCamWidget):
         self.curves = CheckBox(text="deletion / insertion curves (needs the model)", value=False)
         self.curves.native.setToolTip("Also run the model on the heatmap's source image with its most relevant "
                                       "pixels deleted / inserted (slower).")
-        form = Container(widgets=[self.heatmap.combo, self.outline.combo, self.tolerance, self.level, self.curves],
-                         labels=True)
-        form.native.layout().setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(form.native)
+        self.form = Container(widgets=[self.heatmap, self.outline, self.tolerance, self.level, self.curves],
+                              labels=True)
+        self.form.native.layout().setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.form.native)
+        bind(self.params, {"tolerance": self.tolerance, "level": self.level, "curves": self.curves})
         self.run_button = QPushButton("Compare")
         self.run_button.clicked.connect(lambda: self.run())
         lay.addWidget(self.run_button)
         lay.addWidget(section("Localisation"))
-        self.result_label = QLabel("")
-        self.result_label.setTextFormat(Qt.TextFormat.RichText)
-        self.result_label.setWordWrap(True)
+        self.result_label = wrapping_label(rich=True)
         lay.addWidget(self.result_label)
         self.table = QTableWidget(0, 2)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -273,61 +284,77 @@ class LocalisationWidget(GradCamWidget):
     def run(self, heatmap=None, outline=None, tolerance: float | None = None, level: float | None = None,
             curves: bool | None = None):
         """Compare ``heatmap`` with ``outline`` (default: the chosen layers); returns the worker (or None)."""
+        if self.refuse_if_busy():
+            return None
         for widget, value in ((self.heatmap, heatmap), (self.outline, outline), (self.tolerance, tolerance),
                               (self.level, level), (self.curves, curves)):
             if value is not None:
                 try:
+                    if widget in (self.heatmap, self.outline):
+                        widget.reset_choices()
                     widget.value = value
                 except (ValueError, TypeError) as e:
-                    notify_error(f"{value!r} is not a valid choice here ({e}).")
-                    self.last_error = "bad argument"
+                    self.jobs.fail(f"{value!r} is not a valid choice here ({e}).")
                     return None
-        heat_layer = self.heatmap.require()
-        outline_layer = self.outline.require() if heat_layer is not None else None
+        heat_layer = self._require(self.heatmap, "There is no heatmap layer to compare: make one with the "
+                                                 "Explain widget first.")
+        outline_layer = heat_layer and self._require(
+            self.outline, "There is no outline to compare with: draw the lesion in a Labels or Shapes layer first.")
         if heat_layer is None or outline_layer is None:
-            self.last_error = "no heatmap" if heat_layer is None else "no outline"
+            return None
+        p = snapshot(self.params)
+        model = self.jobs.capture_model() if p.curves else None
+        if p.curves and model is None:
             return None
         try:
             plane = layer_plane(self.viewer, heat_layer)
             if plane.data.ndim != 2:
                 raise GradCamError(f"Layer {heat_layer.name!r} is RGB; a heatmap has one value per pixel.")
-            mask = outline_mask(self.viewer, heat_layer, plane, outline_layer)
-            curves_args = self._curves_args(heat_layer, plane) if self.curves.value else None
+            grid, shape = metric_grid(plane, heat_layer.metadata)
+            mask = outline_mask(self.viewer, heat_layer, grid, outline_layer, shape)
+            curves_args, source = self._curves_args(heat_layer, model) if p.curves else (None, None)
         except Exception as e:  # noqa: BLE001 - GradCamError from the layers
-            self.last_error = str(e)
+            self.last_error = error_message(e, self.what)
             notify_error(e, self.what)
             return None
-        if self.curves.value and curves_args is None:
-            return None
-        tol, lev = float(self.tolerance.value), float(self.level.value)
         names = (heat_layer.name, outline_layer.name)
-        return self.start(_compare, self.state, plane.data, mask, tol, lev, curves_args,
-                          on_returned=lambda r: self._show(r, names, tol, lev))
+        sources = [heat_layer, outline_layer] + ([source] if source is not None else [])
+        return self.jobs.start(
+            _compare, model.bundle if model else None, plane.data, shape, mask, float(p.tolerance), float(p.level),
+            curves_args, model=model, sources=sources,
+            removed_message=f"A layer being compared ({names[0]!r} or {names[1]!r}) was removed; no metrics were shown.",
+            on_result=lambda job, r: self._show(job, r, names, p))
 
-    def _curves_args(self, heat_layer, plane) -> dict | None:
-        """The source image plane and target class for deletion/insertion, or None + a notification."""
-        if self.require_model() is None:
+    def _require(self, picker, missing: str):
+        picker.reset_choices()
+        layer = picker.value
+        if layer is None or not any(layer is x for x in self.viewer.layers):
+            self.jobs.fail(missing)
             return None
+        return layer
+
+    def _curves_args(self, heat_layer, model) -> tuple[dict, Any]:
+        """The source image plane and target class for deletion/insertion, and the source layer (found by
+        identity)."""
         meta = heat_layer.metadata
-        source = meta.get("source")
-        if not source or source not in self.viewer.layers:
+        src = source_of(self.viewer, heat_layer)
+        if src is None:
             raise GradCamError(f"The source image of {heat_layer.name!r} is not in the viewer; deletion/insertion "
                                "needs a heatmap made by the Explain widget and its image.")
         target = meta.get("target", meta.get("target_index"))
         if target is None:
             raise GradCamError(f"Layer {heat_layer.name!r} does not say which class it explains; "
                                "make it with the Explain widget.")
-        src = self.viewer.layers[source]
         n_lead = int(src.ndim) - 2
         index = tuple(meta.get("slice") or ()) if n_lead else ()
         src_plane = layer_plane(self.viewer, src, index=index if len(index) == n_lead else None)
-        self.state.bundle.class_index(target)  # an unknown class: GradCamError now, not in the worker
-        return {"image": src_plane.data, "target": target}
+        model.bundle.class_index(target)  # an unknown class: GradCamError now, not in the worker
+        return {"image": src_plane.data, "target": target}, src
 
     # ----------------------------------------------------------------- results
-    def _show(self, result: dict, names: tuple[str, str], tol: float, level: float) -> None:
+    def _show(self, job, result: dict, names: tuple[str, str], p: LocalisationParams) -> None:
         self.result = dict(result)
-        rows = [(label.format(tol=tol, level=level), result[key]) for key, label in ROWS if key in result]
+        rows = [(label.format(tol=p.tolerance, level=p.level), result[key]) for key, label in ROWS if key in result]
         t = self.table
         t.setRowCount(len(rows))
         for r, (label, value) in enumerate(rows):
@@ -336,8 +363,9 @@ class LocalisationWidget(GradCamWidget):
             item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             t.setItem(r, 1, item)
         hit = "points at" if result["pointing"] else "misses"
+        model = f" (curves: {job.model.name})" if job.model is not None else ""
         self.result_label.setText(f"<b>{names[0]}</b> {hit} <b>{names[1]}</b>; "
-                                  f"{result['energy']:.1%} of its energy is inside.")
+                                  f"{result['energy']:.1%} of its energy is inside.{model}")
 
     def table_values(self) -> dict[str, str]:
         """The table as {metric label: shown value} (for tests and copying)."""

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QPushButton, QWidget
 
 from ..errors import GradCamError, ModelFileError
-from ._base import GradCamWidget, notify_error, section
+from ._base import GradCamWidget, Section, notify_error, section, wrapping_label
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -25,13 +25,10 @@ DEFAULT_CLASSES = "normal, pneumonia, covid"
 
 
 def demo_model_path() -> Path:
-    """Where the shipped demo model lives (``napari_gradcam.data.demo_model_path`` when available)."""
-    try:
-        from ..data import demo_model_path as _path
+    """Where the shipped demo model lives (see :mod:`napari_gradcam.shipped`)."""
+    from ..shipped import DEMO_MODEL, shipped_file
 
-        return Path(_path())
-    except (ImportError, AttributeError):
-        return Path(__file__).resolve().parent.parent / "sample_data" / "demo_model.safetensors"
+    return shipped_file(DEMO_MODEL)
 
 
 def _parse_classes(text: str) -> list[str]:
@@ -109,9 +106,7 @@ class ModelWidget(GradCamWidget):
         from ._compat import avoid_triton_llvm_clash
 
         lay = self.layout()
-        self.info = QLabel()
-        self.info.setWordWrap(True)
-        self.info.setTextFormat(Qt.TextFormat.RichText)
+        self.info = wrapping_label(rich=True)
         self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         lay.addWidget(section("Current model"))
         lay.addWidget(self.info)
@@ -131,13 +126,10 @@ class ModelWidget(GradCamWidget):
         self.form = Container(widgets=[self.file, self.architecture, self.classes, self.in_channels,
                                        self.input_size], labels=True)
         self.form.native.layout().setContentsMargins(0, 0, 0, 0)
-        hint = QLabel("<small>Bundles (.safetensors) describe themselves; architecture, classes, channels and "
-                      "input size are for building a model or reading bare .pt/.pth weights.</small>")
-        hint.setWordWrap(True)
-        hint.setTextFormat(Qt.TextFormat.RichText)
-        from superqt import QCollapsible
-
-        self.open_section = QCollapsible("Open or build a model")
+        hint = wrapping_label("<small>Bundles (.safetensors) describe themselves; architecture, classes, channels "
+                              "and input size are for building a model or reading bare .pt/.pth weights.</small>",
+                              rich=True)
+        self.open_section = Section("Open or build a model")
         self.open_section.addWidget(self.form.native)
         self.open_section.addWidget(hint)
 
@@ -187,9 +179,9 @@ class ModelWidget(GradCamWidget):
         if value is None or str(value) in ("", ".") or Path(value).is_dir():
             notify_error("Choose a model file first (.safetensors, .pt or .pth).")
             return None
-        return self.start(_load_file, str(value), self.device.value, self.architecture.value,
-                          self.classes.value, self.in_channels.value, int(self.input_size.value),
-                          on_returned=self._set_loaded, what="Loading the model")
+        return self.jobs.start(_load_file, str(value), self.device.value, self.architecture.value,
+                               self.classes.value, self.in_channels.value, int(self.input_size.value),
+                               on_result=lambda _job, result: self._set_loaded(result), what="Loading the model")
 
     def build(self, architecture: str | None = None, classes: str | list[str] | None = None,
               in_channels: int | None = None, input_size: int | None = None):
@@ -203,14 +195,14 @@ class ModelWidget(GradCamWidget):
         if input_size is not None:
             self.input_size.value = int(input_size)
         channels = 1 if self.in_channels.value == "auto" else int(self.in_channels.value)
-        return self.start(_build, self.architecture.value, self.classes.value, channels,
-                          int(self.input_size.value), self.device.value,
-                          on_returned=self._set_loaded, what="Building the model")
+        return self.jobs.start(_build, self.architecture.value, self.classes.value, channels,
+                               int(self.input_size.value), self.device.value,
+                               on_result=lambda _job, result: self._set_loaded(result), what="Building the model")
 
     def load_demo(self):
         """Load the shipped demo model (simple_cnn on synthetic chest X-rays)."""
-        return self.start(_load_demo, self.device.value, on_returned=self._set_loaded,
-                          what="Loading the demo model")
+        return self.jobs.start(_load_demo, self.device.value, on_result=lambda _job, result: self._set_loaded(result),
+                               what="Loading the demo model")
 
     def set_bundle(self, bundle: "ModelBundle", source: str = "", layers: list[str] | None = None) -> None:
         """Make ``bundle`` the shared model (on the GUI thread; lists its layers if not given)."""

@@ -7,10 +7,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QBrush, QColor
-from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QLabel, QPushButton, QTableWidget, QTableWidgetItem
+from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QPushButton, QTableWidget, QTableWidgetItem
 
-from ._base import GradCamWidget, ImageLayerPicker, notify_error, notify_info, section
-from .layers import CLASS_COLORMAPS, layer_plane, replace_plugin_layers, tiled_layers
+from ..colours import class_colour
+from ._base import GradCamWidget, error_message, layer_picker, notify_error, section, wrapping_label
+from .layers import block_mean, coarse_tiled_step, layer_plane, replace_plugin_layers, tiled_layers
+from .params import TiledParams, bind, snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -42,22 +44,28 @@ def _materialise(result):
     return result
 
 
-def _tiled(state, data, tile, overlap, classes, method, bundle=None):
+def _tiled(bundle, data, tile, overlap, classes, method):
+    """Generator (the job): the tiled maps of ``data``, their breakdown (from the full-resolution
+    probability maps), then the maps on the engine's blending grid (:func:`.layers.block_mean`): napari
+    gets them coarse, placed with scale and translate, instead of image-sized copies."""
     from ..engine import iter_tiled_heatmaps
 
-    with state.lock:  # ``bundle``: the model when the run started (a model switched mid-run is not used)
-        bundle = bundle if bundle is not None else state.bundle
-        result = yield from iter_tiled_heatmaps(bundle, data, tile=tile, overlap=overlap, classes=classes,
-                                                method=method)
-        if hasattr(result.heatmaps, "dask"):
-            nbytes = 2 * np.prod(result.heatmaps.shape, dtype=np.int64) * 4
-            if nbytes <= MATERIALISE_BYTES:
-                result = yield from _materialise(result)
-                result.breakdown  # noqa: B018 - computed here, off the GUI thread
-            else:
-                result.extra["lazy"] = True
+    result = yield from iter_tiled_heatmaps(bundle, data, tile=tile, overlap=overlap, classes=classes, method=method)
+    if hasattr(result.heatmaps, "dask"):
+        nbytes = 2 * np.prod(result.heatmaps.shape, dtype=np.int64) * 4
+        if nbytes <= MATERIALISE_BYTES:
+            result = yield from _materialise(result)
+            result.breakdown  # noqa: B018 - computed here, off the GUI thread
         else:
-            result.breakdown  # noqa: B018
+            result.extra["lazy"] = True  # too large to hold: shown lazily, without a breakdown
+    else:
+        result.breakdown  # noqa: B018
+    if not result.extra.get("lazy"):
+        result.probabilities  # noqa: B018
+    step = coarse_tiled_step(result)
+    result.heatmaps = block_mean(result.heatmaps, step)
+    result.probability_maps = None  # not shown; the breakdown above was computed from them
+    result.extra["grid_step"] = step
     return result
 
 
@@ -79,28 +87,33 @@ class TiledHeatmapsWidget(GradCamWidget):
         from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Select, SpinBox
 
         lay = self.layout()
-        self.image = ImageLayerPicker(self.viewer)
+        self.params = TiledParams()
+        self.image = layer_picker(self.viewer, "image", tooltip="The (large) image layer to tile.")
         self.method = ComboBox(label="method", choices=METHODS, value="cam")
-        self.tile = SpinBox(label="tile size", min=0, max=8192, step=16, value=0)
-        self.tile.native.setSpecialValueText("model input size")
-        self.tile.native.setToolTip("Tile side in image pixels (0: the model's input size). Tiles are resized "
-                                    "to the model's input size.")
+        self.tile = SpinBox(label="tile size (0: auto)", min=0, max=8192, step=16, value=0)
+        self.tile.native.setToolTip("Tile side in image pixels. 0: the model's training scale, the typical size of the "
+                                    "model's training images, recorded when it was trained (else its input size), "
+                                    "so that a tile shows what one training image showed. Tiles are resized to "
+                                    "the model's input size.")
         self.overlap = FloatSpinBox(label="overlap", min=0.0, max=0.9, step=0.05, value=0.5)
         self.class_mode = ComboBox(label="classes", choices=CLASS_MODES, value="all")
         self.k = SpinBox(label="k", min=1, max=100, value=2)
         self.chosen = Select(label="chosen", choices=self._class_choices)
         self.keep = CheckBox(text="keep previous tiled maps", value=False)
-        self.form = Container(widgets=[self.image.combo, self.method, self.tile, self.overlap, self.class_mode,
+        self.form = Container(widgets=[self.image, self.method, self.tile, self.overlap, self.class_mode,
                                        self.k, self.chosen, self.keep], labels=True)
         self.form.native.layout().setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.form.native)
+        self.tile_hint = wrapping_label(rich=True)
+        lay.addWidget(self.tile_hint)
+        bind(self.params, {"method": self.method, "tile": self.tile, "overlap": self.overlap,
+                           "class_mode": self.class_mode, "k": self.k, "chosen": self.chosen, "keep": self.keep})
         self.run_button = QPushButton("Compute tiled heatmaps")
         self.run_button.clicked.connect(lambda: self.run())
         lay.addWidget(self.run_button)
         lay.addWidget(self._make_progress_row())
         lay.addWidget(section("Class breakdown"))
-        self.result_label = QLabel("")
-        self.result_label.setWordWrap(True)
+        self.result_label = wrapping_label()
         lay.addWidget(self.result_label)
         self.table = QTableWidget(0, 3)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -108,13 +121,11 @@ class TiledHeatmapsWidget(GradCamWidget):
         self.table.setHorizontalHeaderLabels(["class", "area", "mean p"])
         self.table.horizontalHeaderItem(1).setToolTip("Share of the image where this class dominates.")
         self.table.horizontalHeaderItem(2).setToolTip("Mean probability of the class over the tiles.")
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.setMinimumHeight(90)
         lay.addWidget(self.table, 1)
         self.result = None
         self.layers_added: list = []
-        self._job_source = None  # the layer the running job computes the maps of
-        self._source_removed = False  # ... and whether it was removed from the viewer meanwhile
-        self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self.class_mode.changed.connect(self._on_mode)
         self.state.model_changed.connect(self._on_model)
         self._on_model()
@@ -124,8 +135,17 @@ class TiledHeatmapsWidget(GradCamWidget):
 
     def _on_model(self, _bundle=None) -> None:
         self.chosen.reset_choices()
-        if self.state.bundle is not None:
-            self.k.max = self.state.bundle.n_classes
+        bundle = self.state.bundle
+        if bundle is not None:
+            self.k.max = bundle.n_classes
+            from ..engine.tiling import default_tile
+
+            tile = default_tile(bundle)
+            recorded = (bundle.config.training or {}).get("source_size") == tile
+            why = "training scale" if recorded else "input size (no training scale recorded)"
+            self.tile_hint.setText(f"<small>tile size 0: {tile} px, the model's {why}</small>")
+        else:
+            self.tile_hint.setText("")
         self._on_mode()
 
     def _on_mode(self, *_args) -> None:
@@ -146,24 +166,13 @@ class TiledHeatmapsWidget(GradCamWidget):
         """
         if self.refuse_if_busy():
             return None
-        if tile is not None:
-            self.tile.value = int(tile)
-        if overlap is not None:
-            self.overlap.value = float(overlap)
-        if method is not None:
-            self.method.value = method
-        if keep is not None:
-            self.keep.value = keep
+        for control, value in ((self.tile, tile), (self.overlap, overlap), (self.method, method), (self.keep, keep)):
+            if value is not None:
+                control.value = value
         if classes is not None:
-            if isinstance(classes, str) and classes == "all":
-                self.class_mode.value = "all"
-            elif isinstance(classes, int):
-                self.class_mode.value = "topk"
-                self.k.value = classes
-            else:
-                self.class_mode.value = "chosen"
-                self.chosen.value = list(classes)
-        if self.require_model() is None:
+            self._set_classes(classes)
+        model = self.jobs.capture_model()
+        if model is None:
             return None
         layer = self.pick_image(layer)
         if layer is None:
@@ -171,6 +180,7 @@ class TiledHeatmapsWidget(GradCamWidget):
         try:
             plane = layer_plane(self.viewer, layer, level=0)  # the finest level, read lazily by the core
         except Exception as e:  # noqa: BLE001
+            self.last_error = error_message(e, self.what)
             notify_error(e, self.what)
             return None
         data = plane.data
@@ -178,60 +188,53 @@ class TiledHeatmapsWidget(GradCamWidget):
             import dask.array as da
 
             data = da.from_array(data, chunks=(2048, 2048) + tuple(data.shape[2:]))
-        mode = self.class_mode.value
-        if mode == "topk":
-            cls = int(self.k.value)
-        elif mode == "chosen":
-            cls = list(self.chosen.value)
-            if not cls:
-                notify_error("Choose at least one class (or use 'all' or 'top-k').")
-                return None
+        p = snapshot(self.params)
+        cls = self._classes_of(p)
+        if cls is None:
+            return None
+        return self.jobs.start(
+            _tiled, model.bundle, data, int(p.tile) or None, float(p.overlap), cls, p.method, model=model,
+            sources=[layer], total=0,
+            removed_message=f"Layer {plane.name!r} was removed while its tiled heatmaps were computed; the run "
+                            "was stopped and nothing was added.",
+            on_result=lambda job, r: self._add(job, r, plane, layer, p.keep))
+
+    def _set_classes(self, classes) -> None:
+        if isinstance(classes, str) and classes == "all":
+            self.class_mode.value = "all"
+        elif isinstance(classes, int):
+            self.class_mode.value = "topk"
+            self.k.value = classes
         else:
-            cls = "all"
-        keep = bool(self.keep.value)
-        model = self.state.name  # the model of the run's start: it computes the maps, and labels them
-        self._job_source, self._source_removed = layer, False
-        worker = self.start(_tiled, self.state, data, int(self.tile.value) or None, float(self.overlap.value), cls,
-                            self.method.value, self.state.bundle,
-                            on_returned=lambda r: self._add(r, plane, layer, keep, model), on_finished=self._job_over)
-        if worker is None:
-            self._job_over()
-        return worker
+            self.class_mode.value = "chosen"
+            self.chosen.value = list(classes)
 
-    def _job_over(self) -> None:
-        """The run is over (done, failed, cancelled or refused): forget its source layer."""
-        self._job_source, self._source_removed = None, False
+    def _classes_of(self, p: TiledParams):
+        """The engine's ``classes`` argument for the parameters (None + a notification when none is chosen)."""
+        if p.class_mode == "topk":
+            return int(p.k)
+        if p.class_mode == "chosen":
+            if not p.chosen:
+                self.jobs.fail("Choose at least one class (or use 'all' or 'top-k').")
+                return None
+            return list(p.chosen)
+        return "all"
 
-    def _on_layer_removed(self, event=None) -> None:
-        """The running job's source layer was removed: stop the job at its next step (it adds nothing)."""
-        layer = getattr(event, "value", None)
-        if not self.busy or layer is None or layer is not self._job_source or self._source_removed:
-            return
-        self._source_removed = True
-        notify_info(f"Layer {layer.name!r} was removed while its tiled heatmaps were computed; the run was "
-                    "stopped and nothing was added.")
-        try:
-            self.cancel()
-        except RuntimeError:  # the Qt widgets are gone (the viewer is closing)
-            self._stop_requested = True
-
-    def _add(self, result, plane, layer, keep: bool, model: str) -> None:
-        removed = self._source_removed  # both reset by _job_over when the run finishes
-        # the very layer the run started from (one deleted and re-added under its name is another image)
-        if removed or not any(lyr is layer for lyr in self.viewer.layers):
-            self.layers_added = []
-            if not removed:  # else already said when it was removed
-                notify_info(f"Layer {plane.name!r} was removed while its tiled heatmaps were computed; "
-                            "nothing was added.")
-            return
-        lazy = bool(result.extra.get("lazy"))
-        tuples = tiled_layers(result, plane, model) if not lazy else self._lazy_tuples(result, plane, model)
+    def _add(self, job, result, plane, layer, keep: bool) -> None:
         self.layers_added = []
+        lazy = bool(result.extra.get("lazy"))
+        step = int(result.extra.get("grid_step", 1))
+        source_id = str(layer.unique_id)
+        tuples = (tiled_layers(result, plane, job.model.name, step, source_id) if not lazy
+                  else self._lazy_tuples(result, plane, job.model.name, step, source_id))
         self.layers_added = replace_plugin_layers(self.viewer, tuples, "tiled", plane.name, keep)
         self.result = result
         self.viewer.layers.selection.active = layer
         self.result_label.setText(f"{result.tiles} tiles of {result.tile} px (step {result.stride} px), "
-                                  f"{result.method}, on {plane.name}")
+                                  f"{result.method}, on {plane.name}; model: {job.model.name}")
+        self._fill_table(result, lazy)
+
+    def _fill_table(self, result, lazy: bool) -> None:
         t = self.table
         t.clearContents()
         t.setRowCount(len(result.classes))
@@ -240,31 +243,19 @@ class TiledHeatmapsWidget(GradCamWidget):
         for row, cls in enumerate(result.classes):
             ci = result.class_indices[row]
             item = QTableWidgetItem(f"■ {cls}")
-            item.setForeground(QBrush(_cmap_colour(CLASS_COLORMAPS[ci % len(CLASS_COLORMAPS)])))
+            item.setForeground(QBrush(QColor(*[int(round(255 * c)) for c in class_colour(ci)])))
             t.setItem(row, 0, item)
             for col, value in ((1, breakdown.get(cls)), (2, probs.get(cls))):
                 cell = QTableWidgetItem("—" if value is None else f"{value:.1%}")
                 cell.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 t.setItem(row, col, cell)
-        t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
 
     @staticmethod
-    def _lazy_tuples(result, plane, model):
-        tuples = tiled_layers(result, plane, model)
+    def _lazy_tuples(result, plane, model, step, source_id):
+        tuples = tiled_layers(result, plane, model, step, source_id)
         out = []
         for data, kwargs, ltype in tuples:
             kwargs["multiscale"] = True
             kwargs["metadata"]["lazy"] = True
             out.append((_pyramid(data), kwargs, ltype))
         return out
-
-
-def _cmap_colour(name: str) -> QColor:
-    """The bright end of a napari colormap, as a QColor."""
-    try:
-        from napari.utils.colormaps import ensure_colormap
-
-        r, g, b, _ = ensure_colormap(name).map(np.array([1.0]))[0]
-        return QColor(int(r * 255), int(g * 255), int(b * 255))
-    except Exception:  # noqa: BLE001
-        return QColor("white")

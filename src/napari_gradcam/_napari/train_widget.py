@@ -7,7 +7,6 @@ ends, the best model becomes the viewer's shared model and its validation report
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +15,8 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QLabel, QPushButton, QTableWidget, QTableWidgetItem
 
 from ..errors import GradCamError
-from ._base import GradCamWidget, notify_error, notify_info, section
+from ._base import GradCamWidget, notify_info, section, wrapping_label
+from .params import TrainParams, bind, snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -25,11 +25,16 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 WEIGHTING = [("balanced loss", "balanced"), ("balanced sampling", "sampler"), ("none", "none")]
 
 
-def _train(config):
-    """Worker: the training generator, then the result and the best model's layers."""
+def _train(config, stop_event=None):
+    """Worker: the training generator, then the result and the best model's layers.
+
+    ``stop_event`` is the job's (the runner's Cancel): training stops after the current batch and keeps
+    its best model."""
+    from dataclasses import replace
+
     from ..train import train
 
-    result = yield from train(config)
+    result = yield from train(replace(config, stop_event=stop_event))
     layers = result.bundle.layers() if result.bundle is not None else []
     return result, layers
 
@@ -40,10 +45,28 @@ def default_output(data_dir: str, arch: str) -> Path:
     return Path.home() / "napari-gradcam-models" / f"{name}-{arch}.safetensors"
 
 
+def theme_colours(viewer) -> tuple[str, str]:
+    """(background, text) colours of the viewer's napari theme as hex strings (the Qt palette's when
+    the theme cannot be read)."""
+    try:
+        from napari.utils.theme import get_theme
+
+        theme = get_theme(getattr(viewer, "theme", "dark"))
+        return theme.background.as_hex(), theme.text.as_hex()
+    except Exception:  # noqa: BLE001 - no viewer, an unknown theme: the palette
+        from qtpy.QtGui import QPalette
+        from qtpy.QtWidgets import QApplication
+
+        app = QApplication.instance()
+        pal = app.palette() if app is not None else QPalette()
+        return pal.color(QPalette.ColorRole.Window).name(), pal.color(QPalette.ColorRole.WindowText).name()
+
+
 class _Curves:
     """Loss and metric curves: a matplotlib canvas when matplotlib is there, else a text line."""
 
-    def __init__(self) -> None:
+    def __init__(self, viewer=None) -> None:
+        self.viewer = viewer
         self.batch_x: list[float] = []
         self.batch_loss: list[float] = []
         self.epochs: list[dict[str, Any]] = []
@@ -60,20 +83,16 @@ class _Curves:
         self.widget = FigureCanvasQTAgg(self.fig)
         self.widget.setMinimumHeight(170)
         self.ax_loss, self.ax_metric = self.fig.subplots(1, 2)
-        self._style_from_palette()
-        self.clear()
+        self.follow_theme()
+        if viewer is not None:
+            viewer.events.theme.connect(self.follow_theme)
 
-    def _style_from_palette(self) -> None:
-        """Match the figure to napari's theme (the Qt palette): background and text colours."""
-        from qtpy.QtGui import QPalette
-        from qtpy.QtWidgets import QApplication
-
-        app = QApplication.instance()
-        pal = app.palette() if app is not None else QPalette()
-        bg = pal.color(QPalette.ColorRole.Window)
-        fg = pal.color(QPalette.ColorRole.WindowText)
-        self.bg, self.fg = bg.name(), fg.name()
+    def follow_theme(self, *_args) -> None:
+        """Match the figure to the viewer's napari theme (its stylesheet, not the Qt palette, colours the
+        docks): background and text colours; redraws."""
+        self.bg, self.fg = theme_colours(self.viewer)
         self.fig.set_facecolor(self.bg)
+        self.draw(force=True)
 
     def clear(self) -> None:
         self.batch_x.clear()
@@ -145,6 +164,7 @@ class TrainWidget(GradCamWidget):
         from ..models import list_architectures
 
         lay = self.layout()
+        self.params = TrainParams()
         self.data_dir = FileEdit(label="data folder", mode="d")
         self.data_dir.native.setToolTip("A folder with one sub-folder of images per class.")
         self.output = FileEdit(label="save as", mode="w", filter="*.safetensors")
@@ -158,70 +178,71 @@ class TrainWidget(GradCamWidget):
         self.val_fraction = FloatSpinBox(label="validation share", min=0.05, max=0.5, step=0.05, value=0.2)
         self.weighting = ComboBox(label="class weighting", choices=WEIGHTING, value="balanced")
         self.device = ComboBox(label="device", choices=list(DEVICES), value="auto")
-        form = Container(widgets=[self.data_dir, self.output, self.architecture, self.image_size, self.epochs,
-                                  self.batch_size, self.lr, self.augment, self.val_fraction, self.weighting,
-                                  self.device], labels=True)
-        form.native.layout().setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(form.native)
+        controls = {"data_dir": self.data_dir, "output": self.output, "architecture": self.architecture,
+                    "image_size": self.image_size, "epochs": self.epochs, "batch_size": self.batch_size,
+                    "lr": self.lr, "augment": self.augment, "val_fraction": self.val_fraction,
+                    "weighting": self.weighting, "device": self.device}
+        self.form = Container(widgets=list(controls.values()), labels=True)
+        self.form.native.layout().setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.form.native)
+        bind(self.params, controls)
         self.run_button = QPushButton("Train")
         self.run_button.clicked.connect(lambda: self.run())
         lay.addWidget(self.run_button)
         lay.addWidget(self._make_progress_row())
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = wrapping_label()
         lay.addWidget(self.status)
-        self.curves = _Curves()
+        self.curves = _Curves(self.viewer)
         lay.addWidget(self.curves.widget)
         lay.addWidget(section("Validation report (best epoch)"))
-        self.report_label = QLabel("")
-        self.report_label.setWordWrap(True)
-        self.report_label.setTextFormat(Qt.TextFormat.RichText)
+        self.report_label = wrapping_label(rich=True)
         lay.addWidget(self.report_label)
         self.confusion = QTableWidget(0, 0)
         self.confusion.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.confusion.setMinimumHeight(80)
         lay.addWidget(self.confusion)
-        self._stop = threading.Event()
         self.result = None
         self.events: list = []
 
     # ----------------------------------------------------------------- run / cancel
-    def config(self):
-        """The TrainConfig of the form (GradCamError for a bad value)."""
+    def config(self, p: TrainParams | None = None):
+        """The TrainConfig of the parameters (default: the form's; GradCamError for a bad value)."""
         from ..train import TrainConfig
 
-        data = self.data_dir.value
-        if data is None or str(data) in ("", ".") or not Path(data).is_dir():
+        p = p if p is not None else snapshot(self.params)
+        data = p.data_dir
+        if not data or not Path(data).is_dir():
             raise GradCamError("Choose a data folder (one sub-folder of images per class).")
         try:
-            lr = float(str(self.lr.value).strip())
+            lr = float(str(p.lr).strip())
         except ValueError:
-            raise GradCamError(f"The learning rate must be a number, not {self.lr.value!r}.") from None
-        out = self.output.value
-        if out is None or str(out) in ("", "."):
-            out = default_output(str(data), self.architecture.value)
-            self.output.value = out
-        out = Path(out)
+            raise GradCamError(f"The learning rate must be a number, not {p.lr!r}.") from None
+        out = Path(p.output) if p.output else default_output(str(data), p.architecture)
         if out.suffix != ".safetensors":
             out = out.with_suffix(".safetensors")
         return TrainConfig(
-            data_dir=str(data), out=str(out), arch=self.architecture.value, image_size=int(self.image_size.value),
-            epochs=int(self.epochs.value), batch_size=int(self.batch_size.value), lr=lr,
-            augment=bool(self.augment.value), val_fraction=float(self.val_fraction.value),
-            class_weighting=self.weighting.value, device=self.device.value, stop_event=self._stop,
+            data_dir=str(data), out=str(out), arch=p.architecture, image_size=int(p.image_size),
+            epochs=int(p.epochs), batch_size=int(p.batch_size), lr=lr, augment=bool(p.augment),
+            val_fraction=float(p.val_fraction), class_weighting=p.weighting, device=p.device,
         )
 
     def run(self, **options):
-        """Start training (``options`` set the form: data_dir, output, architecture, image_size, epochs, ...)."""
+        """Start training (``options`` set the form: data_dir, output, architecture, image_size, epochs, ...).
+
+        While a run is going on, another is refused (a notification): the form, the live curves and a
+        pending cancel are left as they are.
+        """
+        if self.refuse_if_busy():
+            return None
         for name, value in options.items():
             getattr(self, name).value = value
         try:
             cfg = self.config()
         except GradCamError as e:
-            notify_error(e, self.what)
-            self.last_error = str(e)
+            self.jobs.fail(str(e))
             return None
-        self._stop.clear()
+        if not self.params.output:
+            self.output.value = cfg.out  # where it will be saved, shown
         self.events = []
         self.result = None
         self.curves.clear()
@@ -229,27 +250,21 @@ class TrainWidget(GradCamWidget):
         self.confusion.setRowCount(0)
         self.confusion.setColumnCount(0)
         self.status.setText("starting…")
-        worker = self.start(_train, cfg, on_returned=self._done, on_yielded=self._on_event, progress_total=1000)
-        return worker
+        return self.jobs.start(_train, cfg, graceful_stop=True, total=1000,
+                               on_result=lambda job, result: self._done(result),
+                               on_event=lambda job, event: self._on_event(event))
 
     def cancel(self) -> None:
         """Stop after the current batch; the best model so far (if an epoch finished) is still loaded."""
-        if self._busy:
-            self._stop.set()
+        if self.busy:
             self.status.setText("stopping after this batch…")
-            if getattr(self, "cancel_button", None) is not None:
-                self.cancel_button.setEnabled(False)
+        super().cancel()
 
     # ----------------------------------------------------------------- events
     def _on_event(self, event) -> None:
         self.events.append(event)
         kind = getattr(event, "kind", "")
-        p = int(round(event.progress * 1000))
-        self.progress_bar.setRange(0, 1000)
-        self.progress_bar.setValue(p)
-        if self._progress is not None:
-            self._progress.n = p
-            self._progress.refresh()
+        self.jobs.show_progress(int(round(event.progress * 1000)), 1000)
         if kind == "load":
             self.status.setText(f"reading images {event.batch}/{event.n_batches}")
         elif kind == "batch":
@@ -309,3 +324,6 @@ class TrainWidget(GradCamWidget):
                     item.setFont(font)
                 t.setItem(i, j, item)
         t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        t.resizeRowsToContents()
+        rows = sum(t.rowHeight(i) for i in range(t.rowCount()))
+        t.setFixedHeight(t.horizontalHeader().height() + rows + 2 * t.frameWidth() + 2)  # no empty area below

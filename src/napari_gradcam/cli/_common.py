@@ -174,20 +174,21 @@ def overlay_rgb(image, heat, colormap: str = "inferno", alpha: float = 0.5):
     return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
 
 
-def classes_overlay_rgb(image, heatmaps, alpha: float = 0.6):
-    """Overlay of several class heatmaps (C, H, W): each pixel coloured by its strongest class (tab10),
-    with opacity ``alpha`` times that class's heat -> (H, W, 3) uint8."""
+def classes_overlay_rgb(image, heatmaps, alpha: float = 0.6, class_indices=None):
+    """Overlay of several class heatmaps (C, H, W): each pixel coloured by its strongest class (the
+    class's colour of :mod:`napari_gradcam.colours`, by its index ``class_indices[c]`` in the model,
+    default ``c``), with opacity ``alpha`` times that class's heat -> (H, W, 3) uint8."""
     import numpy as np
-    from matplotlib import colormaps
 
+    from ..colours import class_colour
     from ..preprocess import to_channels, to_unit
 
     gray = to_channels(to_unit(np.asarray(image)), 1)[0]
     h = np.clip(np.asarray(heatmaps, dtype=np.float32), 0, 1)
     top = h.argmax(0)
     strength = h.max(0)
-    colors = np.asarray(colormaps["tab10"].colors, dtype=np.float32)[: max(1, h.shape[0])]
-    colors = colors[np.arange(h.shape[0]) % len(colors)]
+    indices = range(h.shape[0]) if class_indices is None else class_indices
+    colors = np.asarray([class_colour(i) for i in indices], dtype=np.float32).reshape(-1, 3)
     a = (alpha * strength)[..., None]
     out = gray[..., None] * (1 - a) + colors[top] * a
     return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)

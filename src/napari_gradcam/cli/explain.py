@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ def cmd_explain(args) -> int:
     import numpy as np
 
     from ..engine import explain
+    from ..engine.scaling import scale_heatmaps
 
     out, overlay = check_outputs([(args.out, "tiff", "--out"), (args.overlay, "image", "--overlay")],
                                  inputs=[args.model, args.image])
@@ -26,32 +28,48 @@ def cmd_explain(args) -> int:
     target = args.target
     if target is not None and target.lstrip("-").isdigit() and target not in bundle.classes:
         target = int(target)
-    overlays = {}
-    if overlay is not None and isinstance(target, str) and target.lower() == "all" and "all" not in bundle.classes:
-        # one overlay per class, named after it: checked (not an input, not a folder) before the work
-        overlays = {c: overlay.with_name(f"{overlay.stem}_{s}{overlay.suffix}")
-                    for c, s in zip(bundle.classes, safe_file_names(bundle.classes))}
-        check_outputs([(out, "tiff", "--out")] + [(p, "image", "--overlay") for p in overlays.values()],
-                      inputs=[args.model, args.image])
     image = _image(args.image)
     result = explain(bundle, image, method=args.method, target=target, layer=args.layer, shifts=args.shifts)
     maps = result if isinstance(result, list) else [result]
+    if len(maps) > 1:  # several classes: one brightness scale for all of them
+        maps = scale_heatmaps(maps, args.scale)
     meta = {"method": maps[0].method, "layer": maps[0].layer, "shifts": maps[0].shifts, "targets": [h.target for h in maps],
             "scores": [h.score for h in maps], "image": str(args.image)}
+    if len(maps) > 1:
+        meta["scale"] = args.scale
     data = maps[0].data if len(maps) == 1 else np.stack([h.data for h in maps])
     files = [(out, tiff_writer(data, **{"napari_gradcam": json.dumps(meta)}))]
     if overlay is not None:
-        files += [(overlays.get(h.target, overlay), image_writer(overlay_rgb(image, h.data, args.colormap, args.alpha),
-                                                                 overlays.get(h.target, overlay))) for h in maps]
+        files.append((overlay, image_writer(_explain_overlay(image, maps, args), overlay)))
     atomic_write_many(files)  # all or nothing: a failure leaves every previous file as it was
     probs = maps[0].probabilities
     top = int(np.argmax(probs))
     print(f"predicted {bundle.classes[top]} ({probs[top]:.3f}); "
           + "; ".join(f"{h.method} for {h.target} (p={h.score:.3f}) at layer {h.layer}" for h in maps))
-    print(f"heatmap written to {shown(out)}", file=sys.stderr)
-    for p, _ in files[1:]:
-        print(f"overlay written to {shown(p)}", file=sys.stderr)
+    what = "heatmap" if len(maps) == 1 else f"{len(maps)} heatmaps (one page per class, scale: {args.scale})"
+    print(f"{what} written to {shown(out)}")
+    if overlay is not None:
+        kind = ("overlay" if len(maps) == 1 else f"overlay of {len(maps)} classes (each pixel in the colour of its "
+                "strongest class, legend below)")
+        print(f"{kind} written to {shown(overlay)}")
     return 0
+
+
+def _explain_overlay(image, maps, args):
+    """(H, W, 3) uint8: the map in ``--colormap`` for one class; for several, each pixel in the colour of
+    its strongest class, with a legend (class colours of :mod:`napari_gradcam.colours`)."""
+    import numpy as np
+
+    from ..colours import class_colour
+    from ..engine import method_title
+    from ._legend import add_legend
+
+    if len(maps) == 1:
+        return overlay_rgb(image, maps[0].data, args.colormap, args.alpha)
+    rgb = classes_overlay_rgb(image, np.stack([h.data for h in maps]), min(1.0, 1.2 * args.alpha),
+                              [h.target_index for h in maps])
+    entries = [(f"{h.target} {100 * h.score:.1f} %", class_colour(h.target_index)) for h in maps]
+    return add_legend(rgb, entries, title=f"{method_title(maps[0].method)}, scale: {args.scale}")
 
 
 # ----------------------------------------------------------------------------- tile
@@ -64,7 +82,6 @@ def _tile_files(out: Path, classes: list[str]) -> dict[str, Path]:
 def cmd_tile(args) -> int:
     import numpy as np
 
-    from ..data import open_image_lazy
     from ..engine import iter_tiled_heatmaps
     from ..engine.budget import check_result_fits
 
@@ -73,43 +90,17 @@ def cmd_tile(args) -> int:
     planned = _tile_files(out, bundle.classes)
     check_outputs([(p, "json" if p.suffix == ".json" else "image", "--out") for p in planned.values()],
                   inputs=[args.model, args.image])
-    image = open_image_lazy(args.image)  # a TIFF too large to decode whole is read tile by tile
+    image = _large_image(args.image)
     classes = None
     if args.classes:
         classes = int(args.classes[0]) if len(args.classes) == 1 and args.classes[0].isdigit() else args.classes
-    check_result_fits(image.shape[:2], bundle.n_classes if classes is None or isinstance(classes, int) else len(classes))
+    if isinstance(image, np.ndarray):  # a lazy image gives lazy results, written band by band
+        check_result_fits(image.shape[:2], bundle.n_classes if classes is None or isinstance(classes, int) else len(classes))
     gen = iter_tiled_heatmaps(bundle, image, tile=args.tile, overlap=args.overlap, classes=classes,
                               method=args.method, batch_size=args.batch_size, mode=args.mode)
-    bar = None
-    try:
-        while True:
-            try:
-                done, total = next(gen)
-            except StopIteration as stop:
-                res = stop.value
-                break
-            if not args.quiet:
-                if bar is None:
-                    bar = _tqdm(total=total, desc="tiles", unit="tile", leave=False)
-                bar.update(done - bar.n)
-    finally:
-        if bar is not None:
-            bar.close()
-    heat = np.asarray(res.heatmaps, dtype=np.float32)
-    files = [(planned[c], tiff_writer(heat[k], method=res.method, cls=c)) for k, c in enumerate(res.classes)]
-    info = {
-        "image": str(args.image), "shape": list(heat.shape[1:]), "classes": res.classes,
-        "breakdown": res.breakdown, "probabilities": res.probabilities, "tiles": res.tiles, "tile": res.tile,
-        "stride": res.stride, "method": res.method, "mode": res.mode, "heatmaps": [p.name for p, _ in files],
-    }
-    text = json.dumps(info, indent=2) + "\n"
-    files.append((planned["breakdown.json"], lambda tmp: Path(tmp).write_text(text, encoding="utf-8")))
-    step = max(1, int(np.ceil(max(heat.shape[1:]) / 4096)))  # keep the PNG at most ~4096 px
-    small = np.asarray(image[::step, ::step])
-    files.append((planned["overlay.png"], image_writer(classes_overlay_rgb(small, heat[:, ::step, ::step]),
-                                                       planned["overlay.png"])))
-    atomic_write_many(files)  # the folder's previous results stay whole if any write fails
-    print("class breakdown (share of the image where the class dominates):")
+    res = _run_with_bar(gen, args.quiet)
+    res = _write_tiled_outputs(res, image, out, planned, args.image)
+    print(f"class breakdown (share of the image where the class dominates; tiles of {res.tile} px):")
     w = max(len(c) for c in res.classes) + 2
     for c in res.classes:
         print(f"  {c:<{w}} {100 * res.breakdown[c]:5.1f} %   mean probability {res.probabilities[c]:.3f}")
@@ -118,6 +109,133 @@ def cmd_tile(args) -> int:
     return 0
 
 
+def _run_with_bar(gen, quiet: bool):
+    """Drive a ``(done, total)`` progress generator with a tqdm bar; returns its return value."""
+    bar = None
+    try:
+        while True:
+            try:
+                done, total = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if not quiet:
+                if bar is None:
+                    bar = _tqdm(total=total, desc="tiles", unit="tile", leave=False)
+                bar.update(done - bar.n)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _large_image(path: str):
+    """A zarr store, or a TIFF too large to decode whole, as a lazy dask array (read block by block by
+    the tiled engine); any other image read whole."""
+    import dask.array as da
+    import numpy as np
+
+    from ..data import open_image_lazy
+
+    p = Path(path)
+    if p.suffix.lower() == ".zarr" or (p.is_dir() and any((p / n).exists() for n in (".zarray", "zarr.json"))):
+        return _lazy_zarr(p)
+    image = open_image_lazy(p)
+    return image if isinstance(image, np.ndarray) else da.from_zarr(image)
+
+
+def _lazy_zarr(path: Path):
+    """A zarr array, or the first array of a zarr group (level 0 of an OME-Zarr pyramid), as dask."""
+    import dask.array as da
+
+    from ..errors import ImageError
+
+    try:
+        import zarr
+
+        node = zarr.open(str(path), mode="r")
+    except Exception as e:  # noqa: BLE001
+        raise ImageError(f"{path.name} is not a readable zarr store ({type(e).__name__}).") from None
+    if not hasattr(node, "shape"):  # a group: "0" (OME-Zarr), else its first array
+        arrays = dict(node.arrays())
+        if not arrays:
+            raise ImageError(f"The zarr group {path.name} holds no array.")
+        node = arrays.get("0", next(iter(arrays.values())))
+    return da.from_zarr(node)
+
+
+def _write_tiled_outputs(res, image, out: Path, planned: dict[str, Path], image_name: str):
+    """heatmap_<class>.tif per class, breakdown.json and overlay.png (with a legend), all or nothing.
+
+    A lazy result is computed once, into a temporary zarr store in ``out`` (with its breakdown in the
+    same pass), then copied to TIFFs row band by row band: memory stays bounded by the bands, whatever
+    the image size.  Returns the result with its breakdown computed.
+    """
+    import shutil
+
+    import numpy as np
+
+    tmp = None
+    if res.lazy:
+        tmp = out / f".heatmaps-{os.getpid()}.zarr"
+        res = res.to_zarr(tmp, dtype="float32")
+    try:
+        heat = res.heatmaps if res.lazy else np.asarray(res.heatmaps, dtype=np.float32)
+        files = []
+        for k, c in enumerate(res.classes):
+            if res.lazy:
+                files.append((planned[c], lambda t, k=k, c=c: _write_tiff_bands(t, heat, k, method=res.method, cls=c)))
+            else:
+                files.append((planned[c], tiff_writer(heat[k], method=res.method, cls=c)))
+        info = {
+            "image": str(image_name), "shape": list(heat.shape[1:]), "classes": res.classes,
+            "breakdown": res.breakdown, "probabilities": res.probabilities, "tiles": res.tiles, "tile": res.tile,
+            "stride": res.stride, "method": res.method, "mode": res.mode,
+            "heatmaps": [p.name for p, _ in files], "lazy": bool(res.lazy),
+        }
+        text = json.dumps(info, indent=2) + "\n"
+        files.append((planned["breakdown.json"], lambda t: Path(t).write_text(text, encoding="utf-8")))
+        step = max(1, int(np.ceil(max(heat.shape[1:]) / 4096)))  # keep the PNG at most ~4096 px
+        small_image = np.asarray(image[::step, ::step])
+        small_heat = np.asarray(heat[:, ::step, ::step], dtype=np.float32)
+        rgb = _tiled_overlay(small_image, small_heat, res)
+        files.append((planned["overlay.png"], image_writer(rgb, planned["overlay.png"])))
+        atomic_write_many(files)  # the folder's previous results stay whole if any write fails
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+
+def _tiled_overlay(image, heat, res):
+    from ..colours import class_colour
+    from ._legend import add_legend
+
+    rgb = classes_overlay_rgb(image, heat, class_indices=res.class_indices)
+    entries = [(f"{c} {100 * res.breakdown[c]:.1f} %", class_colour(i)) for c, i in zip(res.classes, res.class_indices)]
+    return add_legend(rgb, entries, title="share of the image:")
+
+
+def _write_tiff_bands(path: Path, heat, k: int, band: int = 256, **meta) -> Path:
+    """Write ``heat[k]`` (a (C, H, W) array read on demand) as a tiled float32 TIFF, one band of rows at a time."""
+    import numpy as np
+    import tifffile
+
+    _, H, W = heat.shape
+
+    def tiles():
+        for y in range(0, H, band):
+            rows = np.asarray(heat[k, y:y + band], dtype=np.float32)
+            for x in range(0, W, band):
+                t = np.zeros((band, band), np.float32)
+                part = rows[:, x:x + band]
+                t[: part.shape[0], : part.shape[1]] = part
+                yield t
+
+    tifffile.imwrite(path, tiles(), shape=(H, W), dtype=np.float32, tile=(band, band), photometric="minisblack",
+                     metadata=meta or None, bigtiff=H * W * 4 > 2**31)
+    return path
+
+
+# ----------------------------------------------------------------------------- demo
 def cmd_localize(args) -> int:
     from ..localisation import localize_folder
 
@@ -144,13 +262,16 @@ def register(sub) -> None:
     p = sub.add_parser(
         "explain", help="heatmap of why the model decided (CAM, Grad-CAM, Grad-CAM++)",
         description="Explain MODEL's decision on IMAGE. Writes the heatmap at the image's own size as a float32 "
-                    "TIFF in [0, 1] (a stack of one map per class with --target all), and with --overlay a PNG of "
-                    "the image in gray with the colormapped heatmap on top.",
+                    "TIFF in [0, 1] (a stack of one map per class with --target all, on the --scale they share), "
+                    "and with --overlay a PNG of the image in gray with the colormapped heatmap on top (with "
+                    "several classes: each pixel in its strongest class's colour, and a legend). It prints what "
+                    "it wrote.",
         epilog=f"""examples:
   {PROG} explain m.safetensors scan.png --method gradcam --out heat.tif --overlay heat.png
   {PROG} explain m.safetensors scan.png --method cam --target PNEUMONIA --out cam.tif
   {PROG} explain m.safetensors scan.png --method gradcam++ --layer features.block3 --out heat.tif
   {PROG} explain m.safetensors scan.png --shifts 4 --out fine.tif
+  {PROG} explain m.safetensors scan.png --target all --scale probability --out all.tif --overlay all.png
 """, **_fmt_kw())
     p.add_argument("model", metavar="MODEL", help="a .safetensors model bundle")
     p.add_argument("image", metavar="IMAGE", help="an image file (PNG, JPEG, TIFF, ...)")
@@ -163,6 +284,10 @@ def register(sub) -> None:
     p.add_argument("--target", metavar="CLASS", help="class name or index to explain, or 'all'; default the predicted class")
     add_shifts(p)
     p.add_argument("--colormap", default="inferno", help="matplotlib colormap of the overlay (inferno, turbo, jet, ...)")
+    p.add_argument("--scale", default="probability", choices=("probability", "shared", "each"),
+                   help="how the maps of several classes (--target all) share one brightness scale: "
+                        "'probability': each map times its class probability (a class with p = 0 is dark); "
+                        "'shared': raw map values on one scale; 'each': each map to its own maximum")
     p.add_argument("--alpha", type=fraction, default=0.5, metavar="A", help="overlay opacity of the heatmap, 0-1")
     add_device(p)
     add_model_options(p)
@@ -173,14 +298,17 @@ def register(sub) -> None:
         "tile", help="per-class heatmaps and class breakdown of a large image",
         description="Slide MODEL over a large IMAGE in overlapping tiles. Writes DIR/heatmap_<class>.tif (float32, "
                     "the image's size), DIR/breakdown.json (the share of the image where each class dominates, "
-                    "mean probabilities) and DIR/overlay.png (each pixel coloured by its strongest class).",
+                    "mean probabilities) and DIR/overlay.png (each pixel coloured by its strongest class, with a "
+                    "legend). TIFFs larger than memory and zarr stores are read lazily, block by block.",
         epilog=f"""examples:
   {PROG} tile m.safetensors mosaic.tif --tile 512 --overlap 0.5 --out mosaic_heatmaps/
   {PROG} tile m.safetensors slide.png --tile 256 --classes 2 --out top2/
 """, **_fmt_kw())
     p.add_argument("model", metavar="MODEL", help="a .safetensors model bundle")
     p.add_argument("image", metavar="IMAGE", help="a (large) image file")
-    p.add_argument("--tile", type=positive_int, default=None, metavar="N", help="tile size in image pixels (default: the model's input size)")
+    p.add_argument("--tile", type=positive_int, default=None, metavar="N",
+                   help="tile size in image pixels (default: the scale the model was trained at, i.e. the typical "
+                        "size of its training images, recorded in the bundle; else the model's input size)")
     p.add_argument("--overlap", type=finite_float, default=0.5, metavar="F", help="fraction shared by neighbouring tiles, 0-0.95")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--method", default="cam", choices=("cam", "gradcam", "gradcam++"),

@@ -61,6 +61,15 @@ IN_MEMORY_BYTES = 4 << 30  # numpy results (heatmaps + probability maps) larger 
 MAX_TILE = 16384
 
 
+def default_tile(bundle: "ModelBundle") -> int:
+    """The tile size (pixels) that shows the model the scale it was trained at: the typical size of its
+    training images (``config.training["source_size"]``, recorded by training), else its input size."""
+    size = (getattr(bundle.config, "training", None) or {}).get("source_size")
+    if isinstance(size, (int, float)) and not isinstance(size, bool) and 8 <= size <= MAX_TILE:
+        return int(round(size))
+    return int(bundle.input_size)
+
+
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
     """Start offsets of tiles covering ``[0, length)``; the last one ends exactly at ``length``."""
     if length <= tile:
@@ -315,7 +324,7 @@ def _check_arguments(bundle: "ModelBundle", tile, overlap, batch_size, chunk, mo
     """(tile, stride, batch_size, chunk) checked: types and ranges, one sentence for anything else."""
     if mode not in ("tiles", "fullconv"):
         raise GradCamError(f"Unknown tiling mode {mode!r}; choose 'tiles' or 'fullconv'.")
-    tile = bundle.input_size if tile is None else check_int(tile, "The tile size")
+    tile = default_tile(bundle) if tile is None else check_int(tile, "The tile size")
     if not 8 <= tile <= MAX_TILE:
         raise GradCamError(f"Tiles must be between 8 and {MAX_TILE} pixels, not {tile}.")
     overlap = check_number(overlap, "Overlap", 0, 0.95)
@@ -358,8 +367,8 @@ def iter_tiled_heatmaps(
         image whose results would not fit in memory (more than ``preprocess.MAX_PIXELS`` pixels or
         ``IN_MEMORY_BYTES`` of maps), is processed lazily: the result holds dask arrays, computed
         chunk by chunk on demand.
-    tile : tile size in image pixels (default: the model's input size). Tiles are resized to
-        the input size when they differ.
+    tile : tile size in image pixels (default: :func:`default_tile`, the scale the model was trained
+        at). Tiles are resized to the input size when they differ.
     overlap : fraction of a tile shared with its neighbour, in [0, 0.95].
     classes : None or "all" (every class), an int k (the k classes of highest mean probability),
         or a list of class names / indices.
