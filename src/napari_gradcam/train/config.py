@@ -112,7 +112,7 @@ class TrainConfig:
     erase_grid: int = option(4, "hide-and-seek grid, N x N cells", "augmentation", metavar="N")
     # control
     patience: int | None = option(None, "early stopping after N epochs without improvement of --monitor; 0: never",
-                                  "control", metavar="N")
+                                  "control", metavar="N", none_if_zero=True)
     monitor: str = option("val_loss", "validation metric that picks the best model", "control", choices=MONITORS)
     min_delta: float = option(0.0, "smallest change of --monitor that counts as an improvement", "control",
                               metavar="D")
