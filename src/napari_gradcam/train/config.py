@@ -110,6 +110,8 @@ class TrainConfig:
     erase: float = option(0.0, "hide-and-seek: hide each cell of a grid with probability P while training, so "
                                "that heatmaps cover all of the evidence (try 0.2-0.3)", "augmentation", metavar="P")
     erase_grid: int = option(4, "hide-and-seek grid, N x N cells", "augmentation", metavar="N")
+    bn_batches: int = option(20, "before validation, re-estimate BatchNorm statistics with the epoch's weights over "
+                                 "N training batches (0: keep the running averages)", "optimisation", metavar="N")
     # control
     patience: int | None = option(None, "early stopping after N epochs without improvement of --monitor; 0: never",
                                   "control", metavar="N", none_if_zero=True)

@@ -102,6 +102,23 @@ class Comm:
         return range(self.rank, n, self.world)
 
 
+def wrap_ddp(model: "torch.nn.Module", device: "torch.device") -> "torch.nn.Module":
+    """``model`` in DistributedDataParallel: gradients averaged over the processes at every step.
+
+    Buffers (BatchNorm running statistics) are not synchronised at every forward pass (no collective
+    before the loss, so that a failed batch on one process is agreed on, not waited for); they are
+    copied from rank 0 before validation (:meth:`Comm.sync_buffers`).
+    """
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+
 def _backend(device: "torch.device") -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 

@@ -182,3 +182,37 @@ def _raise_first(err: GradCamError | None, comm: Comm, device) -> None:
         raise err
     rank, text = first
     raise TrainingError(f"Process {rank} of {comm.world}: {text}")
+
+
+def recalibrate_batchnorm(parts: StepParts, source: Iterator, n_batches: int) -> int:
+    """Re-estimate every BatchNorm layer's running statistics with the current weights ("precise BN").
+
+    During an epoch the running averages trail the changing weights, which shifts validation logits
+    in early epochs (most on small data sets).  Here they become the plain average over ``n_batches``
+    training batches (augmented as in training), forward only.  Returns the batches used (0: no BatchNorm).
+    """
+    import torch
+
+    model = parts.model.module if hasattr(parts.model, "module") else parts.model
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats]
+    if not norms or n_batches <= 0:
+        return 0
+    saved = [(m, m.momentum) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    used, was = 0, model.training
+    model.train()
+    try:
+        with torch.no_grad(), parts.optimisation.autocast():
+            for x, _ in source:
+                model(parts.inputs(x))
+                used += 1
+                if used >= n_batches:
+                    break
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        model.train(was)
+    return used

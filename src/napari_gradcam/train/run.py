@@ -11,7 +11,7 @@ from ..errors import GradCamError, TrainingError
 from .checkpoints import CheckpointWriter, check_free_space, prepare_output, read_optimizer_state
 from .config import TrainConfig, jsonable
 from .distributed import Comm, local_device, process_group, world_from_env
-from .epoch import EpochStats, StepParts, batch_source, epoch_batches, run_epoch
+from .epoch import EpochStats, StepParts, batch_source, epoch_batches, recalibrate_batchnorm, run_epoch
 from .events import TrainEvent, TrainResult
 from .faults import run_failure
 from .prepare import PreparedData, Split, class_weights, load_images, make_augmentation, make_datasets, prepare_data
@@ -309,10 +309,9 @@ class Trainer:
         if not self.comm.distributed:
             return self.model
         if getattr(self, "_ddp_frozen", None) is not frozen:
-            from torch.nn.parallel import DistributedDataParallel
+            from .distributed import wrap_ddp
 
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self._ddp = DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
+            self._ddp = wrap_ddp(self.model, self.device)
             self._ddp_frozen = frozen
         return self._ddp
 
@@ -353,6 +352,9 @@ class Trainer:
         from ..metrics import classification_report
 
         try:
+            batches = self._batches(epoch)[: self.cfg.bn_batches]
+            recalibrate_batchnorm(self.parts, batch_source(self.train_ds, batches, self.cfg.num_workers, False),
+                                  len(batches))
             self.comm.sync_buffers(self.model)
             probs, val_loss = self.validator.run(self.model, self.device, self.optim.autocast)
             report = classification_report(self.validator.labels, probs, self.classes)

@@ -138,9 +138,9 @@ class MismatchGuard:
             return None
         self.said = True
         named = classes[int(predicted.argmax())]
-        why = (f"ROC AUC is {auc:.2f}" if ranks_well else f"the training loss is {loss:.3f}")
+        why = (f"ROC AUC is {auc:.2f}: the model ranks the images but its outputs are shifted" if ranks_well
+               else f"the training loss is {loss:.3f}: the model fits its training images but not these")
         return (f"Validation accuracy {metrics['accuracy']:.3f} is the share of the largest class (nearly every "
-                f"image is called {named!r}) although {why}: the model ranks the images but its outputs are "
-                "shifted, so training and validation inputs likely differ (an augmentation that changes image "
-                "statistics, such as zero-filled borders, or a different preprocessing); compare a run "
-                "without augmentation (--no-augment).")
+                f"image is called {named!r}) although {why}, so training and validation inputs likely differ "
+                "(an augmentation that changes image statistics, such as zero-filled borders, or a different "
+                "preprocessing); compare a run without augmentation.")
