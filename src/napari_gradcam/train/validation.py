@@ -107,9 +107,10 @@ def epoch_message(m: dict[str, Any], n_epochs: int, improved: bool) -> str:
 class MismatchGuard:
     """Says once when validation looks like training and validation inputs differ.
 
-    The sign: validation accuracy at the majority-class rate (nearly every image called one class) while
-    the ranking is good (ROC AUC >= ``auc``) or the training loss is low (below ``loss_share`` of a guess's
-    loss, ln(n_classes)), for ``epochs`` epochs in a row.  The usual cause is an augmentation that changes
+    The sign: validation accuracy at one class's rate, usually the majority's (nearly every image called
+    that class), while the ranking is good (ROC AUC >= ``auc``) or the training loss is low (below
+    ``loss_share`` of a guess's loss, ln(n_classes)), for ``epochs`` epochs in a row.  (BatchNorm statistics
+    are re-estimated before each validation, so a slow start does not look like this.)  The usual cause is an augmentation that changes
     image statistics (zero-filled borders): BatchNorm's running statistics follow the augmented images,
     so validation logits shift while their order stays right.
     """
@@ -126,21 +127,20 @@ class MismatchGuard:
         labels = np.asarray(labels)
         if self.said or len(labels) == 0 or cm.ndim != 2 or cm.size == 0:
             return None
-        majority = np.bincount(labels, minlength=len(classes)).max() / len(labels)
         predicted = cm.sum(0)
-        one_class = predicted.max() >= 0.9 * predicted.sum()
+        k = int(predicted.argmax())
+        share = np.mean(labels == k)  # the accuracy of calling every image class k
+        one_class = predicted[k] >= 0.9 * predicted.sum() and abs(metrics["accuracy"] - share) <= 0.05
         auc, loss = metrics.get("roc_auc"), metrics.get("train_loss")
         ranks_well = auc is not None and auc >= self.auc
         fits = loss is not None and loss <= self.loss_share * math.log(len(classes))
-        stuck = one_class and metrics["accuracy"] <= majority + 0.02 and (ranks_well or fits)
-        self.streak = self.streak + 1 if stuck else 0
+        self.streak = self.streak + 1 if one_class and (ranks_well or fits) else 0
         if self.streak < self.epochs:
             return None
         self.said = True
-        named = classes[int(predicted.argmax())]
         why = (f"ROC AUC is {auc:.2f}: the model ranks the images but its outputs are shifted" if ranks_well
                else f"the training loss is {loss:.3f}: the model fits its training images but not these")
-        return (f"Validation accuracy {metrics['accuracy']:.3f} is the share of the largest class (nearly every "
-                f"image is called {named!r}) although {why}, so training and validation inputs likely differ "
+        return (f"Validation accuracy {metrics['accuracy']:.3f} is the share of class {classes[k]!r} (nearly every "
+                f"image is called {classes[k]!r}), although {why}, so training and validation inputs likely differ "
                 "(an augmentation that changes image statistics, such as zero-filled borders, or a different "
                 "preprocessing); compare a run without augmentation.")
