@@ -40,9 +40,10 @@ def test_augmentation_keeps_the_statistics_of_frame_filling_films(films):
     assert float(zeros.mean()) < mean - 0.03 and float((zeros < 0.02).float().mean()) > dark + 0.05
     # a constant image stays constant under any geometry: nothing comes from outside the image
     flat = torch.full((8, 1, 24, 24), 0.6)
-    assert torch.allclose(Augmentation(rotation=30, translate=0.2, zoom=0.3, brightness=0, contrast=0)(flat), flat)
+    assert torch.allclose(Augmentation(rotation=30, translate=0.2, zoom=0.3, brightness=0, contrast=0, blur=1.5)(flat),
+                          flat)
     # intensity changes are centred on the image's own level: on average they keep its mean
-    jitter = Augmentation(0, 0, 0, brightness=0.2, contrast=0.3, gamma=0.3)
+    jitter = Augmentation(0, 0, 0, brightness=0.2, contrast=0.3, gamma=0.3, blur=1.0)
     means = torch.stack([jitter(x[:64], generator=gen).mean() for _ in range(20)])
     assert abs(float(means.mean()) - float(x[:64].mean())) < 0.02
 

@@ -688,6 +688,7 @@ class Augmentation:
     erase_grid: int = 4
     gamma: float = 0.0  # x ** g with log g in [-gamma, gamma]
     fill: str = "reflection"  # one of FILLS
+    blur: float = 0.0  # Gaussian blur with sigma in [0, blur] pixels (another scanner's sharpness)
 
     def __call__(self, x: "torch.Tensor", generator: "torch.Generator | None" = None) -> "torch.Tensor":
         """Augment (C, H, W) or (N, C, H, W) float tensors in [0, 1]; returns the same shape, in [0, 1]."""
@@ -697,6 +698,8 @@ class Augmentation:
         if self.rotation or self.translate or self.zoom or self.flips:
             x = self._geometry(x, generator)
         x = self._intensity(x, generator)
+        if self.blur > 0:
+            x = self._blur(x, generator)
         if self.erase > 0:
             x = self._hide(x, generator)
         return x[0] if single else x
@@ -742,6 +745,23 @@ class Augmentation:
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             x = (x - mean) * factor(self.contrast) + mean
         return x.clamp(0.0, 1.0)
+
+    def _blur(self, x: "torch.Tensor", generator) -> "torch.Tensor":
+        """Each image blurred by its own Gaussian (sigma uniform in [0, blur] px; 0 leaves it as is), as one
+        grouped separable convolution with reflected borders."""
+        import torch
+        import torch.nn.functional as F
+
+        n, c, h, w = x.shape
+        sigma = self._uniform(n, 0.0, self.blur, generator, x.device).to(x.dtype)
+        r = max(1, int(round(2.5 * self.blur)))
+        t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
+        k = torch.exp(-0.5 * (t[None] / sigma.clamp_min(1e-3)[:, None]) ** 2)
+        k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (n * c, 2r + 1)
+        y = F.pad(x.reshape(1, n * c, h, w), (r, r, r, r), mode="reflect")
+        y = F.conv2d(y, k[:, None, None, :], groups=n * c)
+        y = F.conv2d(y, k[:, None, :, None], groups=n * c)
+        return y.reshape(n, c, h, w)
 
     def _hide(self, x: "torch.Tensor", generator) -> "torch.Tensor":
         import torch

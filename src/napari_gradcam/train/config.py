@@ -94,7 +94,8 @@ class TrainConfig:
     class_weighting: str = option("balanced", "'balanced': loss weights inverse to class size; 'sampler': "
                                               "balanced sampling", "optimisation", choices=CLASS_WEIGHTING)
     # augmentation (training images only)
-    augment: bool = option(True, "switch off augmentation (rotations, shifts, zoom, brightness, contrast, gamma)",
+    augment: bool = option(True, "switch off augmentation (rotations, shifts, zoom, brightness, contrast, gamma, "
+                                 "blur)",
                            "augmentation", flag="--no-augment")
     flips: bool = option(False, "add random horizontal flips (off for chest X-rays)", "augmentation")
     rotation: float = option(10.0, "random rotation, +/- degrees", "augmentation", metavar="DEG")
@@ -104,6 +105,8 @@ class TrainConfig:
     contrast: float = option(0.3, "scale deviations from the image's mean by [1 - F, 1 + F]", "augmentation",
                              metavar="F")
     gamma: float = option(0.3, "gamma x ** g with log g in [-F, F]", "augmentation", metavar="F")
+    blur: float = option(0.8, "Gaussian blur with sigma in [0, S] pixels of the network input (the sharpness of "
+                              "other scanners)", "augmentation", metavar="S")
     fill: str = option("reflection", "how the border uncovered by rotation, shift or zoom is filled: from the "
                                      "image itself (reflection, border) or with zeros (darker than any real image)",
                        "augmentation", choices=FILLS)

@@ -125,7 +125,7 @@ def make_augmentation(cfg: "TrainConfig") -> Augmentation | None:
         return None
     return Augmentation(rotation=cfg.rotation, translate=cfg.translate, zoom=cfg.zoom, brightness=cfg.brightness,
                         contrast=cfg.contrast, flips=cfg.flips, erase=cfg.erase, erase_grid=cfg.erase_grid,
-                        gamma=cfg.gamma, fill=cfg.fill)
+                        gamma=cfg.gamma, fill=cfg.fill, blur=cfg.blur)
 
 
 def class_weights(labels: np.ndarray, n_classes: int, weighting: str, device: "torch.device") -> "torch.Tensor | None":
