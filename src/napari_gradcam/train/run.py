@@ -320,7 +320,6 @@ class Trainer:
         frozen = epoch <= cfg.freeze_epochs
         set_trunk_frozen(self.model, self.head, frozen)
         self.parts.model = self._train_model(frozen)
-        self.parts.optimisation = self.optim
         batches = self._batches(epoch)
         source = batch_source(self.train_ds, batches, cfg.num_workers, self.device.type == "cuda")
         self.aug_gen.manual_seed(cfg.seed * 1_000_003 + epoch + 7919 * self.comm.rank)

@@ -75,8 +75,7 @@ class Validator:
         order) and their mean cross-entropy."""
         probs, loss_sum, n = evaluate_arrays(model, self.batches(), device, autocast)
         parts = self.comm.gather((self.indices, probs, loss_sum, n))
-        n_classes = max(p.shape[1] for _, p, _, _ in parts if p.size) if any(p.size for _, p, _, _ in parts) else 0
-        full = np.zeros((len(self.labels), n_classes), np.float32)
+        full = np.zeros((len(self.labels), len(self.ds.data.classes)), np.float32)
         for idx, p, _, _ in parts:
             if len(idx):
                 full[idx] = p
