@@ -308,3 +308,18 @@ def test_recipe_defaults_follow_the_device():
     assert TrainConfig(data_dir="x", max_minutes=0).budget_minutes(torch.device("cpu")) is None
     assert cfg.monitor == "val_loss" and cfg.patience is None and cfg.fill == "reflection"
     assert Path(TrainConfig(out="a/m.safetensors").last_path) == Path("a/m.last.safetensors")
+
+
+def test_source_size_reads_headers_only(tmp_path):
+    import tifffile
+    from PIL import Image
+
+    from napari_gradcam.data import image_extent, typical_source_size
+
+    Image.fromarray(np.zeros((30, 50), np.uint8)).save(tmp_path / "a.png")
+    tifffile.imwrite(tmp_path / "b.tif", np.zeros((3, 20, 70), np.uint8), photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "c.tif", np.zeros((90, 40), np.float32))
+    (tmp_path / "d.png").write_bytes(b"not an image")
+    assert [image_extent(tmp_path / n) for n in ("a.png", "b.tif", "c.tif", "d.png")] == [50, 70, 90, None]
+    assert typical_source_size([tmp_path / n for n in ("a.png", "b.tif", "c.tif", "d.png")]) == 70
+    assert typical_source_size([]) is None
