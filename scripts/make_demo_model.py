@@ -144,7 +144,7 @@ def main(argv=None) -> int:
             arch="simple_cnn", in_channels=1, image_size=args.input_size, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, warmup_epochs=0.5, schedule="cosine", augment=True, erase=args.erase,
             erase_grid=args.erase_grid,
-            class_weighting="none", monitor="val_loss", patience=None, seed=args.seed, device="cpu",
+            class_weighting="none", monitor="val_loss", patience=None, seed=args.seed, device="cpu", max_minutes=0,
         )
         gen = train(cfg)
         while True:

@@ -16,6 +16,8 @@ links inside a class folder are fine; hidden files and ``__MACOSX`` folders are 
   The group of a file comes from a regular expression on its file name (``PATIENT_PATTERN``
   recognises the Kermany pneumonia set's ``person123_...`` and ``IM-0115-...`` names); files
   that do not match are their own group.
+* :class:`Augmentation` changes training images without changing their statistics (borders filled
+  from the image itself, intensity changes centred on the image's own level).
 * :class:`ImageDataset` turns items into network inputs through exactly the preprocessing used for
   inference (:func:`napari_gradcam.preprocess.image_to_tensor`), caches the decoded, resized
   images in memory as uint8 when they fit, and applies augmentation to the unit-range tensor.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import csv as _csv
 import errno
+import math
 import os
 import re
 import stat
@@ -52,6 +55,9 @@ IGNORED_FOLDERS = frozenset({"__MACOSX"})
 PATIENT_PATTERN = r"(person\d+|(?:NORMAL2-)?IM-\d+)"
 #: Fewest images (and groups) per class that a train/validation split accepts.
 MIN_PER_CLASS = 2
+#: How :func:`split_indices` splits, as stored in training checkpoints (``split_method``); a checkpoint
+#: without it was split by :func:`split_indices_v1` and resumes with that split.
+SPLIT_METHOD = "group-shuffle-per-class"
 #: Decoded images are cached in memory up to this many bytes (uint8, at the network's input size).
 CACHE_LIMIT_BYTES = 2 << 30
 
@@ -305,6 +311,36 @@ def _quick_check(path: Path) -> str | None:
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
 
 
+def image_extent(path: Path) -> int | None:
+    """max(height, width) of an image file in pixels, from its header only; None if it cannot be read."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as t:
+                shape = tuple(t.pages[0].shape)
+            planar = len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4)
+            return int(max(shape[1:] if planar else shape[:2]))
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return int(max(im.size))
+    except Exception:  # noqa: BLE001 - an unreadable file has no size
+        return None
+
+
+def typical_source_size(paths: Sequence[Path], limit: int = 400) -> int | None:
+    """Median of max(height, width) in pixels over ``paths`` (at most ``limit`` of them, evenly spaced).
+
+    Headers only, so it costs milliseconds even for large images.  None when no file can be read.
+    """
+    if not len(paths):
+        return None
+    pick = np.unique(np.linspace(0, len(paths) - 1, min(limit, len(paths))).round().astype(int))
+    sizes = [s for s in (image_extent(Path(paths[i])) for i in pick) if s is not None]
+    return int(np.median(sizes)) if sizes else None
+
+
 # ----------------------------------------------------------------------------- the data set listing
 @dataclass(frozen=True)
 class Item:
@@ -369,9 +405,12 @@ class ImageFolderData:
         """The items at ``indices`` (same classes, no skipped list or notes)."""
         return replace(self, items=[self.items[int(i)] for i in indices], skipped=[], unreadable_classes={}, notes=[])
 
-    def split(self, val_fraction: float = 0.2, seed: int = 0) -> tuple["ImageFolderData", "ImageFolderData"]:
-        """(train, validation): stratified by class, grouped by patient; see :func:`split_indices`."""
-        tr, va = split_indices(self.labels, self.groups, val_fraction, seed, self.classes)
+    def split(self, val_fraction: float = 0.2, seed: int = 0,
+              method: str = SPLIT_METHOD) -> tuple["ImageFolderData", "ImageFolderData"]:
+        """(train, validation): stratified by class, grouped by patient; see :func:`split_indices`
+        (``method="v1"``: :func:`split_indices_v1`, the split of older checkpoints)."""
+        splitter = split_indices_v1 if method == "v1" else split_indices
+        tr, va = splitter(self.labels, self.groups, val_fraction, seed, self.classes)
         return self.subset(tr), self.subset(va)
 
     def check_trainable(self, min_per_class: int = MIN_PER_CLASS) -> None:
@@ -750,24 +789,9 @@ def _read_csv(path: Path, base: Path) -> list[tuple[Path, str, str | None]]:
 
 
 # ----------------------------------------------------------------------------- splitting
-def split_indices(
-    labels: Sequence[int],
-    groups: Sequence[str] | None = None,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    classes: Sequence[str] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic stratified, grouped train/validation split.
-
-    Each group (patient) goes wholly to one side.  Groups are assigned to their majority class; within
-    each class the groups are shuffled with ``seed`` and taken for validation until they hold about
-    ``val_fraction`` of that class's images (at least one group; at least one group stays for training).
-
-    Returns
-    -------
-    (train_idx, val_idx) : np.ndarray, np.ndarray
-        Sorted int64 indices into ``labels``.
-    """
+def _split_inputs(labels, groups, val_fraction, classes):
+    """Checked arrays for the splitters: labels (N,) int64, group index (N,), group sizes, each group's
+    majority class, and class names."""
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
     if not 0.0 < float(val_fraction) < 1.0:
@@ -778,30 +802,78 @@ def split_indices(
     names = list(classes) if classes is not None else [str(c) for c in range(int(labels.max()) + 1 if n else 0)]
     uniq, ginv = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
     gsize = np.bincount(ginv, minlength=len(uniq))
-    # majority class of every group
     counts = np.zeros((len(uniq), max(len(names), int(labels.max()) + 1 if n else 1)), dtype=np.int64)
     np.add.at(counts, (ginv, labels), 1)
-    gclass = counts.argmax(1)
+    return labels, ginv, gsize, counts.argmax(1), names
+
+
+def _need_two_groups(name: str, n_groups: int) -> None:
+    if n_groups < 2:
+        raise DatasetError(
+            f"Class {name!r} has images from only one patient/group; at least two are needed "
+            "to hold some out for validation."
+        )
+
+
+def split_indices(
+    labels: Sequence[int],
+    groups: Sequence[str] | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    classes: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic stratified, grouped train/validation split (scikit-learn's ``GroupShuffleSplit`` per class).
+
+    Each group (patient) goes wholly to one side.  Groups are assigned to their majority class; within
+    each class ``GroupShuffleSplit(test_size=val_fraction, random_state=seed)`` holds out that share of
+    the class's groups (rounded up: at least one group; at least one group stays for training).
+
+    Returns
+    -------
+    (train_idx, val_idx) : np.ndarray, np.ndarray
+        Sorted int64 indices into ``labels``.
+    """
+    from sklearn.model_selection import GroupShuffleSplit
+
+    labels, ginv, gsize, gclass, names = _split_inputs(labels, groups, val_fraction, classes)
+    val_groups: list[np.ndarray] = []
+    for c in range(int(gclass.max()) + 1 if len(gclass) else 0):
+        gs = np.flatnonzero(gclass == c)
+        if len(gs) == 0:
+            continue
+        _need_two_groups(names[c] if c < len(names) else str(c), len(gs))
+        n_val = min(len(gs) - 1, max(1, math.ceil(float(val_fraction) * len(gs))))
+        splitter = GroupShuffleSplit(n_splits=1, test_size=n_val, train_size=len(gs) - n_val,
+                                     random_state=np.random.default_rng([seed, c]).integers(2**31))
+        _, held = next(splitter.split(gs, groups=gs))
+        val_groups.append(gs[held])
+    is_val = np.isin(ginv, np.concatenate(val_groups) if val_groups else np.zeros(0, np.int64))
+    return np.flatnonzero(~is_val).astype(np.int64), np.flatnonzero(is_val).astype(np.int64)
+
+
+def split_indices_v1(
+    labels: Sequence[int],
+    groups: Sequence[str] | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    classes: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The split of checkpoints written before ``split_method`` was stored (kept so that they resume with
+    their own validation images).  Within each class the groups are shuffled and taken for validation
+    until they hold about ``val_fraction`` of that class's images."""
+    labels, ginv, gsize, gclass, names = _split_inputs(labels, groups, val_fraction, classes)
     rng = np.random.default_rng(seed)
     val_groups: list[int] = []
-    for c in range(counts.shape[1]):
+    for c in range(len(names) if len(gclass) == 0 else max(len(names), int(gclass.max()) + 1)):
         gs = np.flatnonzero(gclass == c)
         n_c = int(gsize[gs].sum())
         if n_c == 0:
             continue
-        name = names[c] if c < len(names) else str(c)
-        if len(gs) < 2:
-            raise DatasetError(
-                f"Class {name!r} has images from only one patient/group; at least two are needed "
-                "to hold some out for validation."
-            )
+        _need_two_groups(names[c] if c < len(names) else str(c), len(gs))
         gs = gs[rng.permutation(len(gs))]
-        target = float(val_fraction) * n_c
-        taken = 0
+        target, taken = float(val_fraction) * n_c, 0
         for k, g in enumerate(gs):
-            if k >= len(gs) - 1:
-                break
-            if taken > 0 and taken + gsize[g] / 2 > target:
+            if k >= len(gs) - 1 or (taken > 0 and taken + gsize[g] / 2 > target):
                 break
             val_groups.append(int(g))
             taken += int(gsize[g])
@@ -810,67 +882,124 @@ def split_indices(
 
 
 # ----------------------------------------------------------------------------- augmentation
+#: How :class:`Augmentation` fills the border that a rotation, shift or zoom uncovers.
+FILLS = ("reflection", "border", "zeros")
+
+
 @dataclass
 class Augmentation:
     """Random geometry and intensity changes applied to unit-range image tensors during training.
 
-    Defaults suit chest X-rays: small rotations, shifts and zoom, mild brightness/contrast, and no
-    flips (a flipped chest puts the heart on the wrong side); set ``flips=True`` for other images.
-    Each image of a batch gets its own random parameters, applied in one batched
-    ``affine_grid``/``grid_sample`` call on whatever device the batch is (bilinear, zero fill,
-    like ``torchvision.transforms.v2.RandomAffine`` + ``ColorJitter``, but without a Python loop
-    over images).  ``erase > 0`` hides random grid cells (filled with the image's mean), which makes
-    a network look at all of the evidence rather than its single most telling part; class activation
-    maps then cover objects better (Singh & Lee 2017, "Hide-and-Seek").
+    The changes keep the image statistics that the network sees at inference: the border that a
+    rotation, shift or zoom-out uncovers is filled from the image itself (``fill="reflection"``, or
+    ``"border"`` to repeat the edge pixels), never with zeros, and every intensity change is centred on
+    the image's own level (brightness ``x * b`` and gamma ``x ** g`` with ``log b``, ``log g`` symmetric
+    around 0, contrast around the image's own mean).  A zero fill makes augmented images darker than any
+    real one; BatchNorm's running statistics then follow that darker distribution and the validation
+    logits shift (accuracy at the majority-class rate while ROC AUC stays high).
+
+    Chest X-ray defaults: small rotations, shifts and zoom, and no flips (a flipped chest puts the heart
+    on the wrong side); set ``flips=True`` for other images.  Each image of a batch gets its own random
+    parameters, applied in one batched ``affine_grid``/``grid_sample`` call on the batch's device.
+    ``erase > 0`` hides random grid cells (filled with the image's mean), which makes a network look at
+    all of the evidence rather than its single most telling part; class activation maps then cover
+    objects better (Singh & Lee 2017, "Hide-and-Seek").
     """
 
     rotation: float = 7.0  # degrees, +/-
     translate: float = 0.06  # fraction of the image size, +/-
     zoom: float = 0.08  # scale in [1 - zoom, 1 + zoom]
     brightness: float = 0.15  # multiply by [1 - b, 1 + b]
-    contrast: float = 0.15  # blend with the image mean by [1 - c, 1 + c]
+    contrast: float = 0.15  # scale deviations from the image's mean by [1 - c, 1 + c]
     flips: bool = False  # random horizontal flips
     erase: float = 0.0  # "hide-and-seek": probability of hiding each cell of an erase_grid x erase_grid grid
     erase_grid: int = 4
+    gamma: float = 0.0  # x ** g with log g in [-gamma, gamma]
+    fill: str = "reflection"  # one of FILLS
+    blur: float = 0.0  # Gaussian blur with sigma in [0, blur] pixels (another scanner's sharpness)
 
     def __call__(self, x: "torch.Tensor", generator: "torch.Generator | None" = None) -> "torch.Tensor":
         """Augment (C, H, W) or (N, C, H, W) float tensors in [0, 1]; returns the same shape, in [0, 1]."""
-        import torch
-        import torch.nn.functional as F
-
         single = x.ndim == 3
         if single:
             x = x[None]
+        if self.rotation or self.translate or self.zoom or self.flips:
+            x = self._geometry(x, generator)
+        x = self._intensity(x, generator)
+        if self.blur > 0:
+            x = self._blur(x, generator)
+        if self.erase > 0:
+            x = self._hide(x, generator)
+        return x[0] if single else x
+
+    @staticmethod
+    def _uniform(n: int, lo: float, hi: float, generator, device) -> "torch.Tensor":
+        """(n,) uniform samples drawn on the CPU (reproducible on any device), moved to ``device``."""
+        import torch
+
+        return torch.rand(n, generator=generator, device="cpu").mul_(hi - lo).add_(lo).to(device)
+
+    def _geometry(self, x: "torch.Tensor", generator) -> "torch.Tensor":
+        import torch
+        import torch.nn.functional as F
+
+        if self.fill not in FILLS:
+            raise ValueError(f"fill must be one of {', '.join(FILLS)}, not {self.fill!r}")
+        n, dev = x.shape[0], x.device
+        ang = torch.deg2rad(self._uniform(n, -self.rotation, self.rotation, generator, dev))
+        scale = self._uniform(n, 1 - self.zoom, 1 + self.zoom, generator, dev)
+        tx = self._uniform(n, -self.translate, self.translate, generator, dev) * 2
+        ty = self._uniform(n, -self.translate, self.translate, generator, dev) * 2
+        flip = torch.ones(n, device=dev)
+        if self.flips:
+            flip = torch.where(self._uniform(n, 0, 1, generator, dev) < 0.5, -1.0, 1.0)
+        cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
+        theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
+        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode=self.fill, align_corners=False)
+
+    def _intensity(self, x: "torch.Tensor", generator) -> "torch.Tensor":
         n, dev = x.shape[0], x.device
 
-        def uniform(lo: float, hi: float) -> "torch.Tensor":
-            return torch.rand(n, generator=generator, device="cpu").mul_(hi - lo).add_(lo).to(dev)
+        def factor(amount: float) -> "torch.Tensor":  # (n, 1, 1, 1) in [1 - amount, 1 + amount]
+            return self._uniform(n, 1 - amount, 1 + amount, generator, dev).view(n, 1, 1, 1).to(x.dtype)
 
-        if self.rotation or self.translate or self.zoom or self.flips:
-            ang = torch.deg2rad(uniform(-self.rotation, self.rotation))
-            scale = uniform(1 - self.zoom, 1 + self.zoom)
-            tx, ty = uniform(-self.translate, self.translate) * 2, uniform(-self.translate, self.translate) * 2
-            flip = torch.ones(n, device=dev)
-            if self.flips:
-                flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
-            cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
-            theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
-            grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if self.gamma:
+            g = self._uniform(n, -self.gamma, self.gamma, generator, dev).exp_().view(n, 1, 1, 1).to(x.dtype)
+            x = x.clamp(0.0, 1.0).pow(g)
         if self.brightness:
-            x = x * uniform(1 - self.brightness, 1 + self.brightness).view(n, 1, 1, 1).to(x.dtype)
+            x = x * factor(self.brightness)
         if self.contrast:
-            c = uniform(1 - self.contrast, 1 + self.contrast).view(n, 1, 1, 1).to(x.dtype)
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
-            x = (x - mean) * c + mean
-        x = x.clamp(0.0, 1.0)
-        if self.erase > 0:
-            g = max(1, int(self.erase_grid))
-            keep = (torch.rand((n, 1, g, g), generator=generator, device="cpu") >= self.erase).to(dev, x.dtype)
-            keep = F.interpolate(keep, size=x.shape[-2:], mode="nearest")
-            fill = x.mean(dim=(1, 2, 3), keepdim=True)
-            x = x * keep + fill * (1 - keep)
-        return x[0] if single else x
+            x = (x - mean) * factor(self.contrast) + mean
+        return x.clamp(0.0, 1.0)
+
+    def _blur(self, x: "torch.Tensor", generator) -> "torch.Tensor":
+        """Each image blurred by its own Gaussian (sigma uniform in [0, blur] px; 0 leaves it as is), as one
+        grouped separable convolution with reflected borders."""
+        import torch
+        import torch.nn.functional as F
+
+        n, c, h, w = x.shape
+        sigma = self._uniform(n, 0.0, self.blur, generator, x.device).to(x.dtype)
+        r = max(1, int(round(2.5 * self.blur)))
+        t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
+        k = torch.exp(-0.5 * (t[None] / sigma.clamp_min(1e-3)[:, None]) ** 2)
+        k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (n * c, 2r + 1)
+        y = F.pad(x.reshape(1, n * c, h, w), (r, r, r, r), mode="reflect")
+        y = F.conv2d(y, k[:, None, None, :], groups=n * c)
+        y = F.conv2d(y, k[:, None, :, None], groups=n * c)
+        return y.reshape(n, c, h, w)
+
+    def _hide(self, x: "torch.Tensor", generator) -> "torch.Tensor":
+        import torch
+        import torch.nn.functional as F
+
+        n, g = x.shape[0], max(1, int(self.erase_grid))
+        keep = (torch.rand((n, 1, g, g), generator=generator, device="cpu") >= self.erase).to(x.device, x.dtype)
+        keep = F.interpolate(keep, size=x.shape[-2:], mode="nearest")
+        fill = x.mean(dim=(1, 2, 3), keepdim=True)
+        return x * keep + fill * (1 - keep)
 
 
 # ----------------------------------------------------------------------------- the torch data set

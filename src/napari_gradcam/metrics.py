@@ -61,7 +61,7 @@ def roc_auc(y_true, probs) -> float | None:
     return float(roc_auc_score(y, p, multi_class="ovr", average="macro", labels=list(range(n_classes))))
 
 
-def classification_report(y_true, probs, classes: Sequence[str]) -> dict[str, Any]:
+def classification_report(y_true, probs, classes: Sequence[str], threshold: float | None = None) -> dict[str, Any]:
     """Classification metrics of predicted probabilities.
 
     Parameters
@@ -72,6 +72,9 @@ def classification_report(y_true, probs, classes: Sequence[str]) -> dict[str, An
         Predicted probabilities (rows sum to 1); the prediction is the argmax.
     classes : sequence of str
         Class names, in column order.
+    threshold : float, optional
+        Two classes only: predict the second class where its probability is at least this (a model's
+        stored decision threshold, see :mod:`napari_gradcam.decision`); default the arg-max.
 
     Returns
     -------
@@ -90,8 +93,10 @@ def classification_report(y_true, probs, classes: Sequence[str]) -> dict[str, An
 
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
 
+    from .decision import predicted_classes
+
     y, p, classes = _check(y_true, probs, classes)
-    pred = p.argmax(1)
+    pred = predicted_classes(p, threshold)
     labels = list(range(len(classes)))
     cm = confusion_matrix(y, pred, labels=labels)
     total = cm.sum()
@@ -116,6 +121,7 @@ def classification_report(y_true, probs, classes: Sequence[str]) -> dict[str, An
         "sensitivity": sens,
         "specificity": spec,
         "confusion_matrix": cm.astype(int).tolist(),
+        **({"threshold": float(threshold)} if threshold is not None and len(classes) == 2 else {}),
     }
 
 
@@ -138,6 +144,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"accuracy           {_fmt(report['accuracy'], True)}",
         f"balanced accuracy  {_fmt(report['balanced_accuracy'], True)}",
         f"ROC AUC            {_fmt(report['roc_auc'])}",
+        *([f"decision           {classes[1]} where p >= {report['threshold']:.3f} (the model's threshold)"]
+          if report.get("threshold") is not None else []),
         "",
         f"{'class':<{w}}{'support':>9}{'sensitivity':>13}{'specificity':>13}",
     ]

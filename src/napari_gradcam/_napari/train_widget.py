@@ -279,6 +279,9 @@ class TrainWidget(GradCamWidget):
             self.status.setText(event.message)
         elif kind in ("start", "done", "stopped"):
             self.status.setText(event.message)
+        elif kind == "warning":  # said once per run, e.g. training and validation inputs that differ
+            self.status.setText(event.message)
+            notify_info(event.message)
 
     def _done(self, result) -> None:
         res, layers = result

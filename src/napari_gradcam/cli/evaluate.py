@@ -15,6 +15,7 @@ def cmd_evaluate(args) -> int:
     import numpy as np
 
     from ..data import scan_folder
+    from ..decision import decision_threshold
     from ..errors import DatasetError
     from ..metrics import classification_report, format_report, plot_report, save_report
     from ..train import evaluate_model
@@ -45,7 +46,8 @@ def cmd_evaluate(args) -> int:
         bar.close()
     if len(y) == 0:
         raise DatasetError(f"None of the images in {args.data_dir} could be read.")
-    report = classification_report(y, probs, bundle.classes)
+    threshold = decision_threshold(bundle)
+    report = classification_report(y, probs, bundle.classes, threshold=threshold)
     print(format_report(report))
     skipped = list(data.skipped) + failed
     if skipped:
@@ -58,7 +60,7 @@ def cmd_evaluate(args) -> int:
         plot_report(report, y, probs, args.plot)
     if args.predictions:
         _write_predictions(Path(args.predictions), [it.path for it in data.items if it.path not in {p for p, _ in failed}],
-                           probs, bundle.classes, labels=[bundle.classes[i] for i in np.asarray(y)])
+                           probs, bundle.classes, labels=[bundle.classes[i] for i in np.asarray(y)], threshold=threshold)
     return 0
 
 
@@ -71,21 +73,23 @@ def _class_of(path: Path, root: Path) -> str:
     return parts[0] if len(parts) > 1 else path.parent.name
 
 
-def _prediction_rows(files, probs, classes, labels=None):
-    """The header and one row per file of a predictions CSV."""
+def _prediction_rows(files, probs, classes, labels=None, threshold=None):
+    """The header and one row per file of a predictions CSV (the predicted class at the model's threshold)."""
+    from ..decision import predicted_classes
+
     yield ["path", *(["label"] if labels is not None else []), "predicted", *[f"p_{c}" for c in classes]]
-    for k, (p, row) in enumerate(zip(files, probs)):
-        yield [str(p), *([labels[k]] if labels is not None else []), classes[int(row.argmax())],
+    for k, (p, row, c) in enumerate(zip(files, probs, predicted_classes(probs, threshold))):
+        yield [str(p), *([labels[k]] if labels is not None else []), classes[int(c)],
                *[f"{float(v):.6f}" for v in row]]
 
 
-def _write_predictions(path: Path, files, probs, classes, labels=None) -> None:
+def _write_predictions(path: Path, files, probs, classes, labels=None, threshold=None) -> None:
     """The predictions CSV, written atomically (a failed write leaves the previous file)."""
     import csv
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
-            csv.writer(f).writerows(_prediction_rows(files, probs, classes, labels))
+            csv.writer(f).writerows(_prediction_rows(files, probs, classes, labels, threshold))
 
     atomic_write(path, write)
 
@@ -94,6 +98,7 @@ def _write_predictions(path: Path, files, probs, classes, labels=None) -> None:
 def cmd_predict(args) -> int:
     import numpy as np
 
+    from ..decision import decision_threshold
     from ..errors import ImageError
     from ..inference import predict
 
@@ -125,12 +130,13 @@ def cmd_predict(args) -> int:
         raise GradCamError(f"None of the {len(files)} file(s) could be read as an image "
                            f"({'' if len(files) == 1 else 'e.g. '}{why}).")
     probs = np.concatenate(rows)
+    threshold = decision_threshold(bundle)
     if args.csv:
-        _write_predictions(Path(args.csv), ok_files, probs, bundle.classes)
+        _write_predictions(Path(args.csv), ok_files, probs, bundle.classes, threshold=threshold)
     else:
         import csv
 
-        csv.writer(sys.stdout).writerows(_prediction_rows(ok_files, probs, bundle.classes))
+        csv.writer(sys.stdout).writerows(_prediction_rows(ok_files, probs, bundle.classes, threshold=threshold))
     for p, why in skipped:
         print(f"skipped {shown(p)}: {shown(why)}", file=sys.stderr)
     if args.csv and not args.quiet:
@@ -167,7 +173,9 @@ def register(sub) -> None:
         "predict", help="class probabilities for image files or folders (CSV)",
         description="Classify image files and folders (searched recursively). Writes a CSV with columns path, "
                     "predicted, p_<class>... to --csv, or to standard output. Unreadable files are listed on stderr "
-                    "and skipped.",
+                    "and skipped. A two-class model trained by this package predicts its second class where that "
+                    "class's probability reaches the decision threshold stored in the model (chosen on held-out "
+                    "patients); other models take the most probable class.",
         epilog=f"""examples:
   {PROG} predict pneumonia.safetensors scans/ --csv predictions.csv
   {PROG} predict pneumonia.safetensors a.png b.jpg
