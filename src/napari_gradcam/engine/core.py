@@ -10,8 +10,8 @@ Everything else lives here and is the same for every method:
    (``torch.autograd.grad``: no parameter gradient, no ``.grad`` left on the model);
 3. the map ``ReLU(sum_k weigh(A, G)_k)``, or with ``eigen`` the first principal component of the
    weighted activations in place of the channel sum;
-4. with several layers, :func:`fuse_maps`: each map scaled to [0, 1], upsampled to the finest and
-   combined by the element-wise maximum (the fusion of LayerCAM, Jiang et al., IEEE TIP 2021).
+4. with several layers, :func:`fuse_maps`: each map scaled to [0, 1] (min-max), upsampled to the
+   finest and combined by the element-wise maximum (the fusion of LayerCAM, Jiang et al., IEEE TIP 2021).
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def fuse_maps(maps: "Sequence[torch.Tensor]", gamma: float | None = None) -> "to
     Returns
     -------
     (B, T, H, W) float32 in [0, 1] at the finest layer's grid: the element-wise maximum of the maps,
-    each divided by its own maximum and upsampled bilinearly.
+    each scaled to [0, 1] by its own minimum and maximum (as torchcam's ``fuse_cams``; a flat map's
+    floor does not swamp the others) and upsampled bilinearly.
     """
     import torch
     import torch.nn.functional as F
@@ -114,8 +115,9 @@ def fuse_maps(maps: "Sequence[torch.Tensor]", gamma: float | None = None) -> "to
     size = tuple(max(s) for s in zip(*[tuple(m.shape[-2:]) for m in maps]))
     fused = None
     for m in maps:
-        peak = m.amax(dim=(2, 3), keepdim=True)
-        n = torch.where(peak > 0, m / peak.clamp_min(1e-30), torch.zeros_like(m))
+        low = m.amin(dim=(2, 3), keepdim=True)
+        span = m.amax(dim=(2, 3), keepdim=True) - low
+        n = torch.where(span > 0, (m - low) / span.clamp_min(1e-30), torch.zeros_like(m))
         if gamma is not None:
             n = torch.tanh(gamma * n)
         up = F.interpolate(n.float(), size=size, mode="bilinear", align_corners=False)
@@ -160,8 +162,8 @@ def gradient_maps(model: "nn.Module", x: "torch.Tensor", targets: "Sequence | No
     """
     import torch
 
-    mode = torch.no_grad() if cam.uses_gradients else torch.inference_mode()
-    with mode, capture(model, layers, grad=cam.uses_gradients) as box:
+    grad = cam.uses_gradients  # a caller's inference_mode is lifted for the head's graph
+    with torch.inference_mode(not grad), torch.set_grad_enabled(False), capture(model, layers, grad=grad) as box:
         logits = model(x)
         maps = _per_layer_maps(cam, logits, box, targets, eigen)
     used = list(targets) if targets is not None else [int(logits[0].argmax())]

@@ -91,17 +91,31 @@ class SpatialCall:
     layout: Layout
 
 
+def _head_input(calls: list, logits) -> "torch.Tensor | None":
+    """The input of the innermost module that returned the logits (the head's features), if any."""
+    for module_output, inputs in calls:
+        if module_output is logits and inputs and hasattr(inputs[0], "requires_grad") and inputs[0].requires_grad:
+            return inputs[0]
+    return None
+
+
 def _influence_trace(model: "nn.Module", in_channels: int, input_size: int) -> list[SpatialCall]:
     """The calls with a spatial output (maps, tokens, channels-last) through which the logits depend
     on more than one position, in the order the calls finished: one forward and one backward pass of
-    a random image, gradients w.r.t. every such output (no parameter gradients are kept)."""
+    a random image, gradients w.r.t. every such output (no parameter gradients are kept).
+
+    The gradients are those of a random projection of the head's input (the features the last
+    module turns into logits), so a zero-initialised head (torchvision's ViT) hides nothing.
+    """
     import torch
 
     seen: list[tuple[str, Layout, torch.Tensor]] = []
+    finished: list[tuple] = []
 
-    def hook(module, _inputs, output, name):
+    def hook(module, inputs, output, name):
+        finished.append((output, inputs))
         layout = layout_of(output)
-        if layout is None or _is_global_pool(module) or not output.requires_grad:
+        if layout is None or _is_global_pool(module) or not getattr(output, "requires_grad", False):
             return None
         seen.append((name, layout, output))
         return output.clone()  # in-place operations downstream cannot touch the recorded output
@@ -119,8 +133,10 @@ def _influence_trace(model: "nn.Module", in_channels: int, input_size: int) -> l
             logits = model(x)
             if not seen or not isinstance(logits, torch.Tensor) or not logits.requires_grad:
                 return []
-            weights = torch.rand(logits.shape, generator=gen).to(logits.device, logits.dtype)
-            grads = torch.autograd.grad((logits * weights).sum(), [t for _, _, t in seen], allow_unused=True)
+            feats = _head_input(finished, logits)
+            score = logits if feats is None else feats
+            weights = torch.rand(score.shape, generator=gen).to(score.device, score.dtype)
+            grads = torch.autograd.grad((score * weights).sum(), [t for _, _, t in seen], allow_unused=True)
     finally:
         for h in handles:
             h.remove()

@@ -29,7 +29,10 @@ def check_smooth(smooth, spec: "Method") -> frozenset[str]:
     """``smooth`` (None, "aug", "eigen", "aug+eigen" or a list) as a set, else one sentence."""
     if smooth is None or (isinstance(smooth, str) and smooth.strip().lower() in ("", "none")):
         return frozenset()
-    items = smooth.replace("+", " ").replace(",", " ").split() if isinstance(smooth, str) else list(smooth)
+    if isinstance(smooth, str):
+        items = smooth.replace("+", " ").replace(",", " ").split()
+    else:
+        items = list(smooth) if isinstance(smooth, (list, tuple, set, frozenset)) else []
     if not items or not all(isinstance(s, str) and s.strip().lower() in SMOOTHINGS for s in items):
         raise GradCamError(f"smooth must be 'aug', 'eigen' or both, not {smooth!r}.")
     chosen = frozenset(s.strip().lower() for s in items)
