@@ -8,14 +8,19 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
 
 from ._base import GradCamWidget, ImageLayerPicker
-from ..engine.methods import method_title
+from ..engine.methods import get_method, list_methods, method_title
 from .layers import CLASS_COLORMAPS, heatmap_layer, replace_plugin_layers
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-METHODS = [("Grad-CAM", "gradcam"), ("Grad-CAM++", "gradcam++"), ("CAM", "cam")]
 PREDICTED = "predicted class"
+FINE = ("fine: last 3 stages, fused", "fine")  # the layer preset (engine.layers)
+
+
+def _method_choices() -> list[tuple[str, str]]:
+    """(title, name) of every registered method, in registry order."""
+    return [(m["title"], m["name"]) for m in list_methods()]
 ALL = "all classes"
 
 
@@ -39,13 +44,16 @@ class ExplainWidget(GradCamWidget):
 
         lay = self.layout()
         self.image = ImageLayerPicker(self.viewer)
-        self.method = ComboBox(label="method", choices=METHODS, value="gradcam")
+        self.method = ComboBox(label="method", choices=_method_choices(), value="gradcam")
         self.method.native.setToolTip("Grad-CAM works at any convolutional layer; CAM needs a global-average-"
-                                      "pooling head and uses the layer feeding it.")
+                                      "pooling head and uses the layer feeding it. For small findings: LayerCAM "
+                                      "at the 'fine' layer preset (LayerCAM (fine)).")
+        self.method.changed.connect(self._on_method)
         self.target = ComboBox(label="target", choices=self._target_choices)
         self.target.native.setToolTip("The class to explain: the predicted one, any class, or all classes.")
         self.layer = ComboBox(label="layer", choices=self._layer_choices)
-        self.layer.native.setToolTip("The layer whose activations are weighted (default: the Model widget's).")
+        self.layer.native.setToolTip("The layer whose activations are weighted (default: the Model widget's); "
+                                     "'fine' fuses the model's last three resolution stages.")
         self.shifts = SpinBox(label="sub-cell shifts", min=1, max=8, value=1)
         self.shifts.native.setToolTip("k > 1: average the maps of k x k copies of the image shifted by fractions "
                                       "of a heatmap cell, for a k times finer map (k*k passes). 1 = off.")
@@ -84,8 +92,15 @@ class ExplainWidget(GradCamWidget):
         classes = bundle.classes if bundle is not None else []
         return [(PREDICTED, PREDICTED), *[(c, c) for c in classes], (ALL, ALL)]
 
-    def _layer_choices(self, _widget=None) -> list[str]:
-        return list(self.state.layers)
+    def _layer_choices(self, _widget=None) -> list:
+        return [FINE, *[(n, n) for n in self.state.layers]]
+
+    def _on_method(self, name: str) -> None:
+        """A method with a layer preset of its own (layercam-fine) shows it; others the model's layer."""
+        if get_method(name).default_layers is not None:
+            self.layer.value = FINE[1]
+        elif self.layer.value == FINE[1]:
+            self._on_target_layer(self.state.target_layer)
 
     def _on_model(self, _bundle=None) -> None:
         self.target.reset_choices()
@@ -152,7 +167,8 @@ class ExplainWidget(GradCamWidget):
         method = self.method.value
         choice = self.target.value
         tgt = None if choice in (None, PREDICTED) else ("all" if choice == ALL else choice)
-        tl = None if method == "cam" else (self.layer.value or None)
+        spec = get_method(method)
+        tl = None if spec.fixed_layer is not None or not spec.uses_layer else (self.layer.value or None)
         keep = bool(self.keep.value)
         model = self.state.name
         return self.start(_explain, self.state, plane.data, method, tgt, tl, self.state.bundle,
