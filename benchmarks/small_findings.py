@@ -59,7 +59,7 @@ def write_training_set(root: Path, n: int, size: int) -> None:
             io.imsave(root / label / f"p{i:05d}_{label}.png", img, check_contrast=False)
 
 
-def train_model(work: Path, n: int, size: int, epochs: int) -> "ng.ModelBundle":
+def train_model(work: Path, n: int, size: int, epochs: int, lr: float = 1e-3) -> "ng.ModelBundle":
     from napari_gradcam.train import TrainConfig, run_training
 
     data = work / "train"
@@ -68,7 +68,7 @@ def train_model(work: Path, n: int, size: int, epochs: int) -> "ng.ModelBundle":
     out = work / "nodules.safetensors"
     if not out.exists():
         cfg = TrainConfig(data_dir=str(data), out=str(out), arch="simple_cnn", image_size=size, epochs=epochs,
-                          batch_size=16, lr=2e-3, pretrained=False, device="cpu", patience=None, seed=0)
+                          batch_size=16, lr=lr, pretrained=False, device="cpu", patience=None, seed=0)
         def report(event) -> None:
             if event.kind == "epoch":
                 m = event.metrics
