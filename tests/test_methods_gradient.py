@@ -246,22 +246,42 @@ def test_fine_preset_of_simple_cnn_and_vgg(vgg):
     assert stage_outputs(vgg.model, 3, 64) == ["features.22", "features.29", "features"]
 
 
-def test_fusion_agrees_with_torchcam(resnet):
-    """layer=[layer2, layer3, layer4] with LayerCAM: torchcam's fuse_cams (tanh(2 M) scaling, maximum)."""
+@pytest.mark.parametrize("method", ["gradcam", "layercam", "hirescam"])
+def test_mean_fusion_agrees_with_pytorch_grad_cam(resnet, method):
+    """layer=[layer2, layer3, layer4] (default fusion="mean"): pytorch-grad-cam with three target layers."""
+    img = np.random.default_rng(9).random((96, 96, 3)).astype(np.float32)
+    layers = ["layer2", "layer3", "layer4"]
+    model = _clean_copy(resnet.model)
+    checked = []
+    for target in range(3):
+        ours = explain(resnet, img, method, target=target, layer=layers)
+        with getattr(pgc, REFERENCE[method])(model=model, target_layers=[model.get_submodule(n) for n in layers]) as ref:
+            from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+            theirs = ref(input_tensor=bundle_tensor(resnet, [img]), targets=[ClassifierOutputTarget(target)])[0]
+        checked.append(_agree(ours.data, theirs))
+        # the fusion changes the map: it is not the last layer's alone
+        assert _corr(ours.data, explain(resnet, img, method, target=target, layer="layer4").data) < 0.99
+    assert all(c is not False for c in checked) and checked.count(True) >= 2
+
+
+def test_max_fusion_agrees_with_torchcam(resnet):
+    """fusion="max" with LayerCAM: torchcam's fuse_cams (each map min-max scaled, tanh(2 M), maximum)."""
     torchcam = pytest.importorskip("torchcam.methods")
     img = np.random.default_rng(9).random((96, 96, 3)).astype(np.float32)
     layers = ["layer2", "layer3", "layer4"]
     model = _clean_copy(resnet.model)
     x = bundle_tensor(resnet, [img])
     for target in range(3):
-        ours = explain(resnet, img, "layercam", target=target, layer=layers)
+        ours = explain(resnet, img, "layercam", target=target, layer=layers, fusion="max")
         with torchcam.LayerCAM(model, target_layer=layers, input_shape=(3, 96, 96)) as extractor:
             cams = extractor(class_idx=target, scores=model(x))
             fused = torchcam.LayerCAM.fuse_cams(cams)
         theirs = torch.nn.functional.interpolate(fused[None], size=(96, 96), mode="bilinear")[0, 0].detach().numpy()
         assert _corr(ours.data, theirs) > 0.99
-        # the fusion changes the map: it is not the last layer's alone
-        assert _corr(ours.data, explain(resnet, img, "layercam", target=target, layer="layer4").data) < 0.99
+        assert _corr(ours.data, explain(resnet, img, "layercam", target=target, layer=layers).data) < 0.99
+    with pytest.raises(GradCamError, match="fusion must be"):
+        explain(resnet, img, "layercam", layer=layers, fusion="sum")
 
 
 # ----------------------------------------------------------------------------- smoothing

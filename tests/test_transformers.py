@@ -188,5 +188,6 @@ def test_swin_fine_preset_fuses_the_stages(tiny_swin):
     assert stage_outputs(tiny_swin.model, 1, SIZE) == ["features.1", "permute"]
     img = _squares(np.random.default_rng(8), 1, [True])[0][0, 0]
     fine = explain(tiny_swin, img, "layercam-fine", target="square")
-    assert fine.layer == "features.1+permute" and fine.raw.shape == (8, 8)
-    assert fine.raw.max() == pytest.approx(np.tanh(2.0), abs=1e-5)  # LayerCAM's scaling of each layer's map
+    assert fine.layer == "features.1+permute" and fine.raw.shape == (8, 8) and fine.raw.max() <= 1
+    paper = explain(tiny_swin, img, "layercam-fine", target="square", fusion="max")
+    assert paper.raw.max() == pytest.approx(np.tanh(2.0), abs=1e-5)  # LayerCAM's scaling of each layer's map

@@ -21,10 +21,11 @@ def cmd_explain(args) -> int:
         target = int(target)
     layer = args.layer[0] if args.layer and len(args.layer) == 1 else args.layer
     result = explain(bundle, image, method=args.method, target=target, layer=layer, shifts=args.shifts,
-                     smooth=args.smooth)
+                     smooth=args.smooth, fusion=args.fusion)
     maps = result if isinstance(result, list) else [result]
     out = Path(args.out)
-    meta = {"method": maps[0].method, "layer": maps[0].layer, "shifts": maps[0].shifts, "smooth": maps[0].smooth,
+    meta = {"method": maps[0].method, "layer": maps[0].layer, "fusion": args.fusion if "+" in maps[0].layer else None,
+            "shifts": maps[0].shifts, "smooth": maps[0].smooth,
             "targets": [h.target for h in maps], "scores": [h.score for h in maps], "image": str(args.image)}
     data = maps[0].data if len(maps) == 1 else np.stack([h.data for h in maps])
     _write_tiff(out, data, **{"napari_gradcam": json.dumps(meta)})
@@ -149,6 +150,8 @@ def register(sub) -> None:
     p.add_argument("--layer", nargs="+", metavar="NAME",
                    help="layer(s) to explain; several are fused (LayerCAM-style); 'fine': the last three resolution "
                         "stages; default the method's own or the model's target layer")
+    p.add_argument("--fusion", default="mean", choices=("mean", "max"),
+                   help="how the maps of several layers combine: mean (pytorch-grad-cam's) or max (LayerCAM's)")
     p.add_argument("--smooth", nargs="+", choices=("aug", "eigen"),
                    help="aug: average over flips and intensity scales (6 views); eigen: first principal component "
                         "of the weighted activations (gradient CAM family)")

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import GradCamError
 from ..preprocess import bundle_tensor, check_image, resize_maps
+from .core import FUSIONS
 from .hooks import StopForward, capture
 from .layers import default_layer, layer_names, resolve_layers
 from .methods import MapOutput, Method, get_method, target_scores
@@ -106,6 +107,16 @@ def _heatmaps(bundle: "ModelBundle", out: MapOutput, full, layers: list[str], me
     return results
 
 
+def _options(smooth: frozenset[str], fusion: str) -> dict:
+    """The compute options of an explanation (see :mod:`.methods`)."""
+    if fusion not in FUSIONS:
+        raise GradCamError(f"fusion must be 'mean' or 'max', not {fusion!r}.")
+    options = {"fusion": fusion}
+    if "eigen" in smooth:
+        options["eigen"] = True
+    return options
+
+
 def explain(
     bundle: "ModelBundle",
     image,
@@ -114,6 +125,7 @@ def explain(
     layer=None,
     shifts: int = 1,
     smooth=None,
+    fusion: str = "mean",
 ) -> "Heatmap | list[Heatmap]":
     """Explain the model's decision on one image as a heatmap.
 
@@ -133,6 +145,9 @@ def explain(
     smooth : None, "aug" (test-time flips and intensity scales, each map moved back before averaging),
         "eigen" (first principal component of the weighted activations) or both ("aug+eigen").
         See :mod:`napari_gradcam.engine.smooth`.
+    fusion : how the maps of several layers are combined: "mean" (default; pytorch-grad-cam's: each
+        layer's map scaled to [0, 1], averaged on the finest grid) or "max" (LayerCAM's and torchcam's
+        element-wise maximum).  See :func:`napari_gradcam.engine.core.fuse_maps`.
 
     Returns
     -------
@@ -146,7 +161,11 @@ def explain(
     chosen = check_smooth(smooth, spec)
     img = check_image(image)
     targets, many = _resolve_targets(bundle, target)
-    run = _Run(spec, bundle, resolve_layers(bundle, spec, layer), {"eigen": True} if "eigen" in chosen else {})
+    layers = resolve_layers(bundle, spec, layer)
+    options = _options(chosen, fusion)
+    if len(layers) < 2:
+        options.pop("fusion")
+    run = _Run(spec, bundle, layers, options)
     x = bundle_tensor(bundle, [img]).to(bundle.device)
     bundle.model.eval()
     out = run.compute(x, targets)

@@ -11,7 +11,8 @@ Everything else lives here and is the same for every method:
 3. the map ``ReLU(sum_k weigh(A, G)_k)``, or with ``eigen`` the first principal component of the
    weighted activations in place of the channel sum;
 4. with several layers, :func:`fuse_maps`: each map scaled to [0, 1] (min-max), upsampled to the
-   finest and combined by the element-wise maximum (the fusion of LayerCAM, Jiang et al., IEEE TIP 2021).
+   finest grid and averaged (pytorch-grad-cam's aggregation; the default), or combined by the
+   element-wise maximum (the fusion of LayerCAM, Jiang et al., IEEE TIP 2021; torchcam).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class GradientCam:
         None when ``uses_gradients`` is False)
     uses_gradients : False for methods of the activations alone (one forward pass, no backward)
     eigen : the map is always the first principal component (Eigen-CAM), never the channel sum
-    fusion_gamma : before fusing layers, scale each [0, 1] map by ``tanh(gamma * map)`` (LayerCAM)
+    fusion_gamma : before fusing layers by their maximum, scale each [0, 1] map by ``tanh(gamma * map)`` (LayerCAM)
     """
 
     name: str
@@ -94,20 +95,26 @@ def layer_map(cam: GradientCam, act: "torch.Tensor", grad: "torch.Tensor | None"
     return torch.relu(m)
 
 
-def fuse_maps(maps: "Sequence[torch.Tensor]", gamma: float | None = None) -> "torch.Tensor":
+#: How several layers' maps are combined (see :func:`fuse_maps`).
+FUSIONS = ("mean", "max")
+
+
+def fuse_maps(maps: "Sequence[torch.Tensor]", how: str = "mean", gamma: float | None = None) -> "torch.Tensor":
     """Fuse maps of the same images from several layers.
 
     Parameters
     ----------
     maps : (B, T, h_l, w_l) float, non-negative, one per layer.
-    gamma : LayerCAM's scaling ``tanh(gamma * map)`` of the [0, 1] maps (gamma 2 in the paper),
-        which lifts the weak but precise responses of shallow layers; None: no scaling.
+    how : "mean": the mean of the maps (pytorch-grad-cam's multi-layer aggregation): a position must
+        carry evidence in several layers, so the fine layers' detail is kept where the deep layers agree;
+        "max": the element-wise maximum (LayerCAM's fusion, Jiang et al. 2021, as torchcam's ``fuse_cams``).
+    gamma : with "max", LayerCAM's scaling ``tanh(gamma * map)`` of the [0, 1] maps (gamma 2 in the
+        paper), which lifts the weak but precise responses of shallow layers; None: no scaling.
 
     Returns
     -------
-    (B, T, H, W) float32 in [0, 1] at the finest layer's grid: the element-wise maximum of the maps,
-    each scaled to [0, 1] by its own minimum and maximum (as torchcam's ``fuse_cams``; a flat map's
-    floor does not swamp the others) and upsampled bilinearly.
+    (B, T, H, W) float32 in [0, 1] at the finest layer's grid; each map is first scaled to [0, 1] by
+    its own minimum and maximum (as both libraries) and upsampled bilinearly.
     """
     import torch
     import torch.nn.functional as F
@@ -118,11 +125,14 @@ def fuse_maps(maps: "Sequence[torch.Tensor]", gamma: float | None = None) -> "to
         low = m.amin(dim=(2, 3), keepdim=True)
         span = m.amax(dim=(2, 3), keepdim=True) - low
         n = torch.where(span > 0, (m - low) / span.clamp_min(1e-30), torch.zeros_like(m))
-        if gamma is not None:
+        if how == "max" and gamma is not None:
             n = torch.tanh(gamma * n)
         up = F.interpolate(n.float(), size=size, mode="bilinear", align_corners=False)
-        fused = up if fused is None else torch.maximum(fused, up)
-    return fused
+        if fused is None:
+            fused = up
+        else:
+            fused = torch.maximum(fused, up) if how == "max" else fused + up
+    return fused if how == "max" else fused / len(maps)
 
 
 def _per_layer_maps(cam: GradientCam, logits, box: Captured, targets, eigen: bool) -> list["torch.Tensor"]:
@@ -143,7 +153,7 @@ def _per_layer_maps(cam: GradientCam, logits, box: Captured, targets, eigen: boo
 
 
 def gradient_maps(model: "nn.Module", x: "torch.Tensor", targets: "Sequence | None", layers: Sequence[str],
-                  cam: GradientCam, eigen: bool = False) -> tuple["torch.Tensor", "torch.Tensor", list]:
+                  cam: GradientCam, eigen: bool = False, fusion: str = "mean") -> tuple["torch.Tensor", "torch.Tensor", list]:
     """Maps of ``cam`` for several targets and layers from one forward pass.
 
     Parameters
@@ -153,6 +163,7 @@ def gradient_maps(model: "nn.Module", x: "torch.Tensor", targets: "Sequence | No
         the same for every image; None = each image's predicted class.
     layers : dotted names of the layers to explain; several are fused (:func:`fuse_maps`).
     eigen : the first principal component of the weighted activations instead of their sum.
+    fusion : "mean" or "max", how several layers' maps are combined (:func:`fuse_maps`).
 
     Returns
     -------
@@ -167,5 +178,5 @@ def gradient_maps(model: "nn.Module", x: "torch.Tensor", targets: "Sequence | No
         logits = model(x)
         maps = _per_layer_maps(cam, logits, box, targets, eigen)
     used = list(targets) if targets is not None else [int(logits[0].argmax())]
-    fused = maps[0] if len(maps) == 1 else fuse_maps(maps, cam.fusion_gamma)
+    fused = maps[0] if len(maps) == 1 else fuse_maps(maps, fusion, cam.fusion_gamma)
     return logits.detach().float(), fused.float(), used

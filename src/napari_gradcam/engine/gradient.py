@@ -51,8 +51,9 @@ def family_member(name: str) -> GradientCam:
     return _FAMILY[name]
 
 
-def _compute(cam: GradientCam, bundle, x, targets, layers, eigen: bool = False, **_options) -> MapOutput:
-    logits, maps, used = gradient_maps(bundle.model, x, targets, layers, cam, eigen)
+def _compute(cam: GradientCam, bundle, x, targets, layers, eigen: bool = False, fusion: str = "mean",
+             **_options) -> MapOutput:
+    logits, maps, used = gradient_maps(bundle.model, x, targets, layers, cam, eigen, fusion)
     return MapOutput(logits, maps, used)
 
 
@@ -120,8 +121,9 @@ def layercam(A, G):
     r"""LayerCAM (Jiang et al., IEEE TIP 2021, "LayerCAM: Exploring Hierarchical Class Activation Maps
     for Localization").
 
-    weighted_k(i, j) = ReLU(G_k(i, j)) A_k(i, j).  Fusing layers, each map M is first scaled to
-    tanh(2 M / max M) (the paper's gamma = 2), so shallow layers' weak but precise responses count.
+    weighted_k(i, j) = ReLU(G_k(i, j)) A_k(i, j).  Fusing layers by their maximum (``fusion="max"``,
+    the paper's), each [0, 1] map M is first scaled to tanh(2 M) (gamma = 2), so shallow layers' weak
+    but precise responses count.
     """
     import torch
 

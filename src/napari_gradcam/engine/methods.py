@@ -12,7 +12,8 @@ with ``bundle.model`` an ``nn.Module`` in eval mode, ``x`` the (B, C, S, S) floa
 model's device, ``targets`` a list of class indices or score functions (the same for every image; see
 :func:`target_scores`) or None for each image's predicted class, and ``layers`` a list of dotted layer
 names (empty for methods that work on the input pixels; several only for ``multi_layer`` methods).
-``options`` holds ``eigen=True`` for ``smooth="eigen"`` (only passed to ``eigen_smooth`` methods).
+``options`` holds ``eigen=True`` for ``smooth="eigen"`` (only passed to ``eigen_smooth`` methods) and
+``fusion="mean"|"max"`` when several layers are given (only to ``multi_layer`` methods).
 ``explain`` does the rest: resizing to the image, normalising, shifts, aug smoothing, metadata.
 """
 
