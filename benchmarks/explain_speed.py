@@ -26,7 +26,8 @@ import torch
 
 import napari_gradcam as ng
 from napari_gradcam.engine import explain, tiled_heatmaps
-from napari_gradcam.engine.gradcam import gradient_maps
+from napari_gradcam.engine.core import gradient_maps
+from napari_gradcam.engine.gradient import family_member
 from napari_gradcam.preprocess import bundle_tensor
 
 
@@ -58,7 +59,7 @@ def gradcam_vs_forward(arch: str, rounds: int) -> dict[str, float]:
 
     fns = {
         "forward": forward,
-        "ours (engine)": lambda: gradient_maps(b, x, [target], layer, "gradcam"),
+        "ours (engine)": lambda: gradient_maps(b.model, x, [target], [layer], family_member("gradcam")),
         "ours (explain)": lambda: explain(b, image, "gradcam", target=target),
     }
     try:

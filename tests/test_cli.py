@@ -192,6 +192,33 @@ def test_explain_target_layer_and_all(model, phantoms, tmp_path, capsys):
                     "shifts must be")
 
 
+def test_explain_methods_layers_and_smoothing(model, phantoms, tmp_path, capsys):
+    """Every registered method is a --method choice; --layer takes several names (fused) or the 'fine'
+    preset; --smooth reaches the engine."""
+    import tifffile
+
+    from napari_gradcam.engine.methods import method_names
+
+    img = str(phantoms / "pneumonia" / "pneumonia_0002.png")
+    out = str(tmp_path / "h.tif")
+    assert main(["explain", str(model), img, "--out", out, "--method", "layercam",
+                 "--layer", "features.block2", "features.block3"]) == 0
+    assert "layercam for" in capsys.readouterr().out
+    fused = tifffile.imread(out)
+    assert main(["explain", str(model), img, "--out", out, "--method", "layercam-fine"]) == 0
+    assert "at layer features.block2.relu2+features.block3.relu2+features" in capsys.readouterr().out
+    assert main(["explain", str(model), img, "--out", out, "--method", "layercam", "--layer", "fine"]) == 0
+    assert "at layer features.block2.relu2+features.block3.relu2+features" in capsys.readouterr().out
+    assert not np.array_equal(fused, tifffile.imread(out))
+    assert main(["explain", str(model), img, "--out", out, "--smooth", "aug", "eigen"]) == 0
+    assert tifffile.imread(out).shape == (40, 40)
+    capsys.readouterr()
+    _one_line_error(capsys, main(["explain", str(model), img, "--out", out, "--method", "cam", "--smooth", "eigen"]),
+                    "no eigen smoothing")
+    for name in method_names():
+        assert main(["explain", str(model), img, "--out", out, "--method", name]) == 0, name
+
+
 def test_tile_large_image(model, tmp_path, capsys):
     import tifffile
 

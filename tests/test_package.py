@@ -78,7 +78,8 @@ def test_console_script_declared():
     assert module.startswith("napari_gradcam") and attr
 
 
-_SUBMODULES = ("api", "tiling", "gradcam", "cam", "hooks", "result", "shifts")
+_SUBMODULES = ("api", "tiling", "gradient", "core", "cam", "hooks", "layers", "layout", "smooth", "discover", "methods",
+               "result", "shifts")
 
 
 @pytest.mark.parametrize("order", ["call_first", "import_first"])

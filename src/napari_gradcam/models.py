@@ -561,7 +561,8 @@ def default_layer(model: "nn.Module", in_channels: int, input_size: int) -> str:
 
 
 def spatial_layers(model: "nn.Module", in_channels: int, input_size: int, max_depth: int | None = None) -> list[str]:
-    """Dotted names of the layers whose output is a spatial map (B, K, h, w), in execution order.
+    """Dotted names of the layers whose output is a spatial map (B, K, h, w), tokens on a patch grid or a
+    channels-last map (:mod:`napari_gradcam.engine.layout`), in execution order.
 
     Found by one forward pass of a zero image, so the list is exact for any model.
     Global pooling layers (an adaptive pool to 1 x 1) are left out: their "map" is one
@@ -578,9 +579,11 @@ def spatial_layers(model: "nn.Module", in_channels: int, input_size: int, max_de
 
     global_pools = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
+    from .engine.layout import layout_of  # maps, tokens and channels-last outputs all count
+
     def make_hook(name: str) -> Callable:
         def hook(module, _inputs, output):
-            if not isinstance(output, torch.Tensor) or output.ndim != 4 or name in seen:
+            if layout_of(output, min_cells=1) is None or name in seen:
                 return
             if isinstance(module, global_pools) and tuple(output.shape[-2:]) == (1, 1):
                 return

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from qtpy.QtWidgets import QHBoxLayout, QPushButton, QWidget
 
-from ..engine.methods import method_title
+from ..engine.methods import get_method, method_title
 from ._base import GradCamWidget, camera_of, layer_picker, wrapping_label
 from .layers import CLASS_COLORMAPS, class_colormap, heatmap_layer, replace_plugin_layers
 from .params import ALL, PREDICTED, ExplainParams, bind, snapshot
@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 SCALE_CHOICES = [("× class probability", "probability"), ("shared (raw values)", "shared"),
                  ("each to its own maximum", "each")]
+FINE = ("fine: last 3 stages, fused", "fine")  # the layer preset (engine.layers)
 
 
 def method_choices() -> list[tuple[str, str]]:
@@ -47,7 +48,9 @@ class ExplainWidget(GradCamWidget):
         self.image = layer_picker(self.viewer, "image", tooltip="The image layer to explain (the slice on screen).")
         self.method = ComboBox(label="method", choices=method_choices(), value="gradcam")
         self.method.native.setToolTip("Grad-CAM works at any convolutional layer; CAM needs a global-average-"
-                                      "pooling head and uses the layer feeding it.")
+                                      "pooling head and uses the layer feeding it. For small findings: LayerCAM "
+                                      "at the 'fine' layer preset (LayerCAM (fine)).")
+        self.method.changed.connect(self._on_method)
         self.target = ComboBox(label="target", choices=self._target_choices)
         self.target.native.setToolTip("The class to explain: the predicted one, any class, or all classes.")
         self.scale = ComboBox(label="scale", choices=SCALE_CHOICES, value="probability")
@@ -55,7 +58,8 @@ class ExplainWidget(GradCamWidget):
                                      "probability (a class with p = 0 stays dark), the raw values on one scale, "
                                      "or each map to its own maximum.")
         self.layer = ComboBox(label="layer", choices=self._layer_choices)
-        self.layer.native.setToolTip("The layer whose activations are weighted (default: the Model widget's).")
+        self.layer.native.setToolTip("The layer whose activations are weighted (default: the Model widget's); "
+                                     "'fine' fuses the model's last three resolution stages.")
         self.shifts = SpinBox(label="sub-cell shifts", min=1, max=8, value=1)
         self.shifts.native.setToolTip("k > 1: average the maps of k x k copies of the image shifted by fractions "
                                       "of a heatmap cell, for a k times finer map (k*k passes). 1 = off.")
@@ -96,8 +100,15 @@ class ExplainWidget(GradCamWidget):
         classes = bundle.classes if bundle is not None else []
         return [(PREDICTED, PREDICTED), *[(c, c) for c in classes], (ALL, ALL)]
 
-    def _layer_choices(self, _widget=None) -> list[str]:
-        return list(self.state.layers)
+    def _layer_choices(self, _widget=None) -> list:
+        return [FINE, *[(n, n) for n in self.state.layers]]
+
+    def _on_method(self, name: str) -> None:
+        """A method with a layer preset of its own (layercam-fine) shows it; others the model's layer."""
+        if get_method(name).default_layers is not None:
+            self.layer.value = FINE[1]
+        elif self.layer.value == FINE[1]:
+            self._on_target_layer(self.state.target_layer)
 
     def _on_model(self, _bundle=None) -> None:
         self.target.reset_choices()
@@ -179,7 +190,8 @@ class ExplainWidget(GradCamWidget):
         model, layer, plane = picked
         p = snapshot(self.params)
         tgt = None if p.target in (None, PREDICTED) else ("all" if p.target == ALL else p.target)
-        tl = None if p.method == "cam" else (p.layer or None)
+        spec = get_method(p.method)
+        tl = None if spec.fixed_layer is not None or not spec.uses_layer else (p.layer or None)
         return self.jobs.start(
             _explain, model.bundle, plane.data, p.method, tgt, tl, int(p.shifts), model=model, sources=[layer],
             removed_message=f"Layer {plane.name!r} was removed while it was being explained; no heatmap was added.",

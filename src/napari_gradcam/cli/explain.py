@@ -29,12 +29,15 @@ def cmd_explain(args) -> int:
     if target is not None and target.lstrip("-").isdigit() and target not in bundle.classes:
         target = int(target)
     image = _image(args.image)
-    result = explain(bundle, image, method=args.method, target=target, layer=args.layer, shifts=args.shifts)
+    layer = args.layer[0] if args.layer and len(args.layer) == 1 else args.layer
+    result = explain(bundle, image, method=args.method, target=target, layer=layer, shifts=args.shifts,
+                     smooth=args.smooth, fusion=args.fusion)
     maps = result if isinstance(result, list) else [result]
     if len(maps) > 1:  # several classes: one brightness scale for all of them
         maps = scale_heatmaps(maps, args.scale)
-    meta = {"method": maps[0].method, "layer": maps[0].layer, "shifts": maps[0].shifts, "targets": [h.target for h in maps],
-            "scores": [h.score for h in maps], "image": str(args.image)}
+    meta = {"method": maps[0].method, "layer": maps[0].layer, "fusion": args.fusion if "+" in maps[0].layer else None,
+            "shifts": maps[0].shifts, "smooth": maps[0].smooth,
+            "targets": [h.target for h in maps], "scores": [h.score for h in maps], "image": str(args.image)}
     if len(maps) > 1:
         meta["scale"] = args.scale
     data = maps[0].data if len(maps) == 1 else np.stack([h.data for h in maps])
@@ -256,11 +259,19 @@ def cmd_localize(args) -> int:
     return 0
 
 
+def _cam_methods() -> list[str]:
+    from ..engine.methods import method_names
+
+    return method_names("cam")
+
+
 def register(sub) -> None:
     """Add this module's command(s) to the subparsers ``sub``."""
+    from ..engine.methods import method_names
+
     # explain
     p = sub.add_parser(
-        "explain", help="heatmap of why the model decided (CAM, Grad-CAM, Grad-CAM++)",
+        "explain", help="heatmap of why the model decided (CAM family, pixel attributions: see 'methods')",
         description="Explain MODEL's decision on IMAGE. Writes the heatmap at the image's own size as a float32 "
                     "TIFF in [0, 1] (a stack of one map per class with --target all, on the --scale they share), "
                     "and with --overlay a PNG of the image in gray with the colormapped heatmap on top (with "
@@ -272,15 +283,25 @@ def register(sub) -> None:
   {PROG} explain m.safetensors scan.png --method gradcam++ --layer features.block3 --out heat.tif
   {PROG} explain m.safetensors scan.png --shifts 4 --out fine.tif
   {PROG} explain m.safetensors scan.png --target all --scale probability --out all.tif --overlay all.png
+  {PROG} explain m.safetensors scan.png --method layercam --layer fine --out small.tif    # small findings
+  {PROG} explain m.safetensors scan.png --method layercam --layer features.block2 features.block3 --out fused.tif
+  {PROG} explain m.safetensors scan.png --method gradcam --smooth aug eigen --out smooth.tif
 """, **_fmt_kw())
     p.add_argument("model", metavar="MODEL", help="a .safetensors model bundle")
     p.add_argument("image", metavar="IMAGE", help="an image file (PNG, JPEG, TIFF, ...)")
-    p.add_argument("--method", default="gradcam", choices=("cam", "gradcam", "gradcam++"),
-                   help="cam: class activation map (models with a global-pooling head); gradcam: Grad-CAM "
-                        "at --layer; gradcam++: Grad-CAM++ (sharper when several regions matter)")
+    p.add_argument("--method", default="gradcam", choices=method_names(), metavar="METHOD",
+                   help="any method of 'napari-gradcam methods' (%(choices)s); cam needs a global-pooling head; "
+                        "layercam-fine fuses the last three stages (best for small findings)")
     p.add_argument("--out", required=True, metavar="HEAT.tif", help="heatmap as float32 TIFF")
     p.add_argument("--overlay", metavar="OVERLAY.png", help="also write image + heatmap as PNG")
-    p.add_argument("--layer", metavar="NAME", help="layer to explain (Grad-CAM); default the model's target layer")
+    p.add_argument("--layer", nargs="+", metavar="NAME",
+                   help="layer(s) to explain; several are fused (LayerCAM-style); 'fine': the last three resolution "
+                        "stages; default the method's own or the model's target layer")
+    p.add_argument("--fusion", default="mean", choices=("mean", "max"),
+                   help="how the maps of several layers combine: mean (pytorch-grad-cam's) or max (LayerCAM's)")
+    p.add_argument("--smooth", nargs="+", choices=("aug", "eigen"),
+                   help="aug: average over flips and intensity scales (6 views); eigen: first principal component "
+                        "of the weighted activations (gradient CAM family)")
     p.add_argument("--target", metavar="CLASS", help="class name or index to explain, or 'all'; default the predicted class")
     add_shifts(p)
     p.add_argument("--colormap", default="inferno", help="matplotlib colormap of the overlay (inferno, turbo, jet, ...)")
@@ -311,8 +332,8 @@ def register(sub) -> None:
                         "size of its training images, recorded in the bundle; else the model's input size)")
     p.add_argument("--overlap", type=finite_float, default=0.5, metavar="F", help="fraction shared by neighbouring tiles, 0-0.95")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--method", default="cam", choices=("cam", "gradcam", "gradcam++"),
-                   help="heatmap method per tile (cam is the fastest)")
+    p.add_argument("--method", default="cam", choices=_cam_methods(), metavar="METHOD",
+                   help="CAM-family method per tile (%(choices)s; cam is the fastest)")
     p.add_argument("--classes", nargs="+", metavar="CLASS", help="class names, or one number k for the top-k classes; default all")
     p.add_argument("--mode", default="tiles", choices=("tiles", "fullconv"),
                    help="'fullconv': one fully convolutional pass (CAM only; faster, approximate)")

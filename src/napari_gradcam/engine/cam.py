@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import LayerError
+from ..errors import GradCamError, LayerError
 from ..models import CamHead, find_architecture, get_module
 from .discover import default_target_layer, find_cam_head
 from .hooks import capture
@@ -95,6 +95,8 @@ def local_logits(bundle: "ModelBundle", x: "torch.Tensor") -> tuple["torch.Tenso
 
 
 def _cam_compute(bundle, x, targets, layers, **_options) -> MapOutput:
+    if targets is not None and any(callable(t) for t in targets):
+        raise GradCamError("CAM explains classes, not a function of the logits; use Grad-CAM or HiResCAM for that.")
     logits, all_maps = class_activation_maps(bundle, x)
     indices = list(targets) if targets is not None else [int(logits[0].argmax())]
     return MapOutput(logits, all_maps[:, indices], indices)

@@ -9,9 +9,12 @@ The compute contract (what ``explain`` calls) is::
     compute(bundle, x, targets, layers, **options) -> MapOutput
 
 with ``bundle.model`` an ``nn.Module`` in eval mode, ``x`` the (B, C, S, S) float32 network input on the
-model's device, ``targets`` a list of class indices (the same for every image) or None for each
-image's predicted class, and ``layers`` a list of dotted layer names (empty for methods that work on
-the input pixels).  ``explain`` does the rest: resizing to the image, normalising, shifts, metadata.
+model's device, ``targets`` a list of class indices or score functions (the same for every image; see
+:func:`target_scores`) or None for each image's predicted class, and ``layers`` a list of dotted layer
+names (empty for methods that work on the input pixels; several only for ``multi_layer`` methods).
+``options`` holds ``eigen=True`` for ``smooth="eigen"`` (only passed to ``eigen_smooth`` methods) and
+``fusion="mean"|"max"`` when several layers are given (only to ``multi_layer`` methods).
+``explain`` does the rest: resizing to the image, normalising, shifts, aug smoothing, metadata.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 # modules whose import registers methods, in the order they are listed
-_METHOD_MODULES = ("cam", "gradcam")
+_METHOD_MODULES = ("cam", "gradient")
 
 
 @dataclass
@@ -35,12 +38,26 @@ class MapOutput:
 
     logits : (B, n_classes) float32
     maps : (B, T, h, w) float32; ReLU applied for CAM-family methods, signed for attributions
-    targets : the class index of each of the T maps (for ``targets=None``: image 0's predicted class)
+    targets : what each of the T maps explains: a class index (for ``targets=None``: image 0's
+        predicted class) or the score function given
     """
 
     logits: "torch.Tensor"
     maps: "torch.Tensor"
-    targets: list[int]
+    targets: list
+
+
+def target_scores(logits: "torch.Tensor", target) -> "torch.Tensor":
+    """The (B,) scores to explain: ``logits[:, target]`` for a class index, ``target(logits)`` for a
+    function of the (B, n_classes) logits (e.g. ``lambda z: z[:, 1] - z[:, 0]``)."""
+    if not callable(target):
+        return logits[:, int(target)]
+    scores = target(logits)
+    if not hasattr(scores, "shape") or tuple(scores.shape) != (logits.shape[0],):
+        shape = tuple(scores.shape) if hasattr(scores, "shape") else type(scores).__name__
+        raise GradCamError(f"A target function must return one score per image, shape ({logits.shape[0]},), "
+                           f"not {shape}.")
+    return scores
 
 
 @dataclass(frozen=True)
@@ -57,6 +74,10 @@ class Method:
     uses_layer : computed at a layer (coarse map); False for pixel attributions
     fixed_layer : for methods defined at one layer only (CAM: the layer feeding the pooling head),
         ``fixed_layer(bundle)`` names it; None: any layer, default ``bundle.target_layer``
+    multi_layer : accepts several layers and fuses their maps (``layer=[...]``)
+    eigen_smooth : accepts ``smooth="eigen"``
+    default_layers : ``default_layers(bundle)`` lists the layers used when none is given (a preset);
+        None: ``bundle.target_layer``
     """
 
     name: str
@@ -68,6 +89,9 @@ class Method:
     signed: bool = False
     uses_layer: bool = True
     fixed_layer: Callable[[Any], str] | None = None
+    multi_layer: bool = False
+    eigen_smooth: bool = False
+    default_layers: Callable[[Any], list[str]] | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 

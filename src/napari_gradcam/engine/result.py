@@ -23,8 +23,14 @@ class Heatmap:
     target, target_index : the explained class.
     score : float, the model's probability for ``target``.
     probabilities : (n_classes,) float32.
-    layer, method : the explained layer (dotted name) and "cam" | "gradcam" | "gradcam++".
+    layer : the explained layer (dotted name); several fused layers are joined by "+".
+    method : the method's canonical name (see ``list_methods()``).
     shifts : k of the k x k sub-cell shifts averaged into ``data`` (1: none).
+    smooth : "" (none), "aug", "eigen" or "aug+eigen" (see ``explain``).
+
+    For ``target`` a function of the logits, ``target`` is "custom", ``target_index`` -1 and ``score``
+    the function's value for the image.  ``raw`` of fused layers is the fused map (in [0, 1]) at the
+    finest layer's grid.
     """
 
     data: np.ndarray
@@ -37,6 +43,7 @@ class Heatmap:
     layer: str
     method: str
     shifts: int = 1
+    smooth: str = ""
 
     @property
     def title(self) -> str:

@@ -44,9 +44,9 @@ from .budget import check_fullconv, check_tiling, tiling_cost
 from ..preprocess import (
     MAX_PIXELS, _as_array_like, _shape_dtype, check_dtype, check_shape, to_channels, to_unit, value_range,
 )
-from .cam import class_activation_maps, local_logits
-from .gradcam import gradient_maps
-from .methods import canonical_method
+from .cam import local_logits
+from .layers import resolve_layers
+from .methods import get_method
 from .result import TiledHeatmaps
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -93,6 +93,7 @@ class _Plan:
     tile: int
     stride: int
     method: str
+    layers: list[str]  # where the method is computed
     targets: list[int]  # class indices whose maps are computed
     vrange: tuple[float, float]
     batch_size: int
@@ -168,16 +169,12 @@ def _run_tiles(
         batch = corners[i : i + plan.batch_size]
         tiles = [region[y - oy : y - oy + plan.tile, x - ox : x - ox + plan.tile] for y, x in batch]
         x = _tiles_to_tensor(bundle, tiles, plan.vrange).to(bundle.device)
-        if plan.method == "cam":
-            logits, m = class_activation_maps(bundle, x)
-            m = torch.relu(m[:, plan.targets])
-        else:
-            logits, m, _ = gradient_maps(bundle, x, plan.targets, bundle.target_layer, plan.method)
+        out = get_method(plan.method).compute(bundle, x, plan.targets, plan.layers)
         where = f"the tiles at {batch[0]}..{batch[-1]} (y, x)"
-        check_logits(bundle, logits, x, what=where)
-        check_maps(bundle, m, plan.method, None if plan.method == "cam" else bundle.target_layer, x)
-        probs.append(torch.softmax(logits, dim=1).cpu())
-        maps.append(m.cpu())
+        check_logits(bundle, out.logits, x, what=where)
+        check_maps(bundle, out.maps, plan.method, "+".join(plan.layers) or None, x)
+        probs.append(torch.softmax(out.logits, dim=1).cpu())
+        maps.append(torch.relu(out.maps).cpu())
         yield min(i + plan.batch_size, len(corners))
     return torch.cat(probs).numpy(), torch.cat(maps).numpy()
 
@@ -358,6 +355,7 @@ def iter_tiled_heatmaps(
     mode: str = "tiles",
     value_range_: tuple[float, float] | None = None,
     chunk: int = 2048,
+    layer=None,
 ) -> Generator[Progress, None, TiledHeatmaps]:
     """Tiled heatmaps as a generator: yields (tiles done, tiles total), returns TiledHeatmaps.
 
@@ -372,16 +370,20 @@ def iter_tiled_heatmaps(
     overlap : fraction of a tile shared with its neighbour, in [0, 0.95].
     classes : None or "all" (every class), an int k (the k classes of highest mean probability),
         or a list of class names / indices.
-    method : "cam" | "gradcam" | "gradcam++" (Grad-CAM at the model's target layer).
+    method : any CAM-family method of ``list_methods()`` (maps ReLU'd), at ``layer``.
     batch_size : tiles per forward pass (bounds memory).
     mode : "tiles" or "fullconv" (CAM only; see module docstring).
     value_range_ : intensity range for scaling to [0, 1] (default: the image's finite min/max,
         computed once over the whole image, so every tile is scaled alike; for a lazy image that is
         one streaming pass over it, block by block, which giving the range skips).
     chunk : output chunk size for dask inputs.
+    layer : the layer(s) the method explains (as in :func:`explain`); default the method's own or the
+        model's target layer.
     """
     check_bundle(bundle, "tiled_heatmaps")
-    method = canonical_method(method)
+    spec = get_method(method)
+    method = spec.name
+    layers = resolve_layers(bundle, spec, layer)
     image = _as_array_like(image)  # numpy stays numpy; dask, zarr... stay unloaded
     shape, dtype = _check_large_image(image)
     H, W = shape[:2]
@@ -418,7 +420,7 @@ def iter_tiled_heatmaps(
         if not (np.isfinite(vrange[0]) and np.isfinite(vrange[1]) and vrange[0] < vrange[1]):
             raise GradCamError(f"value_range_ must be two finite numbers, low < high, not {tuple(value_range_)}.")
     H, W = image.shape[:2]
-    plan = _Plan(tile, stride, method, targets, vrange, batch_size)
+    plan = _Plan(tile, stride, method, layers, targets, vrange, batch_size)
 
     if mode == "fullconv":
         if is_dask:
