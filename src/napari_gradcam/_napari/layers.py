@@ -189,7 +189,7 @@ def heatmap_name(method: str, target: str, layer: str, source: str, default_laye
 def coarse_map(heatmap: "Heatmap", factor: float = 1.0) -> np.ndarray | None:
     """The map at its layer's resolution, (h, w) float32 in [0, 1] times ``factor`` (the same values as
     ``heatmap.data`` before its bilinear upsampling), or None when ``data`` is not that upsampling
-    (sub-cell shifts, pixel attributions, a map as large as the image)."""
+    (sub-cell shifts, test-time augmentation, pixel attributions, a map as large as the image)."""
     from ..engine.methods import get_method
     from ..errors import GradCamError
 
@@ -198,7 +198,8 @@ def coarse_map(heatmap: "Heatmap", factor: float = 1.0) -> np.ndarray | None:
         spec = get_method(heatmap.method)
     except GradCamError:
         return None
-    if (heatmap.shifts != 1 or spec.family != "cam" or spec.signed or raw.ndim != 2
+    if (heatmap.shifts != 1 or "aug" in (getattr(heatmap, "smooth", "") or "") or spec.family != "cam"
+            or spec.signed or raw.ndim != 2
             or raw.shape[0] >= heatmap.data.shape[0] or raw.shape[1] >= heatmap.data.shape[1]):
         return None
     peak = float(heatmap.max)
