@@ -57,7 +57,7 @@ def explain(
     Parameters
     ----------
     image : (H, W) or (H, W, 3|4) array, any dtype.
-    method : "cam" | "gradcam" | "gradcam++".
+    method : any name of ``list_methods()`` (CAM family, perturbation CAMs, pixel attributions).
     target : None (the predicted class), a class name or index, a list of them, or "all".
         All requested classes come from one forward pass.
     layer : dotted layer name for Grad-CAM(++); default the model's target layer. CAM always
@@ -69,22 +69,27 @@ def explain(
     Returns
     -------
     Heatmap, or a list of Heatmap (one per class) when ``target`` is a list or "all".
-    ``Heatmap.data`` is (H, W) float32 in [0, 1] at the image's own size.
+    ``Heatmap.data`` is (H, W) float32 in [0, 1] at the image's own size; for signed methods
+    (``Method.signed``: integrated gradients, occlusion, guided backprop, guided Grad-CAM) in [-1, 1],
+    divided by the largest absolute value.  Pixel attributions ignore ``layer`` (guided Grad-CAM uses
+    it for its Grad-CAM part) and report ``Heatmap.layer == "input"``.
     """
     spec = get_method(method)
     method = spec.name
     shifts = check_shifts(shifts)
+    if shifts > 1 and spec.family == "attribution":
+        raise GradCamError(f"{spec.title} is already computed per input pixel; sub-cell shifts apply to layer maps.")
     img = check_image(image)
     targets, many = _resolve_targets(bundle, target)
     x = bundle_tensor(bundle, [img]).to(bundle.device)
     bundle.model.eval()
-    used_layer = _layer_for(spec, bundle, layer)
-    out = spec.compute(bundle, x, targets, [used_layer])
+    used_layer = _layer_for(spec, bundle, layer) if spec.uses_layer else "input"
+    out = spec.compute(bundle, x, targets, [used_layer] if spec.uses_layer else [])
     logits, indices, raw = out.logits, out.targets, out.maps[0]
     import torch
 
     probs = torch.softmax(logits[0], dim=0).cpu().numpy()
-    positive = torch.relu(raw)
+    positive = raw.abs() if spec.signed else torch.relu(raw)
     peaks = positive.amax(dim=(1, 2))
     if shifts > 1:  # the other k*k - 1 translations, for the same classes, in one batch
         offsets = shift_offsets(x.shape[-1] / raw.shape[-1], shifts)
@@ -93,15 +98,15 @@ def explain(
         fine = unshift_average(torch.cat([raw[None], more]).relu_(), offsets, x.shape[-1])
         full = resize_maps(fine, img.shape[:2])
         scale = full.amax(dim=(1, 2))
-    else:
-        full = resize_maps(positive, img.shape[:2])
+    else:  # signed maps keep their sign: scaled by the largest |value| into [-1, 1]
+        full = resize_maps(raw if spec.signed else positive, img.shape[:2])
         scale = peaks
     full = full / torch.where(scale > 0, scale, torch.ones_like(scale)).view(-1, 1, 1)
-    full = full.clamp_(0, 1).cpu().numpy().astype(np.float32, copy=False)
+    full = full.clamp_(-1 if spec.signed else 0, 1).cpu().numpy().astype(np.float32, copy=False)
     raw_np = raw.cpu().numpy().astype(np.float32, copy=False)
     results = [
         Heatmap(full[i], raw_np[i], float(peaks[i]), bundle.classes[c], c, float(probs[c]), probs,
-                used_layer, method, shifts)
+                used_layer, method, shifts, spec.signed)
         for i, c in enumerate(indices)
     ]
     return results if many else results[0]

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 # modules whose import registers methods, in the order they are listed
-_METHOD_MODULES = ("cam", "gradcam")
+_METHOD_MODULES = ("cam", "gradcam", "perturbation", "attribution")
 
 
 @dataclass

@@ -25,6 +25,8 @@ class Heatmap:
     probabilities : (n_classes,) float32.
     layer, method : the explained layer (dotted name) and "cam" | "gradcam" | "gradcam++".
     shifts : k of the k x k sub-cell shifts averaged into ``data`` (1: none).
+    signed : the map keeps its sign: ``data`` in [-1, 1] (divided by its largest absolute value),
+        ``raw`` signed and ``max`` its largest absolute value.
     """
 
     data: np.ndarray
@@ -37,6 +39,7 @@ class Heatmap:
     layer: str
     method: str
     shifts: int = 1
+    signed: bool = False
 
     @property
     def title(self) -> str:
