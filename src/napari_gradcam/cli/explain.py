@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..engine.methods import method_names
 from ._common import PROG, _fmt_kw, _load, _image, _write_tiff, overlay_rgb, classes_overlay_rgb, _write_png, _tqdm, add_device, add_quiet, add_shifts
 
 
@@ -22,7 +23,7 @@ def cmd_explain(args) -> int:
     result = explain(bundle, image, method=args.method, target=target, layer=args.layer, shifts=args.shifts)
     maps = result if isinstance(result, list) else [result]
     out = Path(args.out)
-    meta = {"method": maps[0].method, "layer": maps[0].layer, "shifts": maps[0].shifts, "targets": [h.target for h in maps],
+    meta = {"method": maps[0].method, "layer": maps[0].layer, "shifts": maps[0].shifts, "signed": maps[0].signed, "targets": [h.target for h in maps],
             "scores": [h.score for h in maps], "image": str(args.image)}
     data = maps[0].data if len(maps) == 1 else np.stack([h.data for h in maps])
     _write_tiff(out, data, **{"napari_gradcam": json.dumps(meta)})
@@ -35,7 +36,9 @@ def cmd_explain(args) -> int:
         ov = Path(args.overlay)
         for h in maps:
             p = ov if len(maps) == 1 else ov.with_name(f"{ov.stem}_{h.target}{ov.suffix or '.png'}")
-            _write_png(p, overlay_rgb(image, h.data, args.colormap, args.alpha))
+            heat, cmap = (h.data, args.colormap) if not h.signed else (  # signed: [-1, 1] on a diverging map
+                (h.data + 1) / 2, "RdBu_r" if args.colormap == "inferno" else args.colormap)
+            _write_png(p, overlay_rgb(image, heat, cmap, args.alpha))
             print(f"overlay written to {p}", file=sys.stderr)
     return 0
 
@@ -105,7 +108,8 @@ def cmd_localize(args) -> int:
 
     report = localize_folder(args.model, args.images_dir, args.masks_dir, methods=args.method,
                              json_path=args.json, curves=args.curves, target=args.target, progress=progress,
-                             device=args.device, tolerance=args.tolerance, level=args.level, shifts=args.shifts)
+                             device=args.device, tolerance=args.tolerance, level=args.level, shifts=args.shifts,
+                             tolerance_at=args.tolerance_at or None)
     if bar is not None:
         bar.close()
     print(report.table())
@@ -116,9 +120,9 @@ def register(sub) -> None:
     """Add this module's command(s) to the subparsers ``sub``."""
     # explain
     p = sub.add_parser(
-        "explain", help="heatmap of why the model decided (CAM, Grad-CAM, Grad-CAM++)",
+        "explain", help="heatmap of why the model decided (any method of `napari-gradcam methods`)",
         description="Explain MODEL's decision on IMAGE. Writes the heatmap at the image's own size as a float32 "
-                    "TIFF in [0, 1] (a stack of one map per class with --target all), and with --overlay a PNG of "
+                    "TIFF in [0, 1] ([-1, 1] for signed pixel attributions) (a stack of one map per class with --target all), and with --overlay a PNG of "
                     "the image in gray with the colormapped heatmap on top.",
         epilog=f"""examples:
   {PROG} explain m.safetensors scan.png --method gradcam --out heat.tif --overlay heat.png
@@ -128,9 +132,9 @@ def register(sub) -> None:
 """, **_fmt_kw())
     p.add_argument("model", metavar="MODEL", help="a .safetensors model bundle")
     p.add_argument("image", metavar="IMAGE", help="an image file (PNG, JPEG, TIFF, ...)")
-    p.add_argument("--method", default="gradcam", choices=("cam", "gradcam", "gradcam++"),
-                   help="cam: class activation map (models with a global-pooling head); gradcam: Grad-CAM "
-                        "at --layer; gradcam++: Grad-CAM++ (sharper when several regions matter)")
+    p.add_argument("--method", default="gradcam", choices=method_names(), metavar="METHOD",
+                   help="any of `napari-gradcam methods`: cam (models with a global-pooling head), gradcam "
+                        "(Grad-CAM at --layer), gradcam++, scorecam, ablationcam, saliency, integrated-gradients, ...")
     p.add_argument("--out", required=True, metavar="HEAT.tif", help="heatmap as float32 TIFF")
     p.add_argument("--overlay", metavar="OVERLAY.png", help="also write image + heatmap as PNG")
     p.add_argument("--layer", metavar="NAME", help="layer to explain (Grad-CAM); default the model's target layer")
@@ -184,8 +188,12 @@ def register(sub) -> None:
     p.add_argument("--json", metavar="OUT.json", help="write per-image scores and means as JSON")
     p.add_argument("--target", default="label", choices=("label", "predicted"),
                    help="explain the true class (from the class subfolder) or the predicted one")
-    p.add_argument("--tolerance", type=int, default=15, metavar="PX",
-                   help="pointing game also counts a maximum within PX pixels of the mask")
+    p.add_argument("--tolerance", type=float, default=15, metavar="PX",
+                   help="pointing game also counts a maximum within PX pixels of the mask, PX given at "
+                        "--tolerance-at pixels and scaled to each image's larger side")
+    p.add_argument("--tolerance-at", type=float, default=224, metavar="SIZE",
+                   help="image size at which --tolerance is given (Zhang et al.'s 15 px are at 224 px); "
+                        "0: --tolerance is in each image's own pixels")
     p.add_argument("--level", type=float, default=0.5, metavar="F", help="fixed threshold, a fraction of the maximum")
     p.add_argument("--curves", action="store_true", help="also deletion/insertion curves and their AUC (slower)")
     add_shifts(p)
