@@ -38,6 +38,8 @@ _LAZY = {
     "LayerError": "errors",
     "DatasetError": "errors",
     "TrainingError": "errors",
+    "compare_methods": "compare",
+    "MethodComparison": "compare",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -56,6 +58,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .compare import MethodComparison, compare_methods
     from .bundle import ModelBundle, ModelConfig, build_model, load_model, resolve_device, save_model, wrap_model
     from .errors import DatasetError, GradCamError, ImageError, LayerError, ModelFileError, TrainingError
     from .engine import Heatmap, TiledHeatmaps, explain, feature_maps, list_methods, tiled_heatmaps

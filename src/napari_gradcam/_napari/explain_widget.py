@@ -14,7 +14,11 @@ from .layers import CLASS_COLORMAPS, heatmap_layer, replace_plugin_layers
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-METHODS = [("Grad-CAM", "gradcam"), ("Grad-CAM++", "gradcam++"), ("CAM", "cam")]
+def _method_choices(_widget=None) -> list[tuple[str, str]]:
+    from ..engine.methods import list_methods
+
+    return [(m["title"], m["name"]) for m in list_methods()]
+
 PREDICTED = "predicted class"
 ALL = "all classes"
 
@@ -39,7 +43,7 @@ class ExplainWidget(GradCamWidget):
 
         lay = self.layout()
         self.image = ImageLayerPicker(self.viewer)
-        self.method = ComboBox(label="method", choices=METHODS, value="gradcam")
+        self.method = ComboBox(label="method", choices=_method_choices, value="gradcam")
         self.method.native.setToolTip("Grad-CAM works at any convolutional layer; CAM needs a global-average-"
                                       "pooling head and uses the layer feeding it.")
         self.target = ComboBox(label="target", choices=self._target_choices)
@@ -64,13 +68,24 @@ class ExplainWidget(GradCamWidget):
         self.side_button.setCheckable(True)
         self.side_button.setToolTip("Show image and heatmaps next to each other (napari's grid mode).")
         self.side_button.toggled.connect(self.side_by_side)
+        self.compare_button = QPushButton("Compare methods")
+        self.compare_button.setToolTip("Every method's map of this image in a grid, with deletion / insertion AUC and a "
+                                       "model-randomisation sanity check in a table.")
+        self.compare_button.clicked.connect(lambda: self.compare())
         rlay.addWidget(self.run_button, 2)
+        rlay.addWidget(self.compare_button, 2)
         rlay.addWidget(self.side_button, 1)
         lay.addWidget(row)
         self.result_label = QLabel("")
         self.result_label.setTextFormat(Qt.TextFormat.RichText)
         self.result_label.setWordWrap(True)
         lay.addWidget(self.result_label)
+        from .compare_widget import CompareTable
+
+        self.compare_table = CompareTable()
+        self.comparison = None
+        self.compare_layers_added: list = []
+        lay.addWidget(self.compare_table)
         lay.addStretch(1)
         self.layers_added: list = []
         self.state.model_changed.connect(self._on_model)
@@ -158,13 +173,23 @@ class ExplainWidget(GradCamWidget):
         return self.start(_explain, self.state, plane.data, method, tgt, tl, self.state.bundle,
                           int(self.shifts.value), on_returned=lambda hs: self._add(plane, layer, hs, keep, model))
 
+    def compare(self, layer=None, methods=None):
+        """Compare methods on ``layer`` (default: the chosen image): a grid of maps and a table of scores.
+
+        ``methods`` as for :func:`napari_gradcam.compare_methods` (None: every method but the slow ones).
+        Returns the worker (or None).
+        """
+        from .compare_widget import start_compare
+
+        return start_compare(self, layer, methods)
+
     def _add(self, plane, layer, heatmaps, keep: bool, model: str) -> None:
         self.layers_added = []
         if not self.source_still_there(
                 layer, f"Layer {plane.name!r} was removed while it was being explained; no heatmap was added."):
             return
         tuples = [heatmap_layer(h, plane, model) for h in heatmaps]
-        if len(tuples) > 1:  # several classes at once: give each its own hue, like the tiled maps
+        if len(tuples) > 1 and not heatmaps[0].signed:  # several classes at once: give each its own hue, like the tiled maps
             for (_, kwargs, _), h in zip(tuples, heatmaps):
                 kwargs["colormap"] = CLASS_COLORMAPS[h.target_index % len(CLASS_COLORMAPS)]
         self.layers_added = replace_plugin_layers(self.viewer, tuples, "explain", plane.name, keep)
