@@ -48,7 +48,7 @@ class MethodScore:
     heatmap : the Heatmap of the model (``heatmap.data`` (H, W) float32, [0, 1] or [-1, 1] if signed)
     deletion_auc, insertion_auc : floats in [0, 1] (lower / higher is more faithful)
     randomisation_correlation : Spearman correlation in [-1, 1] with the randomised model's map
-        (NaN when a map is constant)
+        (0 when one of the two maps is constant, NaN when both are)
     model_dependent : False when the map barely changes with the model (correlation >= threshold);
         None when undefined
     seconds : time to compute the map
@@ -200,14 +200,19 @@ def _small(a: np.ndarray) -> np.ndarray:
 
 
 def rank_correlation(a: np.ndarray, b: np.ndarray, absolute: bool = False) -> float:
-    """Spearman correlation of two (H, W) maps (of |maps| with ``absolute``); NaN when one is constant."""
+    """Spearman correlation of two (H, W) maps (of |maps| with ``absolute``).
+
+    A constant map has no ranks: 0 when only one of the two is constant (all its structure is gone),
+    NaN when both are.
+    """
     from scipy.stats import spearmanr
 
     x, y = _small(np.asarray(a)), _small(np.asarray(b))
     if absolute:
         x, y = np.abs(x), np.abs(y)
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")
+    flat_x, flat_y = np.ptp(x) == 0, np.ptp(y) == 0
+    if flat_x or flat_y:
+        return float("nan") if flat_x and flat_y else 0.0
     return float(spearmanr(x.ravel(), y.ravel())[0])
 
 

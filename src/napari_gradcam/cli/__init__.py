@@ -14,12 +14,12 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import GradCamError
-from . import demo, evaluate, explain, train
+from . import demo, evaluate, explain, methods, train
 from ._common import PROG, _err, _Parser, classes_overlay_rgb, overlay_rgb
 
 __all__ = ["main", "build_parser", "overlay_rgb", "classes_overlay_rgb", "PROG"]
 
-_COMMAND_MODULES = (train, evaluate, explain, demo)
+_COMMAND_MODULES = (train, evaluate, explain, demo, methods)
 
 _EPILOG = f"""\
 examples:
@@ -29,6 +29,8 @@ examples:
   {PROG} explain pneumonia.safetensors scan.png --method gradcam --out heat.tif --overlay heat.png
   {PROG} tile pneumonia.safetensors slide.tif --tile 224 --overlap 0.5 --out slide_heatmaps/
   {PROG} demo
+  {PROG} methods
+  {PROG} compare pneumonia.safetensors scan.png --json scores.json
 
 Each command has its own --help.  Errors you can fix (a missing file, an empty data folder, an
 unknown class or layer) print one sentence and exit with code 2.
