@@ -183,8 +183,8 @@ def register(sub) -> None:
     p.add_argument("model", metavar="MODEL", help="a .safetensors model bundle")
     p.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of images (optionally in class subfolders)")
     p.add_argument("masks_dir", metavar="MASKS_DIR", help="folder of lesion masks (label images)")
-    p.add_argument("--method", nargs="+", default=["cam", "gradcam", "gradcam++"],
-                   choices=("cam", "gradcam", "gradcam++"), help="methods to score")
+    p.add_argument("--method", nargs="+", default=["cam", "gradcam", "gradcam++"], choices=method_names(),
+                   metavar="METHOD", help="methods to score (any of `napari-gradcam methods`)")
     p.add_argument("--json", metavar="OUT.json", help="write per-image scores and means as JSON")
     p.add_argument("--target", default="label", choices=("label", "predicted"),
                    help="explain the true class (from the class subfolder) or the predicted one")
