@@ -351,3 +351,38 @@ def test_localize_folder(tiny_bundle, tmp_path):
     assert any("no mask" in n and "covid/covid_0000.png" in n for n in rep.notes)
     data = json.loads((tmp_path / "out.json").read_text())
     assert data["settings"]["n_unmatched"] == 1 and data["images"][0]["name"] == "pneumonia/pneumonia_0000.png"
+
+
+# ----------------------------------------------------------------------------- tolerance at 224 px
+def test_pointing_tolerance_scales_from_224_px(tiny_bundle):
+    """Zhang et al.'s tolerance is given at 224 px: 15 px there is 30 px on a 448 px image."""
+    from napari_gradcam.localisation.metrics import scaled_tolerance
+
+    assert scaled_tolerance(15, (448, 300), 224) == pytest.approx(30.0)
+    assert scaled_tolerance(15, (100, 112), 224) == pytest.approx(7.5)
+    assert scaled_tolerance(15, (448, 300)) == 15.0  # None: pixels as they are
+    mask = np.zeros((448, 448), bool)
+    mask[200:220, 100:120] = True
+    heat = np.zeros((448, 448))
+    heat[210, 140] = 1  # 21 px right of the mask
+    assert not pointing_game(heat, mask, 15) and pointing_game(heat, mask, scaled_tolerance(15, heat.shape, 224))
+    image = np.random.default_rng(0).random((448, 448)).astype(np.float32)
+    scaled = evaluate_localisation(tiny_bundle, [image], [mask], methods=["gradcam"], target="predicted",
+                                   tolerance=15, tolerance_at=224)
+    plain = evaluate_localisation(tiny_bundle, [image], [mask], methods=["gradcam"], target="predicted", tolerance=15)
+    assert scaled.settings["tolerance_at"] == 224 and plain.settings["tolerance_at"] is None
+    assert any("15 px is given at 224 px" in n and "30.0 px at 448 px" in n for n in scaled.notes)
+    assert "pointing@15px/224 %" in scaled.table() and "pointing@15px %" in plain.table()
+    with pytest.raises(GradCamError, match="> 0 pixels"):
+        evaluate_localisation(tiny_bundle, [image], [mask], methods=["gradcam"], target="predicted", tolerance_at=0)
+
+
+def test_localize_folder_scales_the_tolerance_by_default(tiny_bundle, tmp_path):
+    from napari_gradcam.phantoms import write_dataset
+
+    images = write_dataset(tmp_path / "images", n_per_class=1, size=112, seed=9, mask_dir=tmp_path / "masks")
+    report = localize_folder(tiny_bundle, images, tmp_path / "masks", methods="gradcam", tolerance=15)
+    assert report.settings["tolerance_at"] == 224
+    assert any("7.5 px at 112 px" in n for n in report.notes)
+    report = localize_folder(tiny_bundle, images, tmp_path / "masks", methods="gradcam", tolerance=15, tolerance_at=None)
+    assert not any("given at" in n for n in report.notes)

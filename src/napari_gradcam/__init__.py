@@ -45,6 +45,8 @@ _LAZY = {
     "NumericalError": "errors",
     "ResourceError": "errors",
     "GradCamWarning": "errors",
+    "compare_methods": "compare",
+    "MethodComparison": "compare",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -63,6 +65,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .compare import MethodComparison, compare_methods
     from .bundle import ModelBundle, ModelConfig, build_model, load_model, resolve_device, save_model, wrap_model
     from .errors import DatasetError, GradCamError, ImageError, LayerError, ModelFileError, TrainingError
     from ._napari.model_api import use_model

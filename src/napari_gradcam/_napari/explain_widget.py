@@ -80,11 +80,22 @@ class ExplainWidget(GradCamWidget):
         self.side_button.setCheckable(True)
         self.side_button.setToolTip("Show image and heatmaps next to each other (napari's grid mode).")
         self.side_button.toggled.connect(self.side_by_side)
+        self.compare_button = QPushButton("Compare methods")
+        self.compare_button.setToolTip("Every method's map of this image in a grid, with deletion / insertion AUC and a "
+                                       "model-randomisation sanity check in a table.")
+        self.compare_button.clicked.connect(lambda: self.compare())
         rlay.addWidget(self.run_button, 2)
+        rlay.addWidget(self.compare_button, 2)
         rlay.addWidget(self.side_button, 1)
         lay.addWidget(row)
         self.result_label = wrapping_label(rich=True)
         lay.addWidget(self.result_label)
+        from .compare_widget import CompareTable
+
+        self.compare_table = CompareTable()
+        self.comparison = None
+        self.compare_layers_added: list = []
+        lay.addWidget(self.compare_table)
         lay.addStretch(1)
         self.layers_added: list = []
         self._view_before_grid = None
@@ -197,6 +208,16 @@ class ExplainWidget(GradCamWidget):
             removed_message=f"Layer {plane.name!r} was removed while it was being explained; no heatmap was added.",
             on_result=lambda job, heats: self._add(job, plane, layer, heats, p))
 
+    def compare(self, layer=None, methods=None):
+        """Compare methods on ``layer`` (default: the chosen image): a grid of maps and a table of scores.
+
+        ``methods`` as for :func:`napari_gradcam.compare_methods` (None: every method but the slow ones).
+        Returns the job (or None).
+        """
+        from .compare_widget import start_compare
+
+        return start_compare(self, layer, methods)
+
     def _add(self, job, plane, layer, heatmaps, p: ExplainParams) -> None:
         from ..engine.scaling import scale_factors
 
@@ -210,7 +231,7 @@ class ExplainWidget(GradCamWidget):
         run = uuid.uuid4().hex  # the layers of one run (the outline widget picks the newest run's best class)
         for _, kwargs, _ in tuples:
             kwargs["metadata"]["run"] = run
-        if len(tuples) > 1:  # several classes at once: each in its class's colour (the CLI's overlays too)
+        if len(tuples) > 1 and not heatmaps[0].signed:  # several classes: each in its class's colour (as the CLI's overlays)
             for (_, kwargs, _), h in zip(tuples, heatmaps):
                 kwargs["colormap"] = class_colormap(h.target_index, CLASS_COLORMAPS)
         self.layers_added = replace_plugin_layers(self.viewer, tuples, "explain", plane.name, p.keep)

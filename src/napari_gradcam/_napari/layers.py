@@ -48,6 +48,17 @@ def class_colormap(index: int, colormaps: Sequence[str] = CLASS_COLORMAPS) -> st
     return colormaps[int(index) % len(colormaps)]
 
 
+#: colours of signed maps (pixel attributions in [-1, 1]): blue (against the class), black at 0, red (for it);
+#: black at 0 like HEATMAP_COLORMAP, so additive blending leaves the image as is where there is no evidence
+SIGNED_COLORS = ((0.1, 0.45, 1.0, 1.0), (0.0, 0.0, 0.0, 1.0), (1.0, 0.25, 0.1, 1.0))
+
+
+def signed_colormap():
+    """The diverging napari Colormap of signed maps (contrast limits (-1, 1))."""
+    from napari.utils.colormaps import Colormap
+
+    return Colormap(colors=np.asarray(SIGNED_COLORS), name="signed evidence", display_name="signed evidence")
+
 #: classify / explain work on at most this many pixels; larger multiscale layers use a coarser level
 MAX_EXPLAIN_PIXELS = 4096 * 4096
 
@@ -244,12 +255,14 @@ def heatmap_layer(heatmap: "Heatmap", plane: ImagePlane, model: str = "", colorm
         "scale": scale_name,
         "scale_factor": float(factor),
     }
+    signed = bool(getattr(heatmap, "signed", False))
+    meta["signed"] = signed
     kwargs = {
         "name": heatmap_name(heatmap.method, heatmap.target, heatmap.layer, plane.label, default_layer),
-        "colormap": colormap,
+        "colormap": signed_colormap() if signed else colormap,
         "blending": "additive",
         "opacity": 0.5,
-        "contrast_limits": (0.0, 1.0),
+        "contrast_limits": (-1.0, 1.0) if signed else (0.0, 1.0),
         "interpolation2d": "linear",
         "metadata": meta,
         **geo,

@@ -16,13 +16,13 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import GradCamError
-from . import demo, evaluate, explain, train
+from . import demo, evaluate, explain, methods, train
 from . import models as models_cli
 from ._common import PROG, _err, _Parser, classes_overlay_rgb, overlay_rgb
 
 __all__ = ["main", "build_parser", "overlay_rgb", "classes_overlay_rgb", "PROG"]
 
-_COMMAND_MODULES = (train, evaluate, explain, demo, models_cli)
+_COMMAND_MODULES = (train, evaluate, explain, methods, demo, models_cli)
 
 _EPILOG = f"""\
 examples:
@@ -34,6 +34,8 @@ examples:
   {PROG} demo
   {PROG} info r18.pt --arch resnet18 --classes NORMAL PNEUMONIA
   {PROG} convert r18.pt --arch resnet18 --classes NORMAL PNEUMONIA --out r18.safetensors
+  {PROG} methods
+  {PROG} compare pneumonia.safetensors scan.png --json scores.json
 
 Each command has its own --help.  Errors you can fix (a missing file, an empty data folder, an
 unknown class or layer) print one sentence and exit with code 2.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ._common import (
     PROG, _fmt_kw, _image, _load, _tqdm, add_device, add_model_options, add_quiet, add_shifts, atomic_write_many,
-    check_colormap, check_outputs, classes_overlay_rgb, finite_float, fraction, image_writer, non_negative_int,
+    check_colormap, check_outputs, classes_overlay_rgb, finite_float, fraction, image_writer,
     overlay_rgb, positive_int, safe_file_names, shown, tiff_writer,
 )
 
@@ -36,7 +36,7 @@ def cmd_explain(args) -> int:
     if len(maps) > 1:  # several classes: one brightness scale for all of them
         maps = scale_heatmaps(maps, args.scale)
     meta = {"method": maps[0].method, "layer": maps[0].layer, "fusion": args.fusion if "+" in maps[0].layer else None,
-            "shifts": maps[0].shifts, "smooth": maps[0].smooth,
+            "shifts": maps[0].shifts, "smooth": maps[0].smooth, "signed": maps[0].signed,
             "targets": [h.target for h in maps], "scores": [h.score for h in maps], "image": str(args.image)}
     if len(maps) > 1:
         meta["scale"] = args.scale
@@ -59,17 +59,22 @@ def cmd_explain(args) -> int:
 
 
 def _explain_overlay(image, maps, args):
-    """(H, W, 3) uint8: the map in ``--colormap`` for one class; for several, each pixel in the colour of
-    its strongest class, with a legend (class colours of :mod:`napari_gradcam.colours`)."""
+    """(H, W, 3) uint8: the map in ``--colormap`` for one class (signed maps on a diverging one); for
+    several, each pixel in the colour of its strongest class, with a legend (class colours of
+    :mod:`napari_gradcam.colours`)."""
     import numpy as np
 
     from ..colours import class_colour
     from ..engine import method_title
     from ._legend import add_legend
 
+    if len(maps) == 1 and maps[0].signed:  # [-1, 1] on a diverging colormap (red: for the class, blue: against)
+        return overlay_rgb(image, (maps[0].data + 1) / 2, "RdBu_r" if args.colormap == "inferno" else args.colormap,
+                           args.alpha)
     if len(maps) == 1:
         return overlay_rgb(image, maps[0].data, args.colormap, args.alpha)
-    rgb = classes_overlay_rgb(image, np.stack([h.data for h in maps]), min(1.0, 1.2 * args.alpha),
+    # several classes: each pixel in the colour of the class with the most (positive) evidence
+    rgb = classes_overlay_rgb(image, np.stack([np.clip(h.data, 0, 1) for h in maps]), min(1.0, 1.2 * args.alpha),
                               [h.target_index for h in maps])
     entries = [(f"{h.target} {100 * h.score:.1f} %", class_colour(h.target_index)) for h in maps]
     return add_legend(rgb, entries, title=f"{method_title(maps[0].method)}, scale: {args.scale}")
@@ -252,7 +257,8 @@ def cmd_localize(args) -> int:
 
     report = localize_folder(_load(args), args.images_dir, args.masks_dir, methods=args.method,
                              json_path=args.json, curves=args.curves, target=args.target, progress=progress,
-                             device=args.device, tolerance=args.tolerance, level=args.level, shifts=args.shifts)
+                             device=args.device, tolerance=args.tolerance, level=args.level, shifts=args.shifts,
+                             tolerance_at=args.tolerance_at or None)
     if bar is not None:
         bar.close()
     print(report.table())
@@ -273,10 +279,10 @@ def register(sub) -> None:
     p = sub.add_parser(
         "explain", help="heatmap of why the model decided (CAM family, pixel attributions: see 'methods')",
         description="Explain MODEL's decision on IMAGE. Writes the heatmap at the image's own size as a float32 "
-                    "TIFF in [0, 1] (a stack of one map per class with --target all, on the --scale they share), "
-                    "and with --overlay a PNG of the image in gray with the colormapped heatmap on top (with "
-                    "several classes: each pixel in its strongest class's colour, and a legend). It prints what "
-                    "it wrote.",
+                    "TIFF in [0, 1] ([-1, 1] for signed pixel attributions; a stack of one map per class with "
+                    "--target all, on the --scale they share), and with --overlay a PNG of the image in gray with "
+                    "the colormapped heatmap on top (with several classes: each pixel in its strongest class's "
+                    "colour, and a legend). It prints what it wrote.",
         epilog=f"""examples:
   {PROG} explain m.safetensors scan.png --method gradcam --out heat.tif --overlay heat.png
   {PROG} explain m.safetensors scan.png --method cam --target PNEUMONIA --out cam.tif
@@ -291,7 +297,8 @@ def register(sub) -> None:
     p.add_argument("image", metavar="IMAGE", help="an image file (PNG, JPEG, TIFF, ...)")
     p.add_argument("--method", default="gradcam", choices=method_names(), metavar="METHOD",
                    help="any method of 'napari-gradcam methods' (%(choices)s); cam needs a global-pooling head; "
-                        "layercam-fine fuses the last three stages (best for small findings)")
+                        "layercam-fine fuses the last three stages (best for small findings); pixel attributions "
+                        "(saliency, integrated-gradients, ...) keep their sign")
     p.add_argument("--out", required=True, metavar="HEAT.tif", help="heatmap as float32 TIFF")
     p.add_argument("--overlay", metavar="OVERLAY.png", help="also write image + heatmap as PNG")
     p.add_argument("--layer", nargs="+", metavar="NAME",
@@ -356,13 +363,17 @@ def register(sub) -> None:
     p.add_argument("model", metavar="MODEL", help="a .safetensors model bundle")
     p.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of images (optionally in class subfolders)")
     p.add_argument("masks_dir", metavar="MASKS_DIR", help="folder of lesion masks (label images)")
-    p.add_argument("--method", nargs="+", default=["cam", "gradcam", "gradcam++"],
-                   choices=("cam", "gradcam", "gradcam++"), help="methods to score")
+    p.add_argument("--method", nargs="+", default=["cam", "gradcam", "gradcam++"], choices=method_names(),
+                   metavar="METHOD", help="methods to score (any of `napari-gradcam methods`)")
     p.add_argument("--json", metavar="OUT.json", help="write per-image scores and means as JSON")
     p.add_argument("--target", default="label", choices=("label", "predicted"),
                    help="explain the true class (from the class subfolder) or the predicted one")
-    p.add_argument("--tolerance", type=non_negative_int, default=15, metavar="PX",
-                   help="pointing game also counts a maximum within PX pixels of the mask")
+    p.add_argument("--tolerance", type=finite_float, default=15, metavar="PX",
+                   help="pointing game also counts a maximum within PX pixels of the mask, PX given at "
+                        "--tolerance-at pixels and scaled to each image's larger side")
+    p.add_argument("--tolerance-at", type=finite_float, default=224, metavar="SIZE",
+                   help="image size at which --tolerance is given (Zhang et al.'s 15 px are at 224 px); "
+                        "0: --tolerance is in each image's own pixels")
     p.add_argument("--level", type=fraction, default=0.5, metavar="F", help="fixed threshold, a fraction of the maximum")
     p.add_argument("--curves", action="store_true", help="also deletion/insertion curves and their AUC (slower)")
     add_shifts(p)

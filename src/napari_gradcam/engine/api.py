@@ -96,16 +96,25 @@ def _aug_map(run: _Run, x: "torch.Tensor", targets, shifts: int, first: "torch.T
     return torch.stack([normalised(m) for m in views]).mean(dim=0)
 
 
+def _signed_full(raw: "torch.Tensor", hw: tuple[int, int]) -> "torch.Tensor":
+    """(T, H, W) signed attributions at the image's size, divided by each map's largest |value| (-> [-1, 1])."""
+    import torch
+
+    peaks = raw.abs().amax(dim=(1, 2))
+    full = resize_maps(raw, hw) / torch.where(peaks > 0, peaks, torch.ones_like(peaks)).view(-1, 1, 1)
+    return full.clamp_(-1, 1)
+
+
 def _heatmaps(bundle: "ModelBundle", out: MapOutput, full, layers: list[str], method: str, shifts: int,
-              smooth: frozenset[str]) -> list[Heatmap]:
+              smooth: frozenset[str], signed: bool = False) -> list[Heatmap]:
     import torch
 
     logits = out.logits[:1]
     probs = torch.softmax(logits[0], dim=0).cpu().numpy()
     raw = out.maps[0].float()
-    peaks = torch.relu(raw).amax(dim=(1, 2))
+    peaks = (raw.abs() if signed else torch.relu(raw)).amax(dim=(1, 2))
     raw_np = raw.cpu().numpy().astype(np.float32, copy=False)
-    layer = "+".join(layers)
+    layer = "+".join(layers) or "input"
     smoothed = "+".join(s for s in SMOOTHINGS if s in smooth)
     results = []
     for i, t in enumerate(out.targets):
@@ -114,7 +123,7 @@ def _heatmaps(bundle: "ModelBundle", out: MapOutput, full, layers: list[str], me
         else:
             name, index, score = bundle.classes[int(t)], int(t), float(probs[int(t)])
         results.append(Heatmap(full[i], raw_np[i], float(peaks[i]), name, index, score, probs, layer, method,
-                               shifts, smoothed))
+                               shifts, smoothed, signed))
     return results
 
 
@@ -143,13 +152,15 @@ def explain(
     Parameters
     ----------
     image : (H, W) or (H, W, 3|4) array, any dtype.
-    method : any name of :func:`list_methods` ("gradcam", "layercam", "eigencam", ...).
+    method : any name of :func:`list_methods` (CAM family, perturbation CAMs, pixel attributions:
+        "gradcam", "layercam", "scorecam", "integrated-gradients", ...).
     target : None (the predicted class), a class name or index, a list of them, "all", or a function
         of the logits ((B, n_classes) tensor -> (B,) scores to explain, e.g. ``lambda z: z[:, 1] - z[:, 0]``;
         its map is named "custom").  All requested classes come from one forward pass.
     layer : a dotted layer name, the module itself, a list of them (their maps are fused), or the
         preset "fine" (the model's last three resolution stages); default the method's own (CAM: the
-        layer feeding the pooling head; layercam-fine: "fine") or the model's target layer.
+        layer feeding the pooling head; layercam-fine: "fine") or the model's target layer.  Pixel
+        attributions take no layer.
     shifts : 1 (default) or k > 1: average the maps of k x k copies of the input translated by
         fractions of a feature-map cell (one batch of k*k images): a k times finer heatmap whose
         maximum is no longer tied to cell centres.  See :mod:`napari_gradcam.engine.shifts`.
@@ -163,12 +174,20 @@ def explain(
     Returns
     -------
     Heatmap, or a list of Heatmap (one per class) when ``target`` is a list or "all".
-    ``Heatmap.data`` is (H, W) float32 in [0, 1] at the image's own size.
+    ``Heatmap.data`` is (H, W) float32 in [0, 1] at the image's own size; for signed methods
+    (``Method.signed``: integrated gradients, occlusion, guided backprop, guided Grad-CAM) in [-1, 1],
+    divided by the largest absolute value.  Pixel attributions ignore ``layer`` (guided Grad-CAM uses
+    it for its Grad-CAM part) and report ``Heatmap.layer == "input"``.
     """
     check_bundle(bundle, "explain")
     spec = get_method(method)
     shifts = check_shifts(shifts)
+    if shifts > 1 and spec.family == "attribution":
+        raise GradCamError(f"{spec.title} is already computed per input pixel; sub-cell shifts apply to layer maps.")
     chosen = check_smooth(smooth, spec)
+    if spec.signed and "aug" in chosen:
+        raise GradCamError(f"{spec.title} keeps the sign of its attributions; test-time augmentation ('aug') "
+                           "applies to class activation maps.")
     img = check_image(image)
     targets, many = _resolve_targets(bundle, target)
     layers = resolve_layers(bundle, spec, layer)
@@ -179,16 +198,19 @@ def explain(
     x = bundle_tensor(bundle, [img]).to(bundle.device)
     bundle.model.eval()
     out = run.compute(x, targets)
-    if "aug" in chosen:
-        fine = _aug_map(run, x, out.targets, shifts, out.maps[:1])
+    if spec.signed:  # attributions keep their sign: scaled by the largest |value| into [-1, 1]
+        full = _signed_full(out.maps[0].float(), img.shape[:2])
     else:
-        fine = _view_map(run, x, out.targets, shifts, out.maps[:1])
-    if shifts == 1:  # a layer-grid map: divided by its own maximum (the raw map's), then resized
-        full = resize_maps(normalised(fine.float()), img.shape[:2]).clamp_(0, 1)
-    else:  # an input-grid map: its maximum at the image's size is 1
-        full = normalised(resize_maps(fine.float(), img.shape[:2])).clamp_(0, 1)
+        if "aug" in chosen:
+            fine = _aug_map(run, x, out.targets, shifts, out.maps[:1])
+        else:
+            fine = _view_map(run, x, out.targets, shifts, out.maps[:1])
+        if shifts == 1:  # a layer-grid map: divided by its own maximum (the raw map's), then resized
+            full = resize_maps(normalised(fine.float()), img.shape[:2]).clamp_(0, 1)
+        else:  # an input-grid map: its maximum at the image's size is 1
+            full = normalised(resize_maps(fine.float(), img.shape[:2])).clamp_(0, 1)
     full = full.cpu().numpy().astype(np.float32, copy=False)
-    results = _heatmaps(bundle, out, full, run.layers, spec.name, shifts, chosen)
+    results = _heatmaps(bundle, out, full, run.layers, spec.name, shifts, chosen, spec.signed)
     return results if many else results[0]
 
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 # modules whose import registers methods, in the order they are listed
-_METHOD_MODULES = ("cam", "gradient")
+_METHOD_MODULES = ("cam", "gradient", "perturbation", "attribution")
 
 
 @dataclass

@@ -27,6 +27,8 @@ class Heatmap:
     method : the method's canonical name (see ``list_methods()``).
     shifts : k of the k x k sub-cell shifts averaged into ``data`` (1: none).
     smooth : "" (none), "aug", "eigen" or "aug+eigen" (see ``explain``).
+    signed : the map keeps its sign: ``data`` in [-1, 1] (divided by its largest absolute value),
+        ``raw`` signed and ``max`` its largest absolute value.
 
     For ``target`` a function of the logits, ``target`` is "custom", ``target_index`` -1 and ``score``
     the function's value for the image.  ``raw`` of fused layers is the fused map (in [0, 1]) at the
@@ -44,6 +46,7 @@ class Heatmap:
     method: str
     shifts: int = 1
     smooth: str = ""
+    signed: bool = False
 
     @property
     def title(self) -> str:
