@@ -190,6 +190,9 @@ def explain(
                            "applies to class activation maps.")
     img = check_image(image)
     targets, many = _resolve_targets(bundle, target)
+    if targets is not None and any(callable(t) for t in targets) and not spec.score_functions:
+        raise GradCamError(f"{spec.title} explains classes, not a function of the logits; use a gradient CAM "
+                           "(Grad-CAM, HiResCAM, LayerCAM, ...) for that.")
     layers = resolve_layers(bundle, spec, layer)
     options = _options(chosen, fusion)
     if len(layers) < 2:

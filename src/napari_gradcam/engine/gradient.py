@@ -40,7 +40,7 @@ def gradient_cam(name: str, title: str, description: str, *, aliases: tuple[str,
         cam = GradientCam(name, weigh, uses_gradients, eigen, fusion_gamma)
         _FAMILY[name] = cam
         register(Method(name, title, "cam", description, partial(_compute, cam), aliases=aliases,
-                        multi_layer=True, eigen_smooth=True, default_layers=default_layers))
+                        multi_layer=True, eigen_smooth=True, default_layers=default_layers, score_functions=True))
         return weigh
 
     return add

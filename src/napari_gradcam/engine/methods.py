@@ -78,6 +78,7 @@ class Method:
     eigen_smooth : accepts ``smooth="eigen"``
     default_layers : ``default_layers(bundle)`` lists the layers used when none is given (a preset);
         None: ``bundle.target_layer``
+    score_functions : ``target`` may be a function of the logits (the gradient CAM family)
     """
 
     name: str
@@ -92,6 +93,7 @@ class Method:
     multi_layer: bool = False
     eigen_smooth: bool = False
     default_layers: Callable[[Any], list[str]] | None = None
+    score_functions: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
