@@ -338,6 +338,8 @@ def test_custom_modules_explained_by_every_method(module):
             assert m.data.shape == (20, 24) and m.data.dtype == np.float32 and np.isfinite(m.data).all()
     t = tiled_heatmaps(b, np.random.default_rng(14).random((40, 50, 3)), tile=16, method="layercam")
     assert t.heatmaps.shape == (3, 40, 50)
+    if module is GapNet:  # the CAM head found from the module also serves the fully convolutional mode
+        assert tiled_heatmaps(b, np.random.default_rng(14).random((40, 50, 3)), tile=16, mode="fullconv").heatmaps.shape == (3, 40, 50)
     assert ng.feature_maps(b, img, n=4).maps.shape[0] == 4
     assert _no_hooks(b.model) and all(p.grad is None for p in b.model.parameters())
 
