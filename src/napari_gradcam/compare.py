@@ -283,8 +283,8 @@ def iter_compare_methods(
     for i, name in enumerate(wanted):
         spec = get_method(name)
         try:
-            row = _score(bundle, random_bundle, img, spec, index, layer if spec.uses_layer else None,
-                         steps, baseline, sanity_threshold)
+            own_layer = layer if spec.uses_layer and spec.fixed_layer is None else None  # CAM: its own layer
+            row = _score(bundle, random_bundle, img, spec, index, own_layer, steps, baseline, sanity_threshold)
         except GradCamError as e:
             result.notes.append(f"{spec.title} was skipped: {e}")
         else:

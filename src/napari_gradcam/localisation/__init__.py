@@ -5,8 +5,9 @@ Given a heatmap (H, W) and a lesion mask (H, W) of the same image:
 * **Pointing game** (Zhang et al., "Top-down neural attention by excitation backprop", 2016/2018):
   a hit when the heatmap's maximum lies inside the mask.  ``tolerance`` (pixels) accepts a
   maximum within that Euclidean distance of the mask, which is the mask dilated by a disk of that
-  radius (Zhang et al. use 15 px at 224 px).  Tied maxima: the first in row-major order
-  (``numpy.argmax``).  An all-zero (or all-negative) heatmap points nowhere: a miss.
+  radius (Zhang et al. use 15 px at 224 px; :func:`localize_folder` and the CLI scale a tolerance
+  given at 224 px to each image's larger side, see :func:`scaled_tolerance`).  Tied maxima: the
+  first in row-major order (``numpy.argmax``).  An all-zero (or all-negative) heatmap points nowhere: a miss.
 * **Energy inside** (the "energy-based pointing game" of Score-CAM, Wang et al. 2020): the share of
   the heatmap's mass (negative values clipped to 0) inside the mask.  A heatmap that ignores the
   lesion scores about the mask's share of the image (:func:`mask_share`); ``energy_ratio`` =
@@ -32,7 +33,15 @@ images with masks) and :mod:`.evaluate` (many images and methods; the ``localize
 from .curves import BASELINES, CURVE_KEYS, deletion_insertion
 from .evaluate import evaluate_localisation, iter_evaluate_localisation, localize_folder
 from .folders import MASK_SUFFIXES, PairedFiles, load_masks_folder, read_mask
-from .metrics import METRIC_KEYS, energy_inside, localisation_scores, mask_share, pointing_game, threshold_scores
+from .metrics import (
+    METRIC_KEYS,
+    energy_inside,
+    localisation_scores,
+    mask_share,
+    pointing_game,
+    scaled_tolerance,
+    threshold_scores,
+)
 from .report import LocalisationReport, LocalisationRow
 
 __all__ = [
@@ -40,6 +49,7 @@ __all__ = [
     "CURVE_KEYS",
     "MASK_SUFFIXES",
     "pointing_game",
+    "scaled_tolerance",
     "energy_inside",
     "mask_share",
     "threshold_scores",
