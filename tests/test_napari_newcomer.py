@@ -123,7 +123,8 @@ kinds = (QAbstractButton, QAbstractSpinBox, QComboBox, QLineEdit)
 short, checked = [], 0
 for name, w in widgets.items():
     for c in w.body.findChildren(kinds):
-        if c.isVisibleTo(w.body):
+        inner = isinstance(c.parent(), (QComboBox, QAbstractSpinBox))  # an editable box's own text field
+        if c.isVisibleTo(w.body) and not inner:
             checked += 1
             if c.height() < c.sizeHint().height():
                 short.append([name, type(c).__name__, c.height(), c.sizeHint().height()])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ._common import (
     PROG, _fmt_kw, _image, _load, _tqdm, add_device, add_model_options, add_quiet, add_shifts, atomic_write_many,
-    check_colormap, check_outputs, classes_overlay_rgb, finite_float, fraction, image_writer,
+    check_colormap, check_outputs, classes_overlay_rgb, finite_float, fraction, image_writer, non_negative_float,
     overlay_rgb, positive_int, safe_file_names, shown, tiff_writer,
 )
 
@@ -368,10 +368,10 @@ def register(sub) -> None:
     p.add_argument("--json", metavar="OUT.json", help="write per-image scores and means as JSON")
     p.add_argument("--target", default="label", choices=("label", "predicted"),
                    help="explain the true class (from the class subfolder) or the predicted one")
-    p.add_argument("--tolerance", type=finite_float, default=15, metavar="PX",
+    p.add_argument("--tolerance", type=non_negative_float, default=15, metavar="PX",
                    help="pointing game also counts a maximum within PX pixels of the mask, PX given at "
                         "--tolerance-at pixels and scaled to each image's larger side")
-    p.add_argument("--tolerance-at", type=finite_float, default=224, metavar="SIZE",
+    p.add_argument("--tolerance-at", type=non_negative_float, default=224, metavar="SIZE",
                    help="image size at which --tolerance is given (Zhang et al.'s 15 px are at 224 px); "
                         "0: --tolerance is in each image's own pixels")
     p.add_argument("--level", type=fraction, default=0.5, metavar="F", help="fixed threshold, a fraction of the maximum")
