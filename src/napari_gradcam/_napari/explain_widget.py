@@ -45,7 +45,9 @@ class ExplainWidget(GradCamWidget):
         self.image = ImageLayerPicker(self.viewer)
         self.method = ComboBox(label="method", choices=_method_choices, value="gradcam")
         self.method.native.setToolTip("Grad-CAM works at any convolutional layer; CAM needs a global-average-"
-                                      "pooling head and uses the layer feeding it.")
+                                      "pooling head and uses the layer feeding it. Pixel attributions (saliency, "
+                                      "integrated gradients, ...) work on the input; signed ones show blue (against) "
+                                      "and red (for the class).")
         self.target = ComboBox(label="target", choices=self._target_choices)
         self.target.native.setToolTip("The class to explain: the predicted one, any class, or all classes.")
         self.layer = ComboBox(label="layer", choices=self._layer_choices)
