@@ -202,7 +202,8 @@ def evaluate_localisation(
     **kwargs : tolerance (pointing-game pixels, default 0), tolerance_at (None: ``tolerance`` is in each
         image's pixels; a size S: it is given at S px and scaled to ``tolerance * max(H, W) / S``),
         level (fixed threshold, default 0.5), steps (20), baseline ("blur"), names (one per image),
-        layer (Grad-CAM layer), batch_size, shifts (1; k > 1 averages k x k sub-cell shifts, see :func:`napari_gradcam.engine`).
+        layer (Grad-CAM layer), batch_size, shifts (1; k > 1 averages k x k sub-cell shifts, see
+        :func:`napari_gradcam.engine`).
 
     Returns
     -------
