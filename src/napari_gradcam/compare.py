@@ -159,7 +159,8 @@ def parameter_layers(model: "nn.Module", x) -> list[str]:
     return order
 
 
-def randomised_copy(bundle: "ModelBundle", share: float = RANDOMISED_SHARE, seed: int = 0) -> tuple["ModelBundle", list[str]]:
+def randomised_copy(bundle: "ModelBundle", share: float = RANDOMISED_SHARE,
+                    seed: int = 0) -> tuple["ModelBundle", list[str]]:
     """A copy of ``bundle`` whose top ``share`` of parameterised layers are re-initialised.
 
     Returns the copy and the names of the re-initialised layers (output side first).  Layers without a

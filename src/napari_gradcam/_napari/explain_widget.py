@@ -49,7 +49,9 @@ class ExplainWidget(GradCamWidget):
         self.method = ComboBox(label="method", choices=method_choices(), value="gradcam")
         self.method.native.setToolTip("Grad-CAM works at any convolutional layer; CAM needs a global-average-"
                                       "pooling head and uses the layer feeding it. For small findings: LayerCAM "
-                                      "at the 'fine' layer preset (LayerCAM (fine)).")
+                                      "at the 'fine' layer preset (LayerCAM (fine)). Pixel attributions (saliency, "
+                                      "integrated gradients, ...) work on the input; signed ones show blue (against) "
+                                      "and red (for the class).")
         self.method.changed.connect(self._on_method)
         self.target = ComboBox(label="target", choices=self._target_choices)
         self.target.native.setToolTip("The class to explain: the predicted one, any class, or all classes.")

@@ -175,7 +175,9 @@ def _ablation_by_tail(model, x, layer: str, act, reference, step: int) -> "torch
             cut_act, *saved = split.prefix(x)
             if cut_act.shape != act.shape or not close_logits(cut_act.flatten(1), act.flatten(1), 1e-4):
                 return None
-            tail = inference_copy(split.tail, channels_last=False)
+            tail = split.tail  # BatchNorm folded where there is one (a copy: only worth it then)
+            if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in tail.modules()):
+                tail = inference_copy(tail, channels_last=False)
             out = []
             for i in range(0, k, step):
                 chunk = torch.arange(i, min(k, i + step), device=x.device)

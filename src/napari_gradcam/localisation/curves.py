@@ -1,4 +1,4 @@
-"""Deletion and insertion curves (Petsiuk et al. 2018): the model's probability as the most relevant pixels go or come."""
+"""Deletion and insertion curves (Petsiuk et al. 2018): the class probability as the top-ranked pixels go or come."""
 
 from __future__ import annotations
 

@@ -122,7 +122,8 @@ def iter_evaluate_localisation(
     report = LocalisationReport(
         methods=usable, n_images=len(images), notes=notes,
         settings={"model": bundle.architecture, "classes": list(bundle.classes), "target": target,
-                  "tolerance": tolerance, "tolerance_at": tolerance_at, "level": level, "curves": bool(curves), "shifts": shifts,
+                  "tolerance": tolerance, "tolerance_at": tolerance_at, "level": level, "curves": bool(curves),
+                  "shifts": shifts,
                   **({"steps": int(steps), "baseline": baseline} if curves else {})},
     )
     total = len(images)
@@ -204,9 +205,10 @@ def evaluate_localisation(
     curves : also compute deletion/insertion AUCs (2 * (steps + 1) forward passes per method and image).
     progress : callable(done, total), called after each image.
     **kwargs : tolerance (pointing-game pixels, default 0), tolerance_at (None: ``tolerance`` is in each
-        image's pixels; a size S: it is given at S px and scaled to ``tolerance * max(H, W) / S``), level (fixed threshold, default 0.5),
-        steps (20), baseline ("blur"), names (one per image), layer (Grad-CAM layer), batch_size,
-        shifts (1; k > 1 averages k x k sub-cell shifts, see :func:`napari_gradcam.engine`).
+        image's pixels; a size S: it is given at S px and scaled to ``tolerance * max(H, W) / S``),
+        level (fixed threshold, default 0.5), steps (20), baseline ("blur"), names (one per image),
+        layer (Grad-CAM layer), batch_size, shifts (1; k > 1 averages k x k sub-cell shifts, see
+        :func:`napari_gradcam.engine`).
 
     Returns
     -------
