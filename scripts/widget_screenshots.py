@@ -53,6 +53,8 @@ def short_controls(widgets: dict) -> list:
     out = []
     for name, w in widgets.items():
         for child in w.body.findChildren(kinds):
+            if isinstance(child.parent(), (QComboBox, QAbstractSpinBox)):  # an editable box's own text field
+                continue
             if child.isVisibleTo(w.body) and child.height() < child.sizeHint().height():
                 out.append((name, type(child).__name__, child.height(), child.sizeHint().height()))
     return out
