@@ -139,7 +139,7 @@ def test_default_tile_on_the_sample_mosaic(demo):
     """The demo model records its training scale (512 px, a whole chest), so the default tile shows it whole
     chests: each class's share of the sample mosaic (one third each) comes out within 10 points.
     With 0.5 overlap, half the tiles straddle two chests and count as abnormal when either is: see
-    the README (Tiled heatmaps and large images); 0 overlap puts the tiles on the mosaic's chests."""
+    docs/methods.md (Tiled heatmaps and large images); 0 overlap puts the tiles on the mosaic's chests."""
     from napari_gradcam.engine import tiled_heatmaps
     from napari_gradcam.phantoms import CLASSES as PH_CLASSES, make_mosaic
 
