@@ -78,7 +78,9 @@ class Blocker(importlib.abc.MetaPathFinder):
 def main() -> int:
     site = Path(sys.argv[1]).resolve()
     args = sys.argv[sys.argv.index("--") + 1:]
-    sys.path[:] = [str(site)] + [p for p in sys.path if not (Path(p) / "napari_gradcam").exists()]
+    # other copies of the package (a checkout's src/): an editable install's site-packages holds only
+    # napari_gradcam/sample_data (no __init__.py) and stays, with every dependency in it
+    sys.path[:] = [str(site)] + [p for p in sys.path if not (Path(p) / "napari_gradcam" / "__init__.py").exists()]
     for name in [m for m in sys.modules if m.partition(".")[0] == "napari_gradcam"]:
         del sys.modules[name]
     blocker = Blocker(allowed_modules(core_closure(site)))
