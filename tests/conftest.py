@@ -50,3 +50,26 @@ def torch_one_thread_module():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A saved untrained simple_cnn, 1 channel, 64 px, the three TINY_CLASSES (modules may define their own)."""
+    import torch
+
+    from napari_gradcam import build_model, save_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(build_model("simple_cnn", TINY_CLASSES, 1, 64), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def other_model_file(tmp_path_factory):
+    """A second saved model with other classes (cat, dog), for switching models mid-run."""
+    from napari_gradcam import build_model, save_model
+
+    path = tmp_path_factory.mktemp("model2") / "other.safetensors"
+    save_model(build_model("simple_cnn", ["cat", "dog"], 1, 32), path)
+    return path

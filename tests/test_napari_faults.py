@@ -18,27 +18,6 @@ from napari_helpers import PLUGIN, wait, dock, load
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    import torch
-
-    from napari_gradcam import build_model, save_model
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(build_model("simple_cnn", CLASSES, 1, 64), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def other_model_file(tmp_path_factory):
-    from napari_gradcam import build_model, save_model
-
-    path = tmp_path_factory.mktemp("model2") / "other.safetensors"
-    save_model(build_model("simple_cnn", ["cat", "dog"], 1, 32), path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def phantom_dir(tmp_path_factory):
     from napari_gradcam.phantoms import write_dataset
 
