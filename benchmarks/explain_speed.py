@@ -162,7 +162,7 @@ def anchor_runs(method: str, bundle, layer: str, x) -> dict[str, Callable]:
 
 
 # ----------------------------------------------------------------------------- the method table
-def method_row(bundle, method: str, x, rounds: int) -> dict[str, float]:
+def method_row(bundle, method: str, x, rounds: int, **options) -> dict[str, float]:
     spec = get_method(method)
     layer = bundle.target_layer
     layers = [spec.fixed_layer(bundle)] if spec.fixed_layer else ([layer] if spec.uses_layer else [])
@@ -172,7 +172,7 @@ def method_row(bundle, method: str, x, rounds: int) -> dict[str, float]:
         with torch.inference_mode():
             model(x)
 
-    fns = {"forward": forward, "ours": _quiet(lambda: spec.compute(bundle, x, [TARGET], layers))}
+    fns = {"forward": forward, "ours": _quiet(lambda: spec.compute(bundle, x, [TARGET], layers, **options))}
     fns.update({lib: _quiet(run) for lib, run in anchor_runs(method, bundle, layer, x).items()})
     slow = spec.extra.get("slow") or any(ANCHORS.get(method, {}).get(lib) in SLOW_ANCHORS for lib in fns)
     return interleaved(fns, 1 if slow else rounds, warmup=0 if slow else 1)
@@ -200,12 +200,46 @@ def methods_table(arch: str, methods: list[str], rounds: int) -> None:
     print("| method | family | forward ms | ours ms | ours / forward | " + " | ".join(f"{lib} ms" for lib in LIBRARIES)
           + " | fastest anchor / ours; targets |")
     print("|---|---|---:|---:|---:|" + "---:|" * len(LIBRARIES) + "---|")
+    notes = []
     for method in methods:
         spec = get_method(method)
-        r = method_row(bundle, method, x, rounds)
-        cells = [f"{r[lib] * 1e3:.0f}" if lib in r else "-" for lib in LIBRARIES]
-        print(f"| {spec.title} | {spec.family} | {r['forward'] * 1e3:.1f} | {r['ours'] * 1e3:.0f} | "
-              f"{r['ours'] / r['forward']:.2f}x | " + " | ".join(cells) + f" | {_verdict(method, r)} |", flush=True)
+        variants = [("", {})]
+        if spec.extra.get("precision"):  # screened in bfloat16 by default: the float32 passes too, and how they differ
+            variants.append((", float32 passes", {"precision": "float32"}))
+            notes.append(precision_note(bundle, spec, x))
+        for label, options in variants:
+            r = method_row(bundle, method, x, rounds, **options)
+            cells = [f"{r[lib] * 1e3:.0f}" if lib in r else "-" for lib in LIBRARIES]
+            print(f"| {spec.title}{label} | {spec.family} | {r['forward'] * 1e3:.1f} | {r['ours'] * 1e3:.0f} | "
+                  f"{r['ours'] / r['forward']:.2f}x | " + " | ".join(cells) + f" | {_verdict(method, r)} |", flush=True)
+    for note in notes:
+        print(f"\n{note}")
+
+
+def precision_note(bundle, spec, x) -> str:
+    """How far the default (screened) map is from the all-float32 one, and what ran in float32."""
+    from napari_gradcam.engine import screen
+
+    layers = [bundle.target_layer]
+    counted: list[int] = []
+    refine = screen.refine
+
+    def counting(*args, **kwargs):
+        out = refine(*args, **kwargs)
+        counted.append(out[1])
+        return out
+
+    screen.refine = counting
+    try:
+        fast = spec.compute(bundle, x, [TARGET], layers)
+    finally:
+        screen.refine = refine
+    exact = spec.compute(bundle, x, [TARGET], layers, precision="float32")
+    a, b = (m.maps[0, 0].float() / m.maps[0, 0].max().clamp_min(1e-30) for m in (exact, fast))
+    how = (f"{counted[0]} of the channels recomputed in float32" if counted
+           else "every pass in float32 (no native bfloat16 here)")
+    return (f"{spec.title} default vs float32 passes: largest difference {float((a - b).abs().max()):.5f} "
+            f"of the map's peak; {how}; precision auto = {screen.resolve_precision('auto', x.device)}.")
 
 
 # ----------------------------------------------------------------------------- tiling and shifts

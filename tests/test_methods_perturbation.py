@@ -155,3 +155,89 @@ def test_all_targets_and_bookkeeping():
         with pytest.raises(LayerError):
             explain(bundle, img, method, layer="fc")  # not a feature map
         assert _no_hooks(bundle.model) and all(p.grad is None for p in bundle.model.parameters())
+
+
+# ----------------------------------------------------------------------------- bfloat16 screening (engine/screen.py)
+def _peak_scaled(m):
+    return m / max(float(m.max()), 1e-30)
+
+
+@pytest.mark.parametrize("logit_scale", [1.0, 40.0])
+def test_screened_score_cam_is_within_its_tolerance_of_float32(logit_scale):
+    """bfloat16 screening (forced, whatever this CPU has) + float32 where it matters gives the float32 map
+    within the tolerance; with logits scaled up (a peaked softmax, large bfloat16 errors) the channels of
+    largest weight are recomputed, without which the maps would differ far more."""
+    from napari_gradcam.engine import screen
+
+    bundle, layer, img = _case("resnet18", "layer4")
+    with torch.no_grad():
+        bundle.model.fc.weight.mul_(logit_scale)
+    exact = explain(bundle, img, "scorecam", target=1, layer=layer, precision="float32")
+    counted = []
+    refine = screen.refine
+    try:
+        screen.refine = lambda *a, **k: counted.append(refine(*a, **k)) or counted[-1]
+        fast = explain(bundle, img, "scorecam", target=1, layer=layer, precision="bfloat16")
+    finally:
+        screen.refine = refine
+    x = bundle_tensor(bundle, [img])
+    logits, act = _forward(bundle.model, x, layer)
+    raw = {p: masked_scores(bundle.model, x, act[0], logits[0], [1], p) for p in ("float32", "bfloat16")}
+    maps = {p: _peak_scaled(torch.relu(torch.einsum("k,khw->hw", torch.softmax(s[:, 1], 0), act[0])))
+            for p, s in raw.items()}
+    assert (maps["bfloat16"] - maps["float32"]).abs().max() <= screen.TOLERANCE  # without refining: 0.0064 at x40
+    np.testing.assert_allclose(fast.data, exact.data, atol=4 * screen.TOLERANCE)  # after resizing to the image
+    assert counted and 0 < counted[0][1] <= act.shape[1]
+    if logit_scale > 1:
+        assert counted[0][1] > 16  # more than the error sample: the heavy channels were recomputed
+
+
+def test_refine_recomputes_until_the_estimated_error_is_small():
+    """refine() on synthetic scores: recomputed rows are exact, a zero tolerance recomputes every channel,
+    the estimate falls with every channel recomputed, and the bias common to all channels is removed."""
+    from napari_gradcam.engine.screen import map_error, refine
+
+    g = torch.Generator().manual_seed(1)
+    k, n = 96, 3
+    act = torch.rand(k, 5, 5, generator=g)
+    exact_scores = 4 * torch.randn(k, n, generator=g)
+    noisy = exact_scores + 0.3 + 0.05 * torch.randn(k, n, generator=g)  # a common shift + rounding noise
+    none_exact = torch.zeros(k, dtype=torch.bool)
+    calls = []
+
+    def recompute(idx):
+        calls.append(len(idx))
+        return exact_scores[idx]
+
+    out, done = refine(noisy, none_exact, act, [2], recompute, step=8, tolerance=0.0)
+    assert done == k and sum(calls) == k
+    torch.testing.assert_close(out, exact_scores)
+    calls.clear()
+    out, done = refine(noisy, none_exact, act, [2], recompute, step=8)
+    assert 8 <= done < k and sum(calls) == done
+    w_true = torch.softmax(exact_scores[:, 2], 0)
+    w_out = torch.softmax(out[:, 2], 0)
+    w_raw = torch.softmax(torch.cat([exact_scores[:8, 2], noisy[8:, 2]]), 0)  # recomputed rows, no shift removed
+    m = lambda w: torch.einsum("k,khw->hw", w, act)  # noqa: E731
+    assert (m(w_out) - m(w_true)).abs().max() < (m(w_raw) - m(w_true)).abs().max()
+    pending = torch.ones(k, dtype=torch.bool)
+    fewer = pending.clone()
+    fewer[torch.argsort(w_true, descending=True)[:20]] = False
+    sigma = torch.tensor([0.05])
+    assert map_error(w_true[None], act, fewer, sigma) < map_error(w_true[None], act, pending, sigma)
+
+
+def test_precision_is_checked_and_auto_follows_the_hardware(monkeypatch):
+    from napari_gradcam.engine import screen
+    from napari_gradcam.errors import GradCamError, ParameterError
+
+    cpu = torch.device("cpu")
+    with pytest.raises(ParameterError, match="precision"):
+        screen.resolve_precision("fp8", cpu)
+    bundle, layer, img = _case("resnet18", "layer4")
+    with pytest.raises(GradCamError, match="precision"):
+        explain(bundle, img, "gradcam", precision="half")
+    for native, want in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(screen, "_cpu_has_native_bfloat16", lambda native=native: native)
+        assert screen.resolve_precision("auto", cpu) == want
+    assert screen.resolve_precision("float32", cpu) == "float32"

@@ -31,7 +31,7 @@ def cmd_explain(args) -> int:
     image = _image(args.image)
     layer = args.layer[0] if args.layer and len(args.layer) == 1 else args.layer
     result = explain(bundle, image, method=args.method, target=target, layer=layer, shifts=args.shifts,
-                     smooth=args.smooth, fusion=args.fusion)
+                     smooth=args.smooth, fusion=args.fusion, precision=args.precision)
     maps = result if isinstance(result, list) else [result]
     if len(maps) > 1:  # several classes: one brightness scale for all of them
         maps = scale_heatmaps(maps, args.scale)
@@ -310,6 +310,9 @@ def register(sub) -> None:
                    help="aug: average over flips and intensity scales (6 views); eigen: first principal component "
                         "of the weighted activations (gradient CAM family)")
     p.add_argument("--target", metavar="CLASS", help="class name or index to explain, or 'all'; default the predicted class")
+    p.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="Score-CAM's passes: auto screens them in bfloat16 where the CPU/GPU computes it natively and "
+                        "recomputes in float32 what the map needs (estimated error < 1/256 of its peak); float32: all")
     add_shifts(p)
     p.add_argument("--colormap", default="inferno", help="matplotlib colormap of the overlay (inferno, turbo, jet, ...)")
     p.add_argument("--scale", default="probability", choices=("probability", "shared", "each"),

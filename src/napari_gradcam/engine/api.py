@@ -127,13 +127,19 @@ def _heatmaps(bundle: "ModelBundle", out: MapOutput, full, layers: list[str], me
     return results
 
 
-def _options(smooth: frozenset[str], fusion: str) -> dict:
+def _options(spec, smooth: frozenset[str], fusion: str, precision: str) -> dict:
     """The compute options of an explanation (see :mod:`.methods`)."""
+    from .screen import PRECISIONS
+
     if fusion not in FUSIONS:
         raise GradCamError(f"fusion must be 'mean' or 'max', not {fusion!r}.")
+    if precision not in PRECISIONS:
+        raise GradCamError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
     options = {"fusion": fusion}
     if "eigen" in smooth:
         options["eigen"] = True
+    if spec.extra.get("precision"):
+        options["precision"] = precision
     return options
 
 
@@ -146,6 +152,7 @@ def explain(
     shifts: int = 1,
     smooth=None,
     fusion: str = "mean",
+    precision: str = "auto",
 ) -> "Heatmap | list[Heatmap]":
     """Explain the model's decision on one image as a heatmap.
 
@@ -170,6 +177,10 @@ def explain(
     fusion : how the maps of several layers are combined: "mean" (default; pytorch-grad-cam's: each
         layer's map scaled to [0, 1], averaged on the finest grid) or "max" (LayerCAM's and torchcam's
         element-wise maximum).  See :func:`napari_gradcam.engine.core.fuse_maps`.
+    precision : for Score-CAM's one pass per channel: "auto" (default: screened in bfloat16 where the
+        hardware computes it natively, recomputed in float32 where the map needs it, estimated error
+        below 1/256 of the map's peak), "float32" (every pass) or "bfloat16" (screening even where it
+        is emulated).  Other methods compute in float32.  See :mod:`napari_gradcam.engine.screen`.
 
     Returns
     -------
@@ -194,7 +205,7 @@ def explain(
         raise GradCamError(f"{spec.title} explains classes, not a function of the logits; use a gradient CAM "
                            "(Grad-CAM, HiResCAM, LayerCAM, ...) for that.")
     layers = resolve_layers(bundle, spec, layer)
-    options = _options(chosen, fusion)
+    options = _options(spec, chosen, fusion, precision)
     if len(layers) < 2:
         options.pop("fusion")
     run = _Run(spec, bundle, layers, options)

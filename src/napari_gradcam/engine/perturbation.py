@@ -7,7 +7,10 @@ own output (taken before any in-place operation after it), like every CAM here.
 * Score-CAM (Wang et al., "Score-CAM: Score-weighted visual explanations for convolutional neural
   networks", CVPR-W 2020): each channel, upsampled to the input and scaled to [0, 1], masks the input;
   ``w_k = softmax_k(y_c(x * M_k))`` over the channels (the logits, as pytorch-grad-cam computes it).
-  K passes; channels that are constant give the same all-zero mask and are run once.
+  K passes; channels that are constant give the same all-zero mask and are run once.  By default the
+  passes are screened in bfloat16 where the hardware computes it natively and recomputed in float32
+  where the map needs it (estimated error below 1/256 of its peak; see :mod:`.screen`);
+  ``precision="float32"`` runs them all in float32.
 * Ablation-CAM (Desai & Ramaswamy, "Ablation-CAM: Visual explanations for deep convolutional network
   via gradient-free localization", WACV 2020): ``w_k = (y_c - y_c^k) / y_c`` with ``y_c^k`` the logit
   when channel k of the layer is set to zero.  Only the layers after the named layer run, on the cached
@@ -101,23 +104,15 @@ def _unit_masks(act: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
     return (up - lo) / (hi - lo + 1e-8)
 
 
-def masked_scores(model: "nn.Module", x: "torch.Tensor", act: "torch.Tensor",
-                  reference: "torch.Tensor") -> "torch.Tensor":
-    """Logits of the input masked by each channel: (K, n_classes) float32.
+def _scoring_copy(model: "nn.Module", x: "torch.Tensor", reference: "torch.Tensor"):
+    """(model for the passes, its memory format, the logits of an all-zero input (n,) float32).
 
-    x (1, C, S, S); act (K, h, w) the layer's output; reference (n_classes,) the logits of ``x``.
-    Constant channels (all-zero masks) run once.  The passes use :func:`.split.inference_copy`,
-    checked against ``reference``; the model itself where they differ.
-    """
+    The :func:`.split.inference_copy` (BatchNorm folded, channels-last on a CPU), checked against
+    ``reference`` (the logits of ``x``); the model itself where they differ."""
     import torch
 
     from .split import close_logits, inference_copy
 
-    size = tuple(x.shape[-2:])
-    flat = act.flatten(1)
-    constant = (flat.amax(dim=1) - flat.amin(dim=1)) == 0
-    varying = torch.nonzero(~constant).flatten()
-    scores = torch.empty(act.shape[0], reference.shape[0], device=x.device)
     fast = inference_copy(model, channels_last=x.device.type == "cpu")
     memory = torch.channels_last if fast is not model and x.device.type == "cpu" else torch.contiguous_format
     with torch.inference_mode():
@@ -125,17 +120,51 @@ def masked_scores(model: "nn.Module", x: "torch.Tensor", act: "torch.Tensor",
         if not close_logits(check[:1], reference[None]):
             fast, memory = model, torch.contiguous_format
             check = fast(torch.zeros_like(x)).float()
-        scores[constant] = check[-1]
-        step = _chunk(x.device, x[0].numel() * 4, 64 << 20, 1, 16)
-        for i in range(0, len(varying), step):
-            idx = varying[i: i + step]
-            batch = (x * _unit_masks(act[idx], size)[:, None]).contiguous(memory_format=memory)
-            scores[idx] = fast(batch).float()
-    return scores
+    return fast, memory, check[-1]
 
 
-def score_cam_maps(bundle: "ModelBundle", x: "torch.Tensor", targets, layer: str) -> MapOutput:
-    """Score-CAM maps (B, T, h, w) for a batch (each image's own passes)."""
+def masked_scores(model: "nn.Module", x: "torch.Tensor", act: "torch.Tensor", reference: "torch.Tensor",
+                  wanted: "Sequence[int] | None" = None, precision: str = "float32") -> "torch.Tensor":
+    """Logits of the input masked by each channel: (K, n_classes) float32.
+
+    x (1, C, S, S); act (K, h, w) the layer's output; reference (n_classes,) the logits of ``x``.
+    Constant channels (all-zero masks) run once.  ``precision`` "float32" runs every pass in float32;
+    "auto" / "bfloat16" screen in bfloat16 and recompute in float32 what the maps of the classes
+    ``wanted`` (default: the predicted one) need (see :mod:`.screen`).
+    """
+    import torch
+
+    from .screen import refine, resolve_precision
+
+    size = tuple(x.shape[-2:])
+    flat = act.flatten(1)
+    constant = (flat.amax(dim=1) - flat.amin(dim=1)) == 0
+    varying = torch.nonzero(~constant).flatten()
+    fast, memory, blank = _scoring_copy(model, x, reference)
+    step = _chunk(x.device, x[0].numel() * 4, 64 << 20, 1, 16)
+
+    def logits(idx: "torch.Tensor", low: bool = False) -> "torch.Tensor":
+        out = [torch.empty(0, reference.shape[0], device=x.device)]
+        with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=low):
+            for i in range(0, len(idx), step):
+                batch = (x * _unit_masks(act[idx[i: i + step]], size)[:, None]).contiguous(memory_format=memory)
+                out.append(fast(batch).float())
+        return torch.cat(out)
+
+    scores = torch.empty(act.shape[0], reference.shape[0], device=x.device)
+    scores[constant] = blank
+    if resolve_precision(precision, x.device) == "float32" or len(varying) == 0:
+        scores[varying] = logits(varying)
+        return scores
+    scores[varying] = logits(varying, low=True)
+    wanted = [int(reference.argmax())] if wanted is None else wanted
+    return refine(scores, constant, act, wanted, logits, step)[0]
+
+
+def score_cam_maps(bundle: "ModelBundle", x: "torch.Tensor", targets, layer: str,
+                   precision: str = "auto") -> MapOutput:
+    """Score-CAM maps (B, T, h, w) for a batch (each image's own passes; ``precision`` as in
+    :func:`masked_scores`)."""
     import torch
 
     model = bundle.model
@@ -143,8 +172,8 @@ def score_cam_maps(bundle: "ModelBundle", x: "torch.Tensor", targets, layer: str
     indices = _targets_for(logits[0], targets)
     maps = []
     for b in range(x.shape[0]):
-        scores = masked_scores(model, x[b: b + 1], acts[b], logits[b])
         wanted = indices if targets is not None or b == 0 else _targets_for(logits[b], None)
+        scores = masked_scores(model, x[b: b + 1], acts[b], logits[b], wanted, precision)
         weights = torch.softmax(scores[:, wanted].T, dim=1)
         maps.append(_weighted_maps(acts[b], weights))
     return MapOutput(logits, torch.stack(maps), indices)
@@ -248,8 +277,8 @@ def _one_layer(title: str, layers: Sequence[str]) -> str:
     return layers[0]
 
 
-def _score_compute(bundle, x, targets, layers, **_options) -> MapOutput:
-    return score_cam_maps(bundle, x, targets, _one_layer("Score-CAM", layers))
+def _score_compute(bundle, x, targets, layers, precision: str = "auto", **_options) -> MapOutput:
+    return score_cam_maps(bundle, x, targets, _one_layer("Score-CAM", layers), precision)
 
 
 def _ablation_compute(bundle, x, targets, layers, **_options) -> MapOutput:
@@ -260,7 +289,7 @@ register(Method(
     "scorecam", "Score-CAM", "cam",
     "channel weights = softmax of the class score of the input masked by each channel "
     "(one pass per channel, batched, no gradients)",
-    _score_compute, aliases=("score-cam",), extra={"slow": True},
+    _score_compute, aliases=("score-cam",), extra={"slow": True, "precision": True},
 ))
 register(Method(
     "ablationcam", "Ablation-CAM", "cam",
