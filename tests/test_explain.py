@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -306,7 +307,7 @@ def test_chain_of_least_overlapping_tiles():
             chain = tiling.chain_starts(starts, tile)
             own = tiling.chain_ownership(length, tile, stride)
             assert set(chain) <= set(starts) and chain[0] == 0 and chain[-1] == starts[-1] == list(own)[-1]
-            assert all(b - a <= tile for a, b in zip(chain, chain[1:]))  # a chain covers the axis
+            assert all(b - a <= tile for a, b in pairwise(chain))  # a chain covers the axis
             edges = [e for lo_hi in own.values() for e in lo_hi]
             assert edges[0] == 0 and edges[-1] == length and edges[1:-1:2] == edges[2:-1:2]  # a partition
             assert all(s <= lo < hi <= s + tile for s, (lo, hi) in own.items())  # within its tile

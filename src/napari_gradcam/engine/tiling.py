@@ -40,6 +40,7 @@ import math
 import uuid
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import TYPE_CHECKING, Generator, Sequence
 
 import numpy as np
@@ -227,7 +228,7 @@ def chain_ownership(length: int, tile: int, stride: int, f: int = 1) -> dict[int
     between consecutive centres, rounded to the blending step ``f``; tile edges for multiples of the
     tile).  The ranges partition the axis, each within its own tile."""
     chain = chain_starts(tile_starts(length, tile, stride), tile)
-    cuts = [(a + b + tile + f) // (2 * f) * f for a, b in zip(chain, chain[1:])]  # midpoints, rounded half up
+    cuts = [(a + b + tile + f) // (2 * f) * f for a, b in pairwise(chain)]  # midpoints, rounded half up
     edges = [0, *cuts, length]
     return {s: (lo, hi) for s, lo, hi in zip(chain, edges, edges[1:])}
 
@@ -240,7 +241,7 @@ def _owners(Hp: int, Wp: int, tile: int, stride: int, f: int) -> Owners:
     return chain_ownership(Hp, tile, stride, f), chain_ownership(Wp, tile, stride, f)
 
 
-def _normalised_maps(probs: np.ndarray, maps: np.ndarray) -> "torch.Tensor":
+def _normalised_maps(probs: np.ndarray, maps: np.ndarray) -> torch.Tensor:
     """(N, T, h, w) each tile's maps divided by their peak (0 where empty), times its probability."""
     import torch
 
