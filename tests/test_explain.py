@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -217,7 +218,7 @@ def test_tiled_covers_whole_image_any_classes(big_cnn):
     t = tiled_heatmaps(big_cnn, img, tile=224, overlap=0.5)  # tiles larger than the input: resized
     assert t.heatmaps.shape == (7, 700, 1000) and t.heatmaps.dtype == np.float32
     assert t.tiles == len(tiling.tile_starts(700, 224, 112)) * len(tiling.tile_starts(1000, 224, 112))
-    # every pixel is covered: the blended probabilities sum to 1 everywhere
+    # every pixel is covered: the probabilities sum to 1 everywhere
     np.testing.assert_allclose(t.probability_maps.sum(axis=0), 1.0, atol=1e-4)
     assert 0 <= t.heatmaps.min() and t.heatmaps.max() <= 1
     assert sum(t.breakdown.values()) == pytest.approx(1.0) and set(t.breakdown) == set(t.classes)
@@ -284,6 +285,94 @@ def test_dask_input_is_lazy_and_matches_numpy(cnn):
     assert lazy.breakdown == pytest.approx(ref.breakdown, abs=1e-3)
     with pytest.raises(GradCamError, match="top-k"):
         tiled_heatmaps(cnn, da.from_array(img, chunks=100), tile=64, classes=2, chunk=128)
+
+
+def test_chain_of_least_overlapping_tiles():
+    """The chain: 0, then the largest grid start at most one tile further, up to the last (shifted) start;
+    each pixel owned by the chain tile whose centre is nearest, boundaries rounded (half up) to f."""
+    starts = tiling.tile_starts(1000, 256, 192)
+    assert starts == [0, 192, 384, 576, 744]
+    assert tiling.chain_starts(starts, 256) == starts  # a stride that does not divide the tile: every tile
+    assert tiling.chain_ownership(1000, 256, 192) == {0: (0, 224), 192: (224, 416), 384: (416, 608),
+                                                      576: (608, 788), 744: (788, 1000)}
+    for stride in (128, 256, 64):  # dividing strides: the multiples of the tile, then the shifted last tile
+        assert tiling.chain_starts(tiling.tile_starts(1000, 256, stride), 256) == [0, 256, 512, 744]
+        assert tiling.chain_ownership(1000, 256, stride) == {0: (0, 256), 256: (256, 512), 512: (512, 756),
+                                                             744: (756, 1000)}
+    assert tiling.chain_ownership(1000, 256, 128, f=8)[744] == (760, 1000)  # midpoint 756 = 94.5 cells -> 95
+    assert tiling.chain_ownership(256, 256, 128) == {0: (0, 256)}
+    for length in (256, 300, 513, 1000, 1023):
+        for tile, stride in ((256, 256), (256, 128), (256, 192), (256, 100), (64, 48), (64, 1)):
+            starts = tiling.tile_starts(length, tile, stride)
+            chain = tiling.chain_starts(starts, tile)
+            own = tiling.chain_ownership(length, tile, stride)
+            assert set(chain) <= set(starts) and chain[0] == 0 and chain[-1] == starts[-1] == list(own)[-1]
+            assert all(b - a <= tile for a, b in pairwise(chain))  # a chain covers the axis
+            edges = [e for lo_hi in own.values() for e in lo_hi]
+            assert edges[0] == 0 and edges[-1] == length and edges[1:-1:2] == edges[2:-1:2]  # a partition
+            assert all(s <= lo < hi <= s + tile for s, (lo, hi) in own.items())  # within its tile
+            if tile % stride == 0:
+                assert chain[:-1] == list(range(0, length - tile, tile))[: len(chain) - 1]
+
+
+def _nearest_chain_tile(length: int, tile: int, stride: int) -> np.ndarray:
+    """(length,) the start of the chain tile whose centre is nearest each pixel centre (brute force)."""
+    chain = np.array(tiling.chain_starts(tiling.tile_starts(length, tile, stride), tile))
+    dist = np.abs(np.arange(length)[:, None] + 0.5 - (chain[None, :] + tile / 2))
+    return chain[np.argmin(dist, axis=1)]
+
+
+@pytest.mark.parametrize("tile, overlap", [(64, 0.5), (64, 0.25), (128, 0.5)])
+def test_probability_maps_are_the_nearest_chain_tiles(cnn, tile, overlap):
+    """Known answer: each pixel's probabilities are those of its nearest chain tile, run on its own
+    (``f`` = 1 pixel for 64 px tiles, exact everywhere; 2 for 128 px, compared f pixels from the
+    boundaries, where the blending grid's bilinear upsampling mixes two tiles)."""
+    img = np.random.default_rng(4).random((200, 150)).astype(np.float32)
+    t = tiled_heatmaps(cnn, img, tile=tile, overlap=overlap)
+    stride = max(1, round(tile * (1 - overlap)))
+    f = tiling.blend_factor(tile, stride)
+    assert img.shape == tiling._padded_shape(200, 150, tile, f)  # no padding: tiles start in the image
+    rows, cols = _nearest_chain_tile(200, tile, stride), _nearest_chain_tile(150, tile, stride)
+    checked = 0
+    for ty in np.unique(rows):
+        for tx in np.unique(cols):
+            x = bundle_tensor(cnn, [img[ty : ty + tile, tx : tx + tile]], vrange=(float(img.min()), float(img.max())))
+            with torch.no_grad():
+                p = torch.softmax(cnn.model(x), dim=1)[0].numpy()
+            ys, xs = np.flatnonzero(rows == ty), np.flatnonzero(cols == tx)
+            m = 0 if f == 1 else f
+            inner = t.probability_maps[:, ys[0] + m * (ys[0] > 0) : ys[-1] + 1 - m * (ys[-1] < 199),
+                                       xs[0] + m * (xs[0] > 0) : xs[-1] + 1 - m * (xs[-1] < 149)]
+            np.testing.assert_allclose(inner, np.broadcast_to(p[:, None, None], inner.shape), atol=1e-5)
+            checked += inner[0].size
+    assert checked > (0.999 if f == 1 else 0.8) * img.size
+
+
+def test_probability_maps_same_at_any_dividing_overlap(cnn):
+    """Overlaps 0, 0.5 and 0.75 share their chain (the non-overlapping grid): the same probability maps and
+    breakdown from 1, 3.4 and 12 times the tiles, while the heat maps differ (blended from all tiles)."""
+    img = np.random.default_rng(5).random((256, 192)).astype(np.float32)
+    runs = [tiled_heatmaps(cnn, img, tile=64, overlap=o) for o in (0.0, 0.5, 0.75)]
+    assert [r.tiles for r in runs] == [12, 35, 117]
+    for r in runs[1:]:
+        np.testing.assert_allclose(r.probability_maps, runs[0].probability_maps, atol=1e-5)
+        assert r.breakdown == pytest.approx(runs[0].breakdown, abs=1e-6)
+        assert np.abs(r.heatmaps - runs[0].heatmaps).max() > 0.01
+
+
+def test_lazy_probability_maps_match_numpy_at_a_non_dividing_stride(cnn):
+    """Chain tiles that overlap (stride 192 of 256), a boundary rounded to the 4 px blending grid, several
+    chunks: the lazy path gives the numpy path's probability maps, breakdown and mean probabilities."""
+    da = pytest.importorskip("dask.array")
+    img = np.random.default_rng(6).random((700, 600)).astype(np.float32)
+    ref = tiled_heatmaps(cnn, img, tile=256, overlap=0.25)
+    assert ref.extra["blend_step"] == 4 and tiling.chain_ownership(700, 256, 192, 4)[444] == (448, 700)  # 446 rounded
+    lazy = tiled_heatmaps(cnn, da.from_array(img, chunks=200), tile=256, overlap=0.25, chunk=256)
+    assert lazy.lazy and lazy.probability_maps.numblocks == (1, 3, 3)
+    np.testing.assert_allclose(lazy.probability_maps.compute(), ref.probability_maps, atol=1e-5)
+    np.testing.assert_allclose(lazy.heatmaps.compute(), ref.heatmaps, atol=1e-5)
+    assert lazy.breakdown == pytest.approx(ref.breakdown, abs=1e-6)
+    assert lazy.probabilities == pytest.approx(ref.probabilities, abs=1e-6)
 
 
 def test_fullconv_mode(cnn):

@@ -108,7 +108,9 @@ def cmd_tile(args) -> int:
                               method=args.method, batch_size=args.batch_size, mode=args.mode)
     res = _run_with_bar(gen, args.quiet)
     res = _write_tiled_outputs(res, image, out, planned, args.image)
-    print(f"class breakdown (share of the image where the class dominates; tiles of {res.tile} px):")
+    how = "each pixel counted once, by the nearest of the least-overlapping tiles" if res.mode == "tiles" else \
+        "by a tile centred at each pixel"
+    print(f"class breakdown (share of the image where the class dominates, {how}; tiles of {res.tile} px):")
     w = max(len(c) for c in res.classes) + 2
     for c in res.classes:
         print(f"  {c:<{w}} {100 * res.breakdown[c]:5.1f} %   mean probability {res.probabilities[c]:.3f}")
@@ -328,9 +330,11 @@ def register(sub) -> None:
     p = sub.add_parser(
         "tile", help="per-class heatmaps and class breakdown of a large image",
         description="Slide MODEL over a large IMAGE in overlapping tiles. Writes DIR/heatmap_<class>.tif (float32, "
-                    "the image's size), DIR/breakdown.json (the share of the image where each class dominates, "
-                    "mean probabilities) and DIR/overlay.png (each pixel coloured by its strongest class, with a "
-                    "legend). TIFFs larger than memory and zarr stores are read lazily, block by block.",
+                    "the image's size, blended smoothly from all tiles), DIR/breakdown.json (the share of the image "
+                    "where each class dominates and mean probabilities, each pixel counted once, as the nearest of "
+                    "the tiles that cover the image with the least overlap calls it: the non-overlapping ones when "
+                    "the overlap is 0, 0.5, 0.75 ...) and DIR/overlay.png (each pixel coloured by its strongest "
+                    "class, with a legend). TIFFs larger than memory and zarr stores are read lazily, block by block.",
         epilog=f"""examples:
   {PROG} tile m.safetensors mosaic.tif --tile 512 --overlap 0.5 --out mosaic_heatmaps/
   {PROG} tile m.safetensors slide.png --tile 256 --classes 2 --out top2/

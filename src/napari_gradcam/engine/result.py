@@ -65,7 +65,13 @@ class TiledHeatmaps:
         for memory: see ``lazy``). Each tile contributes
         its class probability times its map divided by the tile's maximum, blended across
         overlapping tiles with a smooth window, so values are comparable across tiles and classes.
-    probability_maps : (C, H, W) float32, the tile probabilities blended the same way.
+    probability_maps : (C, H, W) float32, each pixel's class probabilities from ONE tile (mode
+        "tiles"): the nearest tile of the chain that covers the image with the least overlap (the
+        non-overlapping grid when the stride divides the tile; see :func:`.tiling.chain_starts`), so
+        each pixel is counted once; piecewise constant (up to the blending grid's upsampling).  Not
+        blended across overlapping tiles: a tile straddling a normal and an abnormal region is called
+        abnormal, and a blend would let it eat the normal neighbour.  Mode "fullconv": the softmax of
+        the tile-window logits at each position.
     classes : the C class names, in the order of the maps.
     class_indices : their indices in the model's classes.
     tiles : number of tiles run; tile, stride : tile size and step in pixels.
@@ -95,7 +101,7 @@ class TiledHeatmaps:
 
     @cached_property
     def probabilities(self) -> dict[str, float]:
-        """Mean probability of each class over the image (area-weighted)."""
+        """Mean probability of each class over the image (area-weighted, from ``probability_maps``)."""
         means = self.probability_maps.mean(axis=(1, 2), dtype=np.float64)
         if self.lazy:
             means = means.compute()
@@ -103,7 +109,8 @@ class TiledHeatmaps:
 
     @cached_property
     def breakdown(self) -> dict[str, float]:
-        """Share of the image's area where each class dominates; the shares sum to 1."""
+        """Share of the image's area where each class dominates (the argmax of ``probability_maps``,
+        so in mode "tiles" each pixel as its chain tile calls it); the shares sum to 1."""
         return _shares(self._counts(), self.classes)
 
     def _counts(self):

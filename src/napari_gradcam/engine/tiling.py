@@ -9,10 +9,17 @@ Two modes:
     the blending grid).  Tiles run through the network in batches.  Each tile
     contributes, for class c, ``p_c(tile) * map_c / max(map_c)`` (its probability times its
     normalised map), weighted by a smooth Hann window, so overlapping tiles blend without
-    seams; the per-pixel result is the weighted mean.  The tile probabilities are blended
-    the same way into probability maps, which give the class breakdown.  Blending runs on a grid
-    of step f pixels (8 for 512 px tiles at 50% overlap; 1 when tiles are small), whose result is
-    upsampled once: tile maps are far coarser than that grid, so nothing visible is lost.
+    seams; the per-pixel result is the weighted mean.  The probability maps (which give the
+    dominant class, the class breakdown and the mean probabilities) are NOT blended: each pixel
+    takes the probabilities of one tile of a *chain* per axis (:func:`chain_starts`: the grid's
+    tiles that cover the image with the least overlap, the non-overlapping grid when the stride
+    divides the tile), the one whose centre is nearest, so each pixel is counted once.  A tile
+    across two regions is rightly called by the abnormal one, so a blend of all overlapping tiles
+    would let abnormal classes eat normal neighbours (at 50% overlap three tiles in four straddle
+    the cells of a tile-aligned mosaic).  The heat maps stay the smooth blend of all tiles.
+    Blending runs on a grid of step f pixels (8 for 512 px tiles at 50% overlap; 1 when tiles are
+    small), whose result is upsampled once: tile maps are far coarser than that grid, so nothing
+    visible is lost.
     Memory is bounded by the batch size plus the output; a dask input, or an image whose maps
     would not fit in memory (a huge numpy, memory-mapped or zarr array), is processed lazily,
     output chunk by output chunk, on the same global tile grid (same result as numpy).
@@ -31,8 +38,9 @@ from __future__ import annotations
 
 import math
 import uuid
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import TYPE_CHECKING, Generator, Sequence
 
 import numpy as np
@@ -203,15 +211,72 @@ def blend_factor(tile: int, stride: int) -> int:
     return max(d for d in range(1, g + 1) if g % d == 0 and d <= max(1, tile // 64))
 
 
+def chain_starts(starts: Sequence[int], tile: int) -> list[int]:
+    """The tiles of one axis's grid (``starts``, as :func:`tile_starts` gives them) that cover the axis
+    with the least overlap: 0, then each time the largest start at most one tile further, up to the
+    last start (the tile that ends at the edge).  When the stride divides the tile these are the
+    multiples of the tile plus the shifted last tile: the non-overlapping grid, no extra tiles."""
+    chain = [starts[0]]
+    while chain[-1] != starts[-1]:
+        chain.append(starts[bisect_right(starts, chain[-1] + tile) - 1])
+    return chain
+
+
+def chain_ownership(length: int, tile: int, stride: int, f: int = 1) -> dict[int, tuple[int, int]]:
+    """{chain tile start: (lo, hi)}: the pixels [lo, hi) of the axis [0, length) whose probabilities
+    come from that tile of :func:`chain_starts`, those nearest its centre (boundaries at the midpoints
+    between consecutive centres, rounded to the blending step ``f``; tile edges for multiples of the
+    tile).  The ranges partition the axis, each within its own tile."""
+    chain = chain_starts(tile_starts(length, tile, stride), tile)
+    cuts = [(a + b + tile + f) // (2 * f) * f for a, b in pairwise(chain)]  # midpoints, rounded half up
+    edges = [0, *cuts, length]
+    return {s: (lo, hi) for s, lo, hi in zip(chain, edges, edges[1:])}
+
+
+Owners = tuple[dict, dict]  # chain_ownership of the rows and of the columns
+
+
+def _owners(Hp: int, Wp: int, tile: int, stride: int, f: int) -> Owners:
+    """The chain ownership of both axes of the padded image."""
+    return chain_ownership(Hp, tile, stride, f), chain_ownership(Wp, tile, stride, f)
+
+
+def _normalised_maps(probs: np.ndarray, maps: np.ndarray) -> torch.Tensor:
+    """(N, T, h, w) each tile's maps divided by their peak (0 where empty), times its probability."""
+    import torch
+
+    m = torch.from_numpy(maps).float()
+    peaks = m.amax(dim=(2, 3), keepdim=True)
+    p = torch.from_numpy(probs).float()
+    return torch.where(peaks > 0, m / peaks.clamp_min(1e-30), torch.zeros_like(m)) * p[:, :, None, None]
+
+
+def _owned_cells(owners: Owners, corner: tuple[int, int], grid_box: tuple[int, int, int, int], f: int):
+    """The slice of the grid box (gy0, gy1, gx0, gx1) whose probabilities the tile at ``corner`` gives
+    (None when it is not a chain tile or owns nothing there)."""
+    (own_y, own_x), (ty, tx) = owners, corner
+    if ty not in own_y or tx not in own_x:
+        return None
+    gy0, gy1, gx0, gx1 = grid_box
+    (ly0, ly1), (lx0, lx1) = own_y[ty], own_x[tx]
+    sy0, sy1 = max(ly0 // f, gy0), min(ly1 // f, gy1)
+    sx0, sx1 = max(lx0 // f, gx0), min(lx1 // f, gx1)
+    if sy0 >= sy1 or sx0 >= sx1:
+        return None
+    return np.s_[:, sy0 - gy0 : sy1 - gy0, sx0 - gx0 : sx1 - gx0]
+
+
 def _blend(
     probs: np.ndarray, maps: np.ndarray, corners: Sequence[tuple[int, int]], box: tuple[int, int, int, int],
-    tile: int, f: int = 1,
+    tile: int, owners: Owners, f: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Blend tile results into the box (y0, y1, x0, x1) on a grid of step ``f`` pixels.
 
     probs : (N, T) probabilities of the T output classes; maps : (N, T, h, w) ReLU'd maps.
-    Tile corners and the box's top-left are multiples of ``f``; ``tile`` too.
-    Returns heat and prob, (T, ceil((y1-y0)/f), ceil((x1-x0)/f)) float32 tensors on the grid.
+    Tile corners and the box's top-left are multiples of ``f``; ``tile`` too.  ``owners``
+    (:func:`_owners`): the chain tiles and the pixels each gives its probabilities to.
+    Returns heat (the window-weighted mean of all tiles) and prob (each cell: its chain tile's
+    probabilities), (T, ceil((y1-y0)/f), ceil((x1-x0)/f)) float32 tensors on the grid.
     """
     import torch
     import torch.nn.functional as F
@@ -224,10 +289,8 @@ def _blend(
     prob = torch.zeros_like(heat)
     weight = torch.zeros((gy1 - gy0, gx1 - gx0))
     window = torch.from_numpy(blend_window(ct))
-    m = torch.from_numpy(maps).float()
-    peaks = m.amax(dim=(2, 3), keepdim=True)
     p = torch.from_numpy(probs).float()
-    normed = torch.where(peaks > 0, m / peaks.clamp_min(1e-30), torch.zeros_like(m)) * p[:, :, None, None]
+    normed = _normalised_maps(probs, maps)
     for start in range(0, N, 256):  # upsample in batches: bounded memory, one call per batch
         up = F.interpolate(normed[start : start + 256], size=(ct, ct), mode="bilinear", align_corners=False)
         for k, (ty, tx) in enumerate(corners[start : start + 256]):
@@ -240,10 +303,12 @@ def _blend(
             w = window[sy0 - cy : sy1 - cy, sx0 - cx : sx1 - cx]
             out = np.s_[sy0 - gy0 : sy1 - gy0, sx0 - gx0 : sx1 - gx0]
             heat[(slice(None), *out)].addcmul_(up[k, :, sy0 - cy : sy1 - cy, sx0 - cx : sx1 - cx], w)
-            prob[(slice(None), *out)].addcmul_(p[n].view(-1, 1, 1), w)
             weight[out].add_(w)
+            owned = _owned_cells(owners, (ty, tx), (gy0, gy1, gx0, gx1), f)
+            if owned is not None:
+                prob[owned] = p[n].view(-1, 1, 1)
     weight.clamp_(min=1e-12)
-    return heat.div_(weight).clamp_(0, 1), prob.div_(weight)
+    return heat.div_(weight).clamp_(0, 1), prob
 
 
 def _to_pixels(grid: "torch.Tensor", f: int, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -453,7 +518,8 @@ def iter_tiled_heatmaps(
     if topk is not None:
         columns = [int(i) for i in np.argsort(-probs.mean(axis=0), kind="stable")[:topk]]
         targets = [targets[i] for i in columns]
-    heat, prob = _blend(probs[:, targets], maps[:, columns], corners, (0, Hp, 0, Wp), tile, f)
+    owners = _owners(Hp, Wp, tile, stride, f)
+    heat, prob = _blend(probs[:, targets], maps[:, columns], corners, (0, Hp, 0, Wp), tile, owners, f)
     return TiledHeatmaps(_to_pixels(heat, f, (H, W)), _to_pixels(prob, f, (H, W)),
                          [bundle.classes[i] for i in targets], targets, total, tile, stride, method, "tiles",
                          {"blend_step": f})
@@ -479,6 +545,7 @@ def _lazy(bundle: "ModelBundle", image, plan: _Plan, chunk: int) -> TiledHeatmap
     image = _pad(image, _padded_shape(H, W, tile, f))
     Hp, Wp = image.shape[:2]
     ys, xs = tile_starts(Hp, tile, plan.stride), tile_starts(Wp, tile, plan.stride)
+    owners = _owners(Hp, Wp, tile, plan.stride, f)
     y_edges, x_edges = list(range(0, Hp, chunk)), list(range(0, Wp, chunk))
     # input blocks aligned with the output chunks: a tile group's region lies within its own block
     # and the next ones down and right
@@ -506,7 +573,7 @@ def _lazy(bundle: "ModelBundle", image, plan: _Plan, chunk: int) -> TiledHeatmap
         maps = np.concatenate([g[2] for g in groups])
         y0, y1, x0, x1 = box
         ext = (max(0, y0 - f), min(Hp, y1 + f), max(0, x0 - f), min(Wp, x1 + f))
-        heat, prob = _blend(probs, maps, corners, ext, tile, f)
+        heat, prob = _blend(probs, maps, corners, ext, tile, owners, f)
         both = _to_pixels(_cat(heat, prob), f)
         return both[:, y0 - ext[0] : y1 - ext[0], x0 - ext[2] : x1 - ext[2]]
 
