@@ -192,7 +192,7 @@ def test_explain_target_layer_and_all(model, phantoms, tmp_path, capsys):
                     "shifts must be")
 
 
-def test_explain_methods_layers_and_smoothing(model, phantoms, tmp_path, capsys):
+def test_explain_methods_layers_and_smoothing(model, phantoms, tmp_path, capsys, monkeypatch):
     """Every registered method is a --method choice; --layer takes several names (fused) or the 'fine'
     preset; --smooth reaches the engine."""
     import tifffile
@@ -217,6 +217,19 @@ def test_explain_methods_layers_and_smoothing(model, phantoms, tmp_path, capsys)
                     "no eigen smoothing")
     for name in method_names():
         assert main(["explain", str(model), img, "--out", out, "--method", name]) == 0, name
+    # --precision reaches Score-CAM: float32 passes and forced bfloat16 screening agree within its tolerance
+    from napari_gradcam.engine import screen
+    from napari_gradcam.engine.screen import TOLERANCE
+
+    maps, screened, refine = [], [], screen.refine
+    monkeypatch.setattr(screen, "refine", lambda *a, **k: screened.append(1) or refine(*a, **k))
+    for precision in ("float32", "bfloat16"):
+        assert main(["explain", str(model), img, "--out", out, "--method", "scorecam", "--precision", precision]) == 0
+        maps.append(tifffile.imread(out))
+        assert len(screened) == (precision == "bfloat16")
+    np.testing.assert_allclose(maps[0], maps[1], atol=4 * TOLERANCE)
+    capsys.readouterr()
+    _one_line_error(capsys, main(["explain", str(model), img, "--out", out, "--precision", "fp8"]), "invalid choice")
 
 
 def test_tile_large_image(model, tmp_path, capsys):

@@ -5,7 +5,7 @@ Score-CAM runs the network once per channel of the explained layer (512 passes f
 ``precision="auto"`` on hardware that computes bfloat16 natively (CPUs with AVX512-BF16 or AMX, GPUs
 that support it) every pass first runs under bfloat16 autocast, 2-3x faster; then, in float32:
 
-1. A fixed random sample of channels (one batch) measures the bfloat16 error of the logits,
+1. A fixed random sample of channels (one batch, at least 16) measures the bfloat16 error of the logits,
    ``delta_k = s16_k - s32_k``.  Its mean is a shift common to all channels (the softmax ignores it,
    but it would tilt the float32 channels against the rest), so it is removed from the channels left
    in bfloat16; what remains, ``eps_k``, has a spread ``sigma`` (root mean square of every measured
@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 PRECISIONS = ("auto", "float32", "bfloat16")
 TOLERANCE = 1 / 256  # estimated map error (4 standard deviations) allowed, relative to the map's peak
 SIGMAS = 4.0
+SAMPLE = 16  # channels at least in the random sample that measures the bfloat16 error
 
 
 @functools.lru_cache(maxsize=None)
@@ -98,7 +99,8 @@ def refine(scores: "torch.Tensor", exact: "torch.Tensor", act: "torch.Tensor", w
     cols = torch.as_tensor(list(wanted), dtype=torch.long)
     candidates = torch.nonzero(pending).flatten()
     generator = torch.Generator().manual_seed(0)  # the same sample every run: reproducible maps
-    sample = candidates[torch.randperm(len(candidates), generator=generator)[:step].to(candidates.device)]
+    picked = torch.randperm(len(candidates), generator=generator)[: max(step, SAMPLE)]
+    sample = candidates[picked.to(candidates.device)]
     measured = _measure(s, pending, sample, cols, recompute)
     shift = measured.mean(dim=0)  # (T,)
     rows = torch.nonzero(pending).flatten()
