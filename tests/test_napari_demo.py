@@ -42,6 +42,21 @@ def test_build_demo_in_process(make_napari_viewer, model_file):
     assert pred["predicted"] == viewer.layers[2].metadata["target"]  # the overlay explains the prediction
     assert widgets["model"].state.bundle is not None
     assert has_colour(viewer.screenshot(canvas_only=True, flash=False))
+    # the right column is shared: the Model dock no taller than a third of it, Classify and Explain not squeezed
+    viewer.window.resize(1480, 900)
+    from napari_gradcam._napari.demo import _share_column
+
+    from qtpy.QtWidgets import QDockWidget
+
+    def dock_of(widget):
+        while not isinstance(widget, QDockWidget):
+            widget = widget.parent()
+        return widget
+
+    docks = [dock_of(widgets[key]) for key in ("model", "classify", "explain")]
+    _share_column(viewer, docks, widgets["model"])
+    heights = [d.height() for d in docks]
+    assert len(docks) == 3 and heights[0] <= sum(heights) // 3 + 20 and min(heights[1:]) >= 200, heights
 
 
 def test_sample_demo_loads_the_demo_model(make_napari_viewer, qtbot):

@@ -59,6 +59,23 @@ def _outline(labels) -> None:
         log.debug("could not style the lesion outline", exc_info=True)
 
 
+def _share_column(viewer, docks: list, model_w) -> None:
+    """Model dock as tall as its (collapsed) form, Classify and Explain sharing the rest of the column
+    (Qt would give the first dock most of it and squeeze the other two into scroll bars)."""
+    try:
+        from qtpy.QtCore import Qt
+        from qtpy.QtWidgets import QApplication
+
+        QApplication.processEvents()  # the docks laid out first: resizeDocks ignores docks not yet placed
+        window = viewer.window._qt_window
+        column = max(300, window.height() - 120)
+        model_h = min(model_w.sizeHint().height() + 20, column // 3)
+        rest = column - model_h
+        window.resizeDocks(docks, [model_h, rest // 2, rest - rest // 2], Qt.Orientation.Vertical)
+    except Exception:  # noqa: BLE001 - cosmetic only
+        log.debug("could not size the demo's docks", exc_info=True)
+
+
 def build_demo(viewer, model_path: str | Path | None = None, wait: bool = False) -> dict:
     """Populate ``viewer``: sample X-ray, docked Model/Classify/Explain widgets, the demo model,
     its prediction and its Grad-CAM overlay.  The work runs in the widgets' workers, chained by
@@ -79,11 +96,13 @@ def build_demo(viewer, model_path: str | Path | None = None, wait: bool = False)
     image.contrast_limits = (0.0, 330.0)
     if len(layers) > 1:  # the true lesion as a thin outline: compare it with the heatmap
         _outline(layers[1])
-    _, model_w = viewer.window.add_plugin_dock_widget(PLUGIN, "Model")
-    _, classify_w = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify")
-    _, explain_w = viewer.window.add_plugin_dock_widget(PLUGIN, "Explain (Grad-CAM)")
-    widgets = {"model": model_w, "classify": classify_w, "explain": explain_w}
+    docks, widgets = [], {}
+    for key, name in (("model", "Model"), ("classify", "Classify"), ("explain", "Explain (Grad-CAM)")):
+        dock, widgets[key] = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        docks.append(dock)
+    model_w, classify_w, explain_w = widgets["model"], widgets["classify"], widgets["explain"]
     model_w.open_section.collapse(animate=False)  # room for the results
+    _share_column(viewer, docks, model_w)
 
     path = Path(model_path) if model_path is not None else demo_model_path()
     if not path.is_file():
