@@ -44,6 +44,35 @@ def test_to_zarr_one_pass(setup, tmp_path):
     assert stored.breakdown == pytest.approx(ref.breakdown, abs=1e-4)
 
 
+def test_to_zarr_replaces_a_store_only_when_complete(setup, tmp_path, monkeypatch):
+    """A failure while writing leaves the previous store whole and no temporary folder behind; a success
+    replaces it; a file at the path is refused."""
+    from napari_gradcam.errors import OutputError
+
+    bundle, image, path, ref = setup
+    lazy = tiled_heatmaps(bundle, da.from_zarr(str(path)), tile=128, overlap=0.5, chunk=300)
+    out = tmp_path / "heat.zarr"
+    zarr.open(str(out), mode="w", shape=(2, 5), dtype="f4")[:] = 7.0  # a previous store
+    real = da.Array.to_zarr
+
+    def fail_midway(self, url, *args, **kwargs):
+        real(self[:, :10], url, *args, **{**kwargs, "compute": True})  # a partial store, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(da.Array, "to_zarr", fail_midway)
+    with pytest.raises(OutputError, match="previous"):
+        lazy.to_zarr(out)
+    monkeypatch.undo()
+    assert zarr.open(str(out)).shape == (2, 5) and float(zarr.open(str(out))[0, 0]) == 7.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heat.zarr"]
+    stored = lazy.to_zarr(out)
+    assert zarr.open(str(out)).shape == (3, 700, 900) and stored.breakdown == pytest.approx(ref.breakdown, abs=1e-4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heat.zarr"]
+    (tmp_path / "file.zarr").write_text("not a store")
+    with pytest.raises(OutputError, match="not a folder"):
+        lazy.to_zarr(tmp_path / "file.zarr")
+
+
 def test_local_cluster_gives_the_same_result(setup):
     distributed = pytest.importorskip("distributed")
     bundle, image, path, ref = setup

@@ -275,6 +275,40 @@ def atomic_write(path: "str | os.PathLike", write: Writer, mode: int = 0o644) ->
     return atomic_write_many([(path, write)], mode)[0]
 
 
+def atomic_folder(path: "str | os.PathLike", write: Writer) -> Path:
+    """Call ``write(tmp_folder)`` to fill a new folder beside ``path`` (a zarr store, say), then put it in
+    place of ``path``: a previous folder there is moved aside, replaced and deleted only once the new one
+    is in place.  On any exception the new folder is removed and ``path`` is as it was; an OS error becomes
+    :class:`~napari_gradcam.errors.OutputError` naming the folder.  A file at ``path`` is refused."""
+    import shutil
+
+    path = Path(path)
+    mode = _lstat_mode(path, f"Cannot write {shown(path)}")
+    if mode is not None and not stat.S_ISDIR(mode):
+        raise OutputError(f"Cannot write {shown(path)}: it exists and is not a folder, so it is not replaced.")
+    existed = mode is not None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=path.parent)
+    aside = None
+    try:
+        write(tmp)
+        if existed:
+            aside = tempfile.mkdtemp(prefix=f".{path.name[:200]}.", suffix=".old", dir=path.parent)
+            os.replace(path, aside)  # an empty folder is replaced by the old one
+        os.replace(tmp, path)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if aside is not None and not path.exists():
+            os.replace(aside, path)  # the old folder back
+        if isinstance(e, OutputError) or not (isinstance(e, OSError) or _errno_of(e)):
+            raise
+        raise write_error(path, e, existed) from e
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    _fsync_folder(path.parent)
+    return path
+
+
 def atomic_write_text(path: "str | os.PathLike", text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

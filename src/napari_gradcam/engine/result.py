@@ -134,17 +134,27 @@ class TiledHeatmaps:
         """Store the heatmaps (C, H, W) in a zarr array at ``path`` and compute the breakdown and
         mean probabilities in the SAME pass, chunk by chunk (memory bounded by the chunk size).
 
-        Returns a TiledHeatmaps whose ``heatmaps`` read lazily from the zarr store.
+        Returns a TiledHeatmaps whose ``heatmaps`` read lazily from the zarr store.  The store is written
+        beside ``path`` and moved into place when complete (:func:`~napari_gradcam.outputs.atomic_folder`):
+        a failure or an interruption leaves a previous store at ``path`` as it was.
         """
         import dask
         import dask.array as da
+
+        from ..outputs import atomic_folder
 
         heat = da.asarray(self.heatmaps)
         prob = da.asarray(self.probability_maps)
         counts = da.bincount(prob.argmax(axis=0).astype(np.int8).ravel(), minlength=len(self.classes))
         means = prob.mean(axis=(1, 2), dtype=np.float64)
-        store = heat.astype(dtype).to_zarr(str(path), overwrite=True, compute=False)
-        _, counts, means = dask.compute(store, counts, means)
+        computed = {}
+
+        def write(tmp: str) -> None:
+            store = heat.astype(dtype).to_zarr(tmp, overwrite=True, compute=False)
+            _, computed["counts"], computed["means"] = dask.compute(store, counts, means)
+
+        atomic_folder(path, write)
+        counts, means = computed["counts"], computed["means"]
         out = TiledHeatmaps(da.from_zarr(str(path)), prob, self.classes, self.class_indices, self.tiles, self.tile,
                             self.stride, self.method, self.mode, dict(self.extra, zarr=str(path)))
         out.__dict__["breakdown"] = _shares(counts, self.classes)
