@@ -224,11 +224,12 @@ def default_target_layer(model: "nn.Module", in_channels: int, input_size: int) 
     a grid (:mod:`.layout`), square (the input is) and of more than one position.  Global pooling,
     identity and dropout layers are left out (they make no new map), and so are the layers from the
     head on: the last ``Linear`` or ``Conv2d`` call, when it has one output channel per logit, so a
-    convolutional head's class maps (SqueezeNet's ``classifier``) are not chosen.  Where a container and its last child return the same tensor,
-    the container is named (``layer4`` rather than ``layer4.1.relu``), as users call it.  For a
-    vision transformer whose head reads the class token, this is the last block's first norm (the
-    tokens entering its attention; ``ln_1`` / ``norm1``): later token outputs do not reach the class
-    token, and the attention's own projections are part of its pooling.
+    convolutional head's class maps (SqueezeNet's ``classifier``) are not chosen.  Where a container
+    and its last child return the same tensor, the container is named (``layer4`` rather than
+    ``layer4.1.relu``), as users call it.  For a vision transformer whose head reads the class token,
+    this is the last block's first norm (the tokens entering its attention; ``ln_1`` / ``norm1``):
+    later token outputs do not reach the class token, and the attention's own projections are part
+    of its pooling.
     Raises LayerError when the model has no such layer.
     """
     calls = spatial_calls(model, in_channels, input_size)
