@@ -532,32 +532,15 @@ def default_normalisation(name: str, in_channels: int, pretrained: bool = False,
 
 
 def default_layer(model: "nn.Module", in_channels: int, input_size: int) -> str:
-    """The default Grad-CAM layer of any classifier: the last layer whose output is a square feature map
-    (B, K, h, h) with h > 1, traced on one image (:func:`~napari_gradcam.engine.discover.trace_calls`;
-    a container is named rather than its last child).  Square maps of a square input tell channels-first
-    maps from channels-last ones (B, H, W, C) and from attention tensors (B, heads, tokens, dim).  For a
-    vision transformer, whose only such map is the patch embedding, it is the first LayerNorm of the last
-    block (``...ln_1`` / ``...norm1``), whose tokens the class token still attends to.  "" if neither.
-    Layers from the head on (:func:`head_name`; SqueezeNet's head is a convolution), global pooling,
-    identity and dropout layers (which pass a map on unchanged) are left out.
-    """
-    from torch import nn
+    """The default Grad-CAM layer of any classifier traced on one (1, in_channels, input_size, input_size)
+    image (:func:`napari_gradcam.engine.discover.default_target_layer`), or "" when it has none (an MLP;
+    pixel attributions still work)."""
+    from .engine.discover import default_target_layer
 
-    from .engine.discover import trace_calls
-
-    calls, _ = trace_calls(model, in_channels, input_size)
-    head = head_name(model) if any(isinstance(m, (nn.Linear, nn.Conv2d)) for m in model.modules()) else None
-    ends = [i for i, c in enumerate(calls) if c.name == head]
-    calls = calls[: ends[0]] if ends else calls  # maps after a convolutional head (SqueezeNet) are class maps
-    passed = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Identity, nn.modules.dropout._DropoutNd)
-    maps = [c.name for c in calls if getattr(c.output, "ndim", 0) == 4 and not isinstance(c.module, passed)
-            and c.output.shape[-1] == c.output.shape[-2] > 1]
-    layer = maps[-1] if maps else ""
-    if not layer or (any(isinstance(m, nn.Conv2d) for m in model.modules()) and layer == first_conv_name(model)):
-        norms = [n for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in ("ln_1", "norm1")]
-        if norms:
-            return norms[-1]
-    return layer
+    try:
+        return default_target_layer(model, in_channels, input_size)
+    except LayerError:
+        return ""
 
 
 def spatial_layers(model: "nn.Module", in_channels: int, input_size: int, max_depth: int | None = None) -> list[str]:
