@@ -138,7 +138,8 @@ def test_default_tile_is_the_training_scale(tiny_bundle):
 def test_default_tile_on_the_sample_mosaic(demo):
     """The demo model records its training scale (512 px, a whole chest), so the default tile shows it whole
     chests: each class's share of the sample mosaic (one third each) comes out within 10 points, at the
-    default overlap (0.5) as at 0 and 0.75.  Three tiles in four straddle two chests at 0.5 overlap and are
+    default overlap (0.5) as at 0, 0.75 and 0.4 (a stride of 307 px, which does not divide the tile: the
+    non-overlapping tiles are added).  Three tiles in four straddle two chests at 0.5 overlap and are
     called abnormal when either chest is; the breakdown counts each pixel once, from the chain of
     non-overlapping tiles (see docs/methods.md, Tiled heatmaps and large images)."""
     from napari_gradcam.engine import tiled_heatmaps
@@ -146,7 +147,7 @@ def test_default_tile_on_the_sample_mosaic(demo):
 
     assert demo.config.training["source_size"] == 512
     image, truth = make_mosaic((3072, 3072), tile=512, seed=7)  # the plugin's sample mosaic
-    for overlap, tiles in ((None, 121), (0.0, 36), (0.75, 441)):
+    for overlap, tiles in ((None, 121), (0.0, 36), (0.75, 441), (0.4, 14 * 14)):
         result = tiled_heatmaps(demo, image) if overlap is None else tiled_heatmaps(demo, image, overlap=overlap)
         assert result.tile == 512 and result.tiles == tiles
         for k, c in enumerate(PH_CLASSES):

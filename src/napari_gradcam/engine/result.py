@@ -67,7 +67,7 @@ class TiledHeatmaps:
         overlapping tiles with a smooth window, so values are comparable across tiles and classes.
     probability_maps : (C, H, W) float32, each pixel's class probabilities from ONE tile (mode
         "tiles"): the nearest tile of the chain that covers the image with the least overlap (the
-        non-overlapping grid when the stride divides the tile; see :func:`.tiling.chain_starts`), so
+        non-overlapping grid, at every overlap; see :func:`.tiling.chain_starts`), so
         each pixel is counted once; piecewise constant (up to the blending grid's upsampling).  Not
         blended across overlapping tiles: a tile straddling a normal and an abnormal region is called
         abnormal, and a blend would let it eat the normal neighbour.  Mode "fullconv": the softmax of
@@ -75,7 +75,7 @@ class TiledHeatmaps:
     classes : the C class names, in the order of the maps.
     class_indices : their indices in the model's classes.
     tiles : number of tiles run; tile, stride : tile size and step in pixels.
-    method, mode : "cam" | "gradcam" | "gradcam++"; "tiles" | "fullconv".
+    method, mode : the method's name (``list_methods()``); "tiles" | "fullconv".
     """
 
     heatmaps: Any

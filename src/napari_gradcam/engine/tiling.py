@@ -3,7 +3,8 @@
 Two modes:
 
 ``mode="tiles"`` (default, any method)
-    Tiles of ``tile`` pixels on a regular grid with step ``stride = tile * (1 - overlap)``;
+    Tiles of ``tile`` pixels on a regular grid with step ``stride = tile * (1 - overlap)``
+    (plus the multiples of the tile where the stride does not divide it: see below);
     the last row and column are shifted back so the WHOLE image is covered (an image smaller
     than a tile is edge-padded, and the bottom/right edge by < f pixels so every tile starts on
     the blending grid).  Tiles run through the network in batches.  Each tile
@@ -12,8 +13,9 @@ Two modes:
     seams; the per-pixel result is the weighted mean.  The probability maps (which give the
     dominant class, the class breakdown and the mean probabilities) are NOT blended: each pixel
     takes the probabilities of one tile of a *chain* per axis (:func:`chain_starts`: the grid's
-    tiles that cover the image with the least overlap, the non-overlapping grid when the stride
-    divides the tile), the one whose centre is nearest, so each pixel is counted once.  A tile
+    tiles that cover the image with the least overlap: the non-overlapping grid, which the grid holds
+    at every overlap: a stride that does not divide the tile adds those tiles), the one whose centre
+    is nearest, so each pixel is counted once.  A tile
     across two regions is rightly called by the abnormal one, so a blend of all overlapping tiles
     would let abnormal classes eat normal neighbours (at 50% overlap three tiles in four straddle
     the cells of a tile-aligned mosaic).  The heat maps stay the smooth blend of all tiles.
@@ -79,13 +81,15 @@ def default_tile(bundle: "ModelBundle") -> int:
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
-    """Start offsets of tiles covering ``[0, length)``; the last one ends exactly at ``length``."""
+    """Start offsets (sorted) of tiles covering ``[0, length)``: every ``stride``, and the last one
+    ending exactly at ``length``.  Where the stride does not divide the tile, the multiples of the tile
+    are added, so that the non-overlapping chain of :func:`chain_starts` exists at every overlap."""
     if length <= tile:
         return [0]
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] + tile < length:
-        starts.append(length - tile)
-    return starts
+    starts = set(range(0, length - tile + 1, stride)) | {length - tile}
+    if tile % stride:
+        starts |= set(range(0, length - tile + 1, tile))
+    return sorted(starts)
 
 
 def blend_window(tile: int) -> np.ndarray:
@@ -214,8 +218,8 @@ def blend_factor(tile: int, stride: int) -> int:
 def chain_starts(starts: Sequence[int], tile: int) -> list[int]:
     """The tiles of one axis's grid (``starts``, as :func:`tile_starts` gives them) that cover the axis
     with the least overlap: 0, then each time the largest start at most one tile further, up to the
-    last start (the tile that ends at the edge).  When the stride divides the tile these are the
-    multiples of the tile plus the shifted last tile: the non-overlapping grid, no extra tiles."""
+    last start (the tile that ends at the edge).  On :func:`tile_starts`' grids these are the multiples
+    of the tile plus the shifted last tile: the non-overlapping grid."""
     chain = [starts[0]]
     while chain[-1] != starts[-1]:
         chain.append(starts[bisect_right(starts, chain[-1] + tile) - 1])
