@@ -191,3 +191,92 @@ def test_swin_fine_preset_fuses_the_stages(tiny_swin):
     assert fine.layer == "features.1+permute" and fine.raw.shape == (8, 8) and fine.raw.max() <= 1
     paper = explain(tiny_swin, img, "layercam-fine", target="square", fusion="max")
     assert paper.raw.max() == pytest.approx(np.tanh(2.0), abs=1e-5)  # LayerCAM's scaling of each layer's map
+
+
+# ----------------------------------------------------------------------------- perturbation CAMs on tokens
+TOKEN_LAYERS = [("tiny_vit", "encoder.layers.encoder_layer_1.ln_1", 4),  # tokens with a class token
+                ("tiny_swin", "features.1", 8)]  # channels-last (B, h, w, C)
+
+
+@pytest.mark.parametrize("fixture, layer, grid", TOKEN_LAYERS)
+def test_score_cam_on_tokens_agrees_with_pytorch_grad_cam(fixture, layer, grid, request):
+    """Score-CAM masks the input with each channel of the layer read on its grid, as pytorch-grad-cam does
+    through its reshape transforms (class token dropped; channels-last permuted)."""
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from pytorch_grad_cam.utils.reshape_transforms import swinT_reshape_transform, vit_reshape_transform
+
+    bundle = request.getfixturevalue(fixture)
+    reshape = ((lambda t: vit_reshape_transform(t, grid, grid)) if fixture == "tiny_vit"
+               else (lambda t: swinT_reshape_transform(t.flatten(1, 2), grid, grid)))
+    img = _squares(np.random.default_rng(9), 1, [True])[0][0, 0]
+    ours = explain(bundle, img, "scorecam", target="square", layer=layer)
+    assert ours.raw.shape == (grid, grid) and ours.data.shape == (SIZE, SIZE)
+    model = bundle.model
+    with pgc.ScoreCAM(model=model, target_layers=[model.get_submodule(layer)], reshape_transform=reshape) as ref:
+        theirs = ref(input_tensor=bundle_tensor(bundle, [img]), targets=[ClassifierOutputTarget(1)])[0]
+    assert np.corrcoef(ours.data.ravel(), theirs.ravel())[0, 1] > 0.99
+    assert _no_hooks(model)
+
+
+@pytest.mark.parametrize("fixture, layer, grid", TOKEN_LAYERS)
+def test_ablation_cam_on_tokens_is_the_brute_force_answer(fixture, layer, grid, request):
+    """Known answer: w_k = (y_c - y_c^k) / y_c with channel k of the layer zeroed in every token (the class
+    token too, as pytorch-grad-cam's ViT ablation layer does) or at every position, one whole pass per channel."""
+    from napari_gradcam.engine.layout import layout_of, to_spatial
+
+    bundle = request.getfixturevalue(fixture)
+    model = bundle.model
+    img = _squares(np.random.default_rng(10), 1, [True])[0][0, 0]
+    x = bundle_tensor(bundle, [img])
+    seen = {}
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: seen.setdefault("out", o.clone()))
+    with torch.no_grad():
+        y = model(x)[0, 1]
+    handle.remove()
+    out = seen["out"]
+    drops = []
+    for k in range(out.shape[-1]):
+        def zero_k(m, i, o, k=k):
+            o = o.clone()
+            o[..., k] = 0
+            return o
+        handle = model.get_submodule(layer).register_forward_hook(zero_k)
+        with torch.no_grad():
+            drops.append(float((y - model(x)[0, 1]) / y))
+        handle.remove()
+    act = to_spatial(out, layout_of(out))[0]
+    want = torch.relu(torch.einsum("k,khw->hw", torch.tensor(drops), act)).numpy()
+    ours = explain(bundle, img, "ablationcam", target="square", layer=layer)
+    assert ours.raw.shape == (grid, grid) and want.max() > 0
+    np.testing.assert_allclose(ours.raw / ours.raw.max(), want / want.max(), atol=1e-3)  # batched vs single passes
+    assert _no_hooks(model)
+
+
+@pytest.mark.parametrize("fixture, layer, grid", TOKEN_LAYERS)
+def test_guided_gradcam_on_tokens(fixture, layer, grid, request):
+    """captum's Guided Grad-CAM reads (B, K, h, w) layers only; on tokens and channels-last outputs it is
+    captum's guided backprop times the Grad-CAM map on the layer's grid (computed here by hand: the
+    gradient of the score with respect to the layer's output, averaged per channel), upsampled nearest."""
+    from captum.attr import GuidedBackprop
+
+    from napari_gradcam.engine.layout import layout_of, to_spatial
+
+    bundle = request.getfixturevalue(fixture)
+    model = bundle.model
+    img = _squares(np.random.default_rng(11), 1, [True])[0][0, 0]
+    x = bundle_tensor(bundle, [img])
+    seen = {}
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: seen.setdefault("out", o))
+    score = model(x)[0, 1]
+    handle.remove()
+    out = seen["out"]
+    (grad,) = torch.autograd.grad(score, out)
+    act, g = (to_spatial(t, layout_of(out))[0] for t in (out.detach(), grad))
+    cam = torch.relu(torch.einsum("k,khw->hw", g.mean(dim=(1, 2)), act))
+    guided = GuidedBackprop(model).attribute(x, target=1).detach()
+    want = (guided * torch.nn.functional.interpolate(cam[None, None], size=x.shape[2:], mode="nearest")).sum(dim=1)[0]
+    ours = explain(bundle, img, "guided-gradcam", target="square", layer=layer)
+    assert cam.shape == (grid, grid) and ours.data.shape == (SIZE, SIZE)
+    np.testing.assert_allclose(ours.data, (want / want.abs().max()).numpy(), atol=1e-4)
+    assert _no_hooks(model)

@@ -2,7 +2,8 @@
 
 No gradients: every pass runs under ``torch.inference_mode`` in batches, and all target classes
 come from the same passes.  The map is ``ReLU(sum_k w_k A_k)`` with ``A`` (K, h, w) the named layer's
-own output (taken before any in-place operation after it), like every CAM here.
+own output (taken before any in-place operation after it), like every CAM here; token and channels-last
+outputs (vision transformers) are read on their grid (:mod:`.layout`).
 
 * Score-CAM (Wang et al., "Score-CAM: Score-weighted visual explanations for convolutional neural
   networks", CVPR-W 2020): each channel, upsampled to the input and scaled to [0, 1], masks the input;
@@ -13,7 +14,8 @@ own output (taken before any in-place operation after it), like every CAM here.
   ``precision="float32"`` runs them all in float32.
 * Ablation-CAM (Desai & Ramaswamy, "Ablation-CAM: Visual explanations for deep convolutional network
   via gradient-free localization", WACV 2020): ``w_k = (y_c - y_c^k) / y_c`` with ``y_c^k`` the logit
-  when channel k of the layer is set to zero.  Only the layers after the named layer run, on the cached
+  when channel k of the layer is set to zero (at every position; in every token, the class token too).
+  Only the layers after the named layer run, on the cached
   activation (the model is cut with ``torch.fx``; see :mod:`.split`), else whole passes with a hook.
 """
 
@@ -24,6 +26,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from ..errors import GradCamError, LayerError
+from .layout import describe, layout_of, to_spatial
 from .methods import MapOutput, Method, register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,7 +39,8 @@ if TYPE_CHECKING:  # pragma: no cover
 @contextmanager
 def layer_output(model: "nn.Module", layer: str,
                  replace: "Callable[[torch.Tensor], torch.Tensor] | None" = None) -> Iterator[list]:
-    """Hook ``layer`` for the block: the list yielded receives a copy of each output (B, K, h, w).
+    """Hook ``layer`` for the block: the list yielded receives a copy of each output, in the layer's own
+    layout (a map (B, K, h, w), channels-last (B, h, w, K) or tokens (B, N, K): :mod:`.layout`).
 
     ``replace(output)`` (optional) gives the tensor passed on instead.  The copy is taken before any
     in-place operation after the layer; the hook acts in this thread only and is removed on exit.
@@ -52,8 +56,9 @@ def layer_output(model: "nn.Module", layer: str,
     def hook(_module, _inputs, output):
         if threading.get_ident() != owner:
             return None
-        if not isinstance(output, torch.Tensor) or output.ndim != 4:
-            raise LayerError(f"Layer {layer!r} does not output a (B, K, h, w) feature map; pick a convolutional layer.")
+        if not isinstance(output, torch.Tensor) or layout_of(output, min_cells=1) is None:
+            raise LayerError(f"Layer {layer!r} outputs {describe(output)}, which holds no spatial grid (a map "
+                             "(B, K, h, w), channels-last or tokens); pick a layer before the pooling.")
         seen.append(output.detach().clone())
         return replace(output) if replace is not None else None
 
@@ -65,7 +70,7 @@ def layer_output(model: "nn.Module", layer: str,
 
 
 def _forward(model: "nn.Module", x: "torch.Tensor", layer: str) -> tuple["torch.Tensor", "torch.Tensor"]:
-    """One pass: logits (B, n) float32 and the layer's own output (B, K, h, w)."""
+    """One pass: logits (B, n) float32 and the layer's own output, in its layout (:func:`layer_output`)."""
     import torch
 
     with torch.inference_mode(), layer_output(model, layer) as seen:
@@ -84,6 +89,16 @@ def _chunk(device: "torch.device", per_item: int, budget: int, lo: int, hi: int)
 
 def _targets_for(logits: "torch.Tensor", targets: "Sequence[int] | None") -> list[int]:
     return [int(t) for t in targets] if targets is not None else [int(logits.argmax())]
+
+
+def _spatial(output: "torch.Tensor") -> "torch.Tensor":
+    """A layer's output in its own layout -> (B, K, h, w) (:func:`.layout.to_spatial`)."""
+    return to_spatial(output, layout_of(output, min_cells=1))
+
+
+def _channel_axis(output: "torch.Tensor") -> int:
+    """The channel axis of a layer's output: 1 for a map (B, K, h, w), the last for channels-last or tokens."""
+    return 1 if layout_of(output, min_cells=1).kind == "nchw" else output.ndim - 1
 
 
 def _weighted_maps(act: "torch.Tensor", weights: "torch.Tensor") -> "torch.Tensor":
@@ -168,7 +183,8 @@ def score_cam_maps(bundle: "ModelBundle", x: "torch.Tensor", targets, layer: str
     import torch
 
     model = bundle.model
-    logits, acts = _forward(model, x, layer)
+    logits, output = _forward(model, x, layer)
+    acts = _spatial(output)
     indices = _targets_for(logits[0], targets)
     maps = []
     for b in range(x.shape[0]):
@@ -181,11 +197,16 @@ def score_cam_maps(bundle: "ModelBundle", x: "torch.Tensor", targets, layer: str
 
 # ----------------------------------------------------------------------------- Ablation-CAM
 def _ablated(act: "torch.Tensor", channels: "torch.Tensor") -> "torch.Tensor":
-    """(1, K, h, w) and c channel indices -> (c, K, h, w) copies, copy i with channel ``channels[i]`` zeroed."""
+    """A layer's output for one image (1, ...) in its layout and c channel indices -> c copies (c, ...), copy i
+    with channel ``channels[i]`` zeroed everywhere (every position; every token, the class token too)."""
     import torch
 
     batch = act.expand(len(channels), *act.shape[1:]).clone()
-    batch[torch.arange(len(channels), device=act.device), channels] = 0
+    rows = torch.arange(len(channels), device=act.device)
+    if _channel_axis(act) == 1:
+        batch[rows, channels] = 0
+    else:
+        batch[rows, ..., channels] = 0
     return batch
 
 
@@ -198,7 +219,7 @@ def _ablation_by_tail(model, x, layer: str, act, reference, step: int) -> "torch
     split = split_after(model, layer)
     if split is None:
         return None
-    k = act.shape[1]
+    k = act.shape[_channel_axis(act)]
     try:
         with torch.inference_mode():
             cut_act, *saved = split.prefix(x)
@@ -228,7 +249,7 @@ def _ablation_by_hook(model, x, layer: str, act, step: int) -> "torch.Tensor":
     """Ablated logits (K, n) from whole passes, the layer's output replaced by a hook."""
     import torch
 
-    k = act.shape[1]
+    k = act.shape[_channel_axis(act)]
     out = []
     with torch.inference_mode():
         for i in range(0, k, step):
@@ -243,7 +264,8 @@ def ablated_scores(model: "nn.Module", x: "torch.Tensor", layer: str, act: "torc
                    reference: "torch.Tensor") -> tuple["torch.Tensor", str]:
     """Logits with each channel of ``layer`` zeroed: (K, n_classes) float32, and "tail" or "full" (how).
 
-    x (1, C, S, S); act (1, K, h, w) the layer's output for x; reference (n_classes,) the logits of x.
+    x (1, C, S, S); act the layer's output for x, in its layout ((1, K, h, w), channels-last or tokens);
+    reference (n_classes,) the logits of x.
     """
     step = _chunk(x.device, act[0].numel() * 4, 32 << 20, 4, 128)
     scores = _ablation_by_tail(model, x, layer, act, reference, step)
@@ -257,11 +279,12 @@ def ablation_cam_maps(bundle: "ModelBundle", x: "torch.Tensor", targets, layer: 
     import torch
 
     model = bundle.model
-    logits, acts = _forward(model, x, layer)
+    logits, output = _forward(model, x, layer)
+    acts = _spatial(output)
     indices = _targets_for(logits[0], targets)
     maps = []
     for b in range(x.shape[0]):
-        scores, _how = ablated_scores(model, x[b: b + 1], layer, acts[b: b + 1], logits[b])
+        scores, _how = ablated_scores(model, x[b: b + 1], layer, output[b: b + 1], logits[b])
         wanted = indices if targets is not None or b == 0 else _targets_for(logits[b], None)
         original = logits[b, wanted]
         safe = torch.where(original.abs() > 1e-12, original, torch.full_like(original, 1e-12))
