@@ -119,6 +119,23 @@ def test_untraceable_model_falls_back_to_whole_passes():
     assert h.data.shape == (16, 16) and _no_hooks(model)
 
 
+def test_score_cam_on_a_model_with_a_buffer_channels_last_cannot_take():
+    """A 5D buffer (timm's Swin has attention masks of other ranks) makes ``.to(channels_last)`` raise: the
+    scoring copy keeps its layout and Score-CAM gives the plain float32 answer."""
+    from napari_gradcam.engine.split import inference_copy
+
+    torch.manual_seed(0)
+    model = _Branchy().eval()
+    model.register_buffer("mask", torch.zeros(1, 2, 3, 4, 5))
+    assert inference_copy(model).mask.shape == (1, 2, 3, 4, 5)
+    bundle = ng.wrap_model(model, ["a", "b"], input_size=16, in_channels=1)
+    img = np.random.default_rng(1).random((16, 16))
+    auto = explain(bundle, img, "scorecam", layer="conv")
+    plain = explain(bundle, img, "scorecam", layer="conv", precision="float32")
+    np.testing.assert_allclose(auto.data, plain.data, atol=1 / 256)
+    assert auto.data.max() > 0 and _no_hooks(model)
+
+
 def test_score_cam_scores_and_constant_channels():
     """Masked-input logits equal a plain loop over channels; constant channels (dead ReLUs) share one pass."""
     torch.manual_seed(0)

@@ -117,7 +117,10 @@ def inference_copy(model: "nn.Module", channels_last: bool = True) -> "nn.Module
     if channels_last:
         import torch
 
-        fast = fast.to(memory_format=torch.channels_last)
+        try:
+            fast = fast.to(memory_format=torch.channels_last)
+        except RuntimeError:  # a buffer of another rank (timm's Swin): the layout only, values stay the same
+            pass
     return fast
 
 
