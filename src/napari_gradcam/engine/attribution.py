@@ -145,50 +145,32 @@ def _guided_backprop(bundle, x, forward, target, layer):
 
 
 def _guided_gradcam(bundle, x, forward, target, layer):
-    from captum.attr import GuidedGradCam
-
-    from ..models import get_module
-
-    if _layout_kind(bundle, x, layer) != "nchw":
-        return _guided_gradcam_on_grid(bundle, x, forward, target, layer)
-    ggc = GuidedGradCam(bundle.model, get_module(bundle.model, layer))
-    ggc.grad_cam.forward_func = forward
-    ggc.guided_backprop.forward_func = forward
-    return ggc.attribute(x, target=target)
-
-
-def _layout_kind(bundle, x: "torch.Tensor", layer: str) -> str:
-    """"nchw" | "nhwc" | "tokens": how ``layer``'s output holds its grid (:mod:`.layout`), from the traced
-    calls the default layer came from (cached per model), else from one pass."""
-    import torch
-
-    from .discover import spatial_calls
-    from .layout import layout_of
-    from .perturbation import layer_output
-
-    for call in spatial_calls(bundle.model, bundle.in_channels, bundle.input_size):
-        if call.name == layer:
-            return call.layout.kind
-    with torch.inference_mode(), layer_output(bundle.model, layer) as seen:
-        bundle.model(x[:1])
-    return layout_of(seen[0], min_cells=1).kind if seen else "nchw"
-
-
-def _guided_gradcam_on_grid(bundle, x, forward, target, layer):
-    """Guided Grad-CAM where captum's (B, K, h, w)-only Grad-CAM cannot read the layer (tokens,
-    channels-last): captum's guided backprop times our Grad-CAM on the layer's grid, upsampled nearest
-    as captum does; (B, C, S, S)."""
+    """captum's GuidedGradCam, composed from its parts (guided backprop times its Grad-CAM, upsampled
+    nearest) so that the layer's layout is seen on the way: captum's Grad-CAM reads (B, K, h, w) maps
+    only, so for tokens and channels-last outputs the Grad-CAM map is the engine's, on the layer's grid."""
     import torch
     import torch.nn.functional as F
+    from captum.attr import LayerGradCam
 
+    from ..models import get_module
     from .core import gradient_maps
     from .gradient import family_member
+    from .layout import layout_of
 
-    guided = _guided_backprop(bundle, x, forward, target, layer)
-    classes = [target] * len(x) if target is not None else [int(c) for c in forward.classes]
-    cams = [gradient_maps(bundle.model, x[b: b + 1], [c], [layer], family_member("gradcam"))[1]
-            for b, c in enumerate(classes)]
-    return guided * F.interpolate(torch.cat(cams), size=x.shape[2:], mode="nearest")
+    module = get_module(bundle.model, layer)
+    kinds: list = []
+    handle = module.register_forward_hook(lambda _m, _i, out: kinds.append(getattr(layout_of(out, 1), "kind", None)))
+    try:
+        guided = _guided_backprop(bundle, x, forward, target, layer)
+    finally:
+        handle.remove()
+    if kinds and kinds[0] == "nchw":
+        cams = LayerGradCam(forward, module).attribute(x, target=target, relu_attributions=True)
+    else:
+        classes = [target] * len(x) if target is not None else [int(c) for c in forward.classes]
+        cams = torch.cat([gradient_maps(bundle.model, x[b: b + 1], [c], [layer], family_member("gradcam"))[1]
+                          for b, c in enumerate(classes)])
+    return guided * F.interpolate(cams.detach(), size=x.shape[2:], mode="nearest")
 
 
 def _internal_batch(x: "torch.Tensor") -> int:
