@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Generator, Sequence
 import numpy as np
 
 from .errors import GradCamError
+from .generators import run_to_end
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -326,9 +327,4 @@ def compare_methods(
     -------
     MethodComparison with one MethodScore per method (``.maps``, ``.table()``, ``.to_json(path)``).
     """
-    gen = iter_compare_methods(bundle, image, methods, target, layer, steps, baseline, sanity_threshold)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_end(iter_compare_methods(bundle, image, methods, target, layer, steps, baseline, sanity_threshold))

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Generator, Sequence
 import numpy as np
 
 from ..errors import GradCamError, ImageError, ParameterError
+from ..generators import run_to_end
 from ..numerics import check_logits, check_maps
 from ..validate import check_bundle, check_int, check_number, is_integer
 from .budget import check_fullconv, check_tiling, tiling_cost
@@ -462,62 +463,82 @@ def iter_tiled_heatmaps(
     # results too large for memory are computed lazily, chunk by chunk (never an out-of-memory crash)
     too_big = H * W > MAX_PIXELS or 2 * 4 * len(targets) * H * W > IN_MEMORY_BYTES
     if mode == "fullconv":
-        if method != "cam":
-            raise GradCamError("The fully convolutional mode computes CAM only; use mode 'tiles' for Grad-CAM.")
-        scale, S = bundle.input_size / tile, bundle.input_size
-        if too_big or max(S, round(H * scale)) * max(S, round(W * scale)) > FULLCONV_MAX_PIXELS:
-            raise GradCamError(f"An image of {H} x {W} pixels is too large for the fully convolutional mode; "
-                               "use mode 'tiles', which processes it chunk by chunk.")
+        _check_fullconv(bundle, method, tile, (H, W), too_big)
     elif not is_dask and too_big:
-        if topk is not None:
-            raise GradCamError(f"An image of {H} x {W} pixels is processed lazily (chunk by chunk); name the classes "
-                               "or use all, since top-k needs the whole image first.")
-        import dask.array as da
-
-        step = max(int(chunk), tile)
-        # name=False: no hashing of the data; _Window: from_array would copy a numpy array whole
-        image = da.from_array(_Window(image), chunks=(step, step) + tuple(shape[2:]), name=False)
-        is_dask = True
+        image, is_dask = _as_lazy(image, shape, max(int(chunk), tile), topk), True
     _check_cost(bundle, mode, shape, dtype.itemsize, tile, stride, batch_size, len(targets),
                 is_dask and not (H <= chunk and W <= chunk), chunk)
     if not is_dask and not isinstance(image, np.ndarray):
         image = np.asarray(image)  # a small zarr / h5py array
-    if value_range_ is None:
-        vrange = _lazy_value_range(image) if is_dask else value_range(image[..., :3] if image.ndim == 3 else image)
-    else:
-        vrange = (float(value_range_[0]), float(value_range_[1]))
-        if not (np.isfinite(vrange[0]) and np.isfinite(vrange[1]) and vrange[0] < vrange[1]):
-            raise GradCamError(f"value_range_ must be two finite numbers, low < high, not {tuple(value_range_)}.")
-    H, W = image.shape[:2]
-    plan = _Plan(tile, stride, method, layers, targets, vrange, batch_size)
+    plan = _Plan(tile, stride, method, layers, targets, _intensity_range(image, is_dask, value_range_), batch_size)
 
     if mode == "fullconv":
-        if is_dask:
-            image = np.asarray(image)
         yield (0, 1)
-        result = _fullconv(bundle, image, plan, topk)
+        result = _fullconv(bundle, np.asarray(image), plan, topk)
         yield (1, 1)
         return result
-
     if is_dask and (H <= chunk and W <= chunk):
         image, is_dask = np.asarray(image), False
     if is_dask:
         return _lazy(bundle, image, plan, chunk)
+    return (yield from _in_memory(bundle, image, plan, topk))
 
-    f = blend_factor(tile, stride)
-    padded = _pad(image, _padded_shape(H, W, tile, f))
-    Hp, Wp = padded.shape[:2]
-    corners = [(y, x) for y in tile_starts(Hp, tile, stride) for x in tile_starts(Wp, tile, stride)]
-    total = len(corners)
-    yield (0, total)
-    runner = _run_tiles(bundle, padded, (0, 0), corners, plan)
+
+def _check_fullconv(bundle: "ModelBundle", method: str, tile: int, size: tuple[int, int], too_big: bool) -> None:
+    """Refuse, in one sentence, what the fully convolutional mode cannot do: a method other than CAM, an
+    image too large for the whole image's activations."""
+    if method != "cam":
+        raise GradCamError("The fully convolutional mode computes CAM only; use mode 'tiles' for Grad-CAM.")
+    (H, W), S = size, bundle.input_size
+    if too_big or max(S, round(H * S / tile)) * max(S, round(W * S / tile)) > FULLCONV_MAX_PIXELS:
+        raise GradCamError(f"An image of {H} x {W} pixels is too large for the fully convolutional mode; "
+                           "use mode 'tiles', which processes it chunk by chunk.")
+
+
+def _as_lazy(image, shape: tuple[int, ...], step: int, topk: int | None):
+    """An image whose maps would not fit in memory as a dask array of (step, step) blocks, read on demand."""
+    H, W = shape[:2]
+    if topk is not None:
+        raise GradCamError(f"An image of {H} x {W} pixels is processed lazily (chunk by chunk); name the classes "
+                           "or use all, since top-k needs the whole image first.")
+    import dask.array as da
+
+    # name=False: no hashing of the data; _Window: from_array would copy a numpy array whole
+    return da.from_array(_Window(image), chunks=(step, step) + tuple(shape[2:]), name=False)
+
+
+def _intensity_range(image, lazy: bool, given) -> tuple[float, float]:
+    """The range scaled to [0, 1]: ``given`` (checked), else the image's finite min/max (RGB channels only;
+    one streaming pass for a lazy image)."""
+    if given is None:
+        return _lazy_value_range(image) if lazy else value_range(image[..., :3] if image.ndim == 3 else image)
+    vrange = (float(given[0]), float(given[1]))
+    if not (np.isfinite(vrange[0]) and np.isfinite(vrange[1]) and vrange[0] < vrange[1]):
+        raise GradCamError(f"value_range_ must be two finite numbers, low < high, not {tuple(given)}.")
+    return vrange
+
+
+def _with_total(runner: Generator, total: int):
+    """Yield (done, total) for each count ``runner`` yields; return what it returns."""
     while True:
         try:
             done = next(runner)
         except StopIteration as stop:
-            probs, maps = stop.value
-            break
+            return stop.value
         yield (done, total)
+
+
+def _in_memory(bundle: "ModelBundle", image: np.ndarray, plan: _Plan,
+               topk: int | None) -> Generator[Progress, None, TiledHeatmaps]:
+    """Mode "tiles" on a numpy image: every tile of the padded image, then one blend of all of them."""
+    H, W = image.shape[:2]
+    tile, stride, targets = plan.tile, plan.stride, plan.targets
+    f = blend_factor(tile, stride)
+    padded = _pad(image, _padded_shape(H, W, tile, f))
+    Hp, Wp = padded.shape[:2]
+    corners = [(y, x) for y in tile_starts(Hp, tile, stride) for x in tile_starts(Wp, tile, stride)]
+    yield (0, len(corners))
+    probs, maps = yield from _with_total(_run_tiles(bundle, padded, (0, 0), corners, plan), len(corners))
     columns = list(range(len(targets)))
     if topk is not None:
         columns = [int(i) for i in np.argsort(-probs.mean(axis=0), kind="stable")[:topk]]
@@ -525,8 +546,8 @@ def iter_tiled_heatmaps(
     owners = _owners(Hp, Wp, tile, stride, f)
     heat, prob = _blend(probs[:, targets], maps[:, columns], corners, (0, Hp, 0, Wp), tile, owners, f)
     return TiledHeatmaps(_to_pixels(heat, f, (H, W)), _to_pixels(prob, f, (H, W)),
-                         [bundle.classes[i] for i in targets], targets, total, tile, stride, method, "tiles",
-                         {"blend_step": f})
+                         [bundle.classes[i] for i in targets], targets, len(corners), tile, stride, plan.method,
+                         "tiles", {"blend_step": f})
 
 
 def _lazy(bundle: "ModelBundle", image, plan: _Plan, chunk: int) -> TiledHeatmaps:
@@ -563,13 +584,8 @@ def _lazy(bundle: "ModelBundle", image, plan: _Plan, chunk: int) -> TiledHeatmap
             [np.concatenate([np.asarray(p)[: ey - a * chunk, : ex - b * chunk] for b, p in enumerate(row)], axis=1)
              for a, row in enumerate(parts)], axis=0)
         corners = [(y, x) for y in rows for x in cols]
-        runner = _run_tiles(bundle, region, origin, corners, plan)
-        while True:
-            try:
-                next(runner)
-            except StopIteration as stop:
-                probs, maps = stop.value
-                return corners, probs[:, plan.targets], maps
+        probs, maps = run_to_end(_run_tiles(bundle, region, origin, corners, plan))
+        return corners, probs[:, plan.targets], maps
 
     def blend_chunk(groups, box) -> np.ndarray:
         corners = [c for g in groups for c in g[0]]
@@ -648,9 +664,4 @@ def tiled_heatmaps(bundle: "ModelBundle", image, tile: int | None = None, overla
     {class: share of the area where it dominates, summing to 1} and ``probabilities``
     {class: mean probability}.
     """
-    gen = iter_tiled_heatmaps(bundle, image, tile, overlap, classes, method, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_end(iter_tiled_heatmaps(bundle, image, tile, overlap, classes, method, **kwargs))

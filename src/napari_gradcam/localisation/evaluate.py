@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generator, Sequence
 import numpy as np
 
 from ..errors import GradCamError, ImageError, LayerError
+from ..generators import run_to_end
 from .curves import deletion_insertion
 from .folders import _folder_label, load_masks_folder, read_mask
 from .metrics import localisation_scores, scaled_tolerance
@@ -215,13 +216,7 @@ def evaluate_localisation(
     LocalisationReport
     """
     gen = iter_evaluate_localisation(bundle, images, masks, methods, target, labels, curves, **kwargs)
-    while True:
-        try:
-            done, total = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(done, total)
+    return run_to_end(gen, None if progress is None else lambda step: progress(*step))
 
 def localize_folder(
     model: "str | Path | ModelBundle",

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generator
 
 from ..data import ImageFolderData
 from ..errors import GradCamError, TrainingError
+from ..generators import run_to_end
 from .checkpoints import CheckpointWriter, check_free_space, prepare_output, read_optimizer_state
 from .config import TrainConfig, jsonable
 from .distributed import Comm, local_device, process_group, world_from_env
@@ -62,7 +63,10 @@ def train(config: TrainConfig, data: ImageFolderData | None = None,
     device = resolve_device(local_device(config.device, local_rank) if world > 1 else config.device)
     with process_group(device) as comm:
         trainer = Trainer(config, device, comm, data, val_data, stale)
-        return (yield from trainer.run())
+        try:
+            return (yield from trainer.run())
+        finally:
+            trainer.release_ddp()
 
 
 def run_training(
@@ -72,14 +76,7 @@ def run_training(
     callback: Callable[[TrainEvent], object] | None = None,
 ) -> TrainResult:
     """Run :func:`train` to the end (calling ``callback`` on every event) and return its result."""
-    gen = train(config, data, val_data)
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if callback is not None:
-            callback(event)
+    return run_to_end(train(config, data, val_data), callback)
 
 
 class Trainer:
@@ -314,6 +311,15 @@ class Trainer:
             self._ddp = wrap_ddp(self.model, self.device)
             self._ddp_frozen = frozen
         return self._ddp
+
+    def release_ddp(self) -> None:
+        """Free the DistributedDataParallel wrapper (its reducer holds the process group's work) while the
+        group still exists: one left to the interpreter's exit aborted a process now and then (gloo)."""
+        if getattr(self, "_ddp", None) is not None:
+            import gc
+
+            self._ddp = self._ddp_frozen = None
+            gc.collect()
 
     def _train_epoch(self, epoch: int) -> Generator[TrainEvent, None, EpochStats]:
         cfg = self.cfg
