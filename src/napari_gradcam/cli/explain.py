@@ -108,7 +108,7 @@ def cmd_tile(args) -> int:
                               method=args.method, batch_size=args.batch_size, mode=args.mode)
     res = _run_with_bar(gen, args.quiet)
     res = _write_tiled_outputs(res, image, out, planned, args.image)
-    how = "each pixel counted once, by the nearest of the least-overlapping tiles" if res.mode == "tiles" else \
+    how = "each pixel counted once, by the nearest of the non-overlapping tiles" if res.mode == "tiles" else \
         "by a tile centred at each pixel"
     print(f"class breakdown (share of the image where the class dominates, {how}; tiles of {res.tile} px):")
     w = max(len(c) for c in res.classes) + 2
@@ -274,10 +274,15 @@ def _cam_methods() -> list[str]:
 
 
 def register(sub) -> None:
-    """Add this module's command(s) to the subparsers ``sub``."""
+    """Add this module's commands (explain, tile, localize) to the subparsers ``sub``."""
+    _register_explain(sub)
+    _register_tile(sub)
+    _register_localize(sub)
+
+
+def _register_explain(sub) -> None:
     from ..engine.methods import method_names
 
-    # explain
     p = sub.add_parser(
         "explain", help="heatmap of why the model decided (CAM family, pixel attributions: see 'methods')",
         description="Explain MODEL's decision on IMAGE. Writes the heatmap at the image's own size as a float32 "
@@ -326,14 +331,15 @@ def register(sub) -> None:
     add_model_options(p)
     p.set_defaults(func=cmd_explain)
 
-    # tile
+
+def _register_tile(sub) -> None:
     p = sub.add_parser(
         "tile", help="per-class heatmaps and class breakdown of a large image",
         description="Slide MODEL over a large IMAGE in overlapping tiles. Writes DIR/heatmap_<class>.tif (float32, "
                     "the image's size, blended smoothly from all tiles), DIR/breakdown.json (the share of the image "
                     "where each class dominates and mean probabilities, each pixel counted once, as the nearest of "
-                    "the tiles that cover the image with the least overlap calls it: the non-overlapping ones when "
-                    "the overlap is 0, 0.5, 0.75 ...) and DIR/overlay.png (each pixel coloured by its strongest "
+                    "the non-overlapping tiles calls it, at any overlap) and DIR/overlay.png (each pixel coloured by "
+                    "its strongest "
                     "class, with a legend). TIFFs larger than memory and zarr stores are read lazily, block by block.",
         epilog=f"""examples:
   {PROG} tile m.safetensors mosaic.tif --tile 512 --overlap 0.5 --out mosaic_heatmaps/
@@ -357,7 +363,10 @@ def register(sub) -> None:
     add_model_options(p, classes_flag=False)
     p.set_defaults(func=cmd_tile)
 
-    # localize
+
+def _register_localize(sub) -> None:
+    from ..engine.methods import method_names
+
     p = sub.add_parser(
         "localize", help="how well heatmaps point at lesions: pointing game, energy, IoU/Dice, deletion/insertion",
         description="Score MODEL's heatmaps against lesion masks. IMAGES_DIR holds the images (in class subfolders "
