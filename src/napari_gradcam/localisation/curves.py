@@ -47,6 +47,40 @@ def _target_probabilities(bundle: "ModelBundle", images: list[np.ndarray], index
     return torch.cat(out).numpy().astype(np.float64)
 
 
+def _check_curve_arguments(img: np.ndarray, hm: np.ndarray, steps, baseline: str) -> int:
+    """The number of steps, checked with the heatmap's shape and the baseline (one sentence each)."""
+    if hm.shape != img.shape[:2]:
+        raise ImageError(f"The heatmap {hm.shape} does not match the image {img.shape[:2]}.")
+    _check_pair(hm, np.zeros(hm.shape, bool))
+    steps = int(steps)
+    if steps < 1:
+        raise GradCamError(f"Deletion/insertion needs at least 1 step, not {steps}.")
+    if baseline not in BASELINES:
+        raise GradCamError(f"Unknown baseline {baseline!r}; choose {', '.join(BASELINES)}.")
+    return steps
+
+
+def _perturbed(src: np.ndarray, base: np.ndarray, hm: np.ndarray,
+               fractions: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The deleted and the inserted images, one per fraction: the top ``round(f * H * W)`` pixels of the
+    heatmap ``hm`` (H, W) (ties in row-major order) taken from ``base`` into ``src`` / from ``src`` into
+    ``base`` (both (H, W[, C]) float in [0, 1])."""
+    h, w = hm.shape
+    n = h * w
+    order = np.argsort(-hm.ravel(), kind="stable")
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)  # 0 = most relevant pixel
+    rank = rank.reshape(h, w)
+    deleted, inserted = [], []
+    for k in np.rint(fractions * n).astype(np.int64):
+        top = rank < k
+        if src.ndim == 3:
+            top = top[..., None]
+        deleted.append(np.where(top, base, src))
+        inserted.append(np.where(top, src, base))
+    return deleted, inserted
+
+
 def deletion_insertion(
     bundle: "ModelBundle",
     image,
@@ -103,36 +137,14 @@ def deletion_insertion(
 
     img = check_image(image)
     hm = np.asarray(heatmap)
-    if hm.shape != img.shape[:2]:
-        raise ImageError(f"The heatmap {hm.shape} does not match the image {img.shape[:2]}.")
-    _check_pair(hm, np.zeros(hm.shape, bool))
-    steps = int(steps)
-    if steps < 1:
-        raise GradCamError(f"Deletion/insertion needs at least 1 step, not {steps}.")
-    if baseline not in BASELINES:
-        raise GradCamError(f"Unknown baseline {baseline!r}; choose {', '.join(BASELINES)}.")
+    steps = _check_curve_arguments(img, hm, steps, baseline)
     index = bundle.class_index(target_index)
     # work in the unit range of the original image (alpha dropped, NaN/inf handled as for predict)
     src = to_unit(img)
-    vrange = (0.0, 1.0)
     base = _baseline_image(src, baseline, blur_sigma)
-
-    h, w = hm.shape
-    n = h * w
-    order = np.argsort(-hm.ravel(), kind="stable")
     fractions = np.linspace(0.0, 1.0, steps + 1)
-    counts = np.rint(fractions * n).astype(np.int64)
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(n)  # 0 = most relevant pixel
-    rank = rank.reshape(h, w)
-    deleted, inserted = [], []
-    for k in counts:
-        top = rank < k
-        if src.ndim == 3:
-            top = top[..., None]
-        deleted.append(np.where(top, base, src))
-        inserted.append(np.where(top, src, base))
-    probs = _target_probabilities(bundle, deleted + inserted, index, vrange, max(1, int(batch_size)))
+    deleted, inserted = _perturbed(src, base, hm, fractions)
+    probs = _target_probabilities(bundle, deleted + inserted, index, (0.0, 1.0), max(1, int(batch_size)))
     dele, ins = probs[: steps + 1], probs[steps + 1:]
     return {
         "fractions": fractions,

@@ -80,8 +80,6 @@ def iter_evaluate_localisation(
     """:func:`evaluate_localisation` as a generator: yields ``(done, total)`` after each image and
     returns the :class:`LocalisationReport` (``report = yield from ...``, or a napari
     ``thread_worker``'s ``returned`` signal).  Stopping the generator stops the work."""
-    from ..engine import explain
-    from ..engine.methods import canonical_method
     from ..engine.shifts import check_shifts
     from ..preprocess import check_image
     from ..validate import check_int, check_number
@@ -93,33 +91,8 @@ def iter_evaluate_localisation(
     steps, batch_size = check_int(steps, "steps", 1), check_int(batch_size, "batch_size", 1)
     if tolerance_at is not None and not tolerance_at > 0:
         raise GradCamError(f"The size at which the pointing tolerance is given must be > 0 pixels, not {tolerance_at}.")
-    if len(images) != len(masks):
-        raise GradCamError(f"{len(images)} images but {len(masks)} masks were given; they must pair up.")
-    if names is not None and len(names) != len(images):
-        raise GradCamError(f"{len(images)} images but {len(names)} names were given.")
-    target = str(target).lower()
-    if target not in ("label", "predicted"):
-        raise GradCamError(f"Unknown target {target!r}; use 'label' (the true class) or 'predicted'.")
-    if target == "label":
-        if labels is None:
-            raise GradCamError("Explaining the true class needs labels; pass labels or use target='predicted'.")
-        if len(labels) != len(images):
-            raise GradCamError(f"{len(images)} images but {len(labels)} labels were given.")
-    wanted = []
-    for m in methods:
-        c = canonical_method(m)
-        if c not in wanted:
-            wanted.append(c)
-    if not wanted:
-        raise GradCamError("No explanation method was given; choose cam, gradcam or gradcam++.")
-    notes: list[str] = []
-    usable = []
-    for m in wanted:
-        reason = _method_available(bundle, m)
-        if reason is None:
-            usable.append(m)
-        else:
-            notes.append(f"{m} was skipped: {reason}")
+    target = _check_pairs(images, masks, names, labels, target)
+    usable, notes = _usable_methods(bundle, methods)
     report = LocalisationReport(
         methods=usable, n_images=len(images), notes=notes,
         settings={"model": bundle.architecture, "classes": list(bundle.classes), "target": target,
@@ -143,29 +116,80 @@ def iter_evaluate_localisation(
         mask, was_resized = _fit_mask(mask, img.shape[:2], name)
         resized += was_resized
         sides.add(max(img.shape[:2]))
-        tol = scaled_tolerance(tolerance, img.shape[:2], tolerance_at)
         label = labels[i] if labels is not None else None
         source = "label" if target == "label" and label is not None else "predicted"
         tgt = None if source == "predicted" else bundle.class_index(label)
+        scoring = dict(tolerance=scaled_tolerance(tolerance, img.shape[:2], tolerance_at), level=level,
+                       curves=curves, steps=steps, baseline=baseline, batch_size=batch_size)
         for m in usable:
-            hm = explain(bundle, img, method=m, target=tgt, layer=layer if m != "cam" else None, shifts=shifts)
-            metrics: dict[str, Any] = localisation_scores(hm.data, mask, tolerance=tol, level=level)
-            metrics["score"] = float(hm.score)
-            if curves:
-                di = deletion_insertion(bundle, img, hm.data, hm.target_index, steps=steps,
-                                        baseline=baseline, batch_size=batch_size)
-                metrics["deletion_auc"] = di["deletion_auc"]
-                metrics["insertion_auc"] = di["insertion_auc"]
+            hm, metrics = _score_one(bundle, img, mask, m, tgt, layer if m != "cam" else None, shifts, **scoring)
             report.rows.append(LocalisationRow(name, m, hm.target, source, metrics))
         yield i + 1, total
-    if resized:
-        report.notes.append(f"{resized} mask(s) of another resolution were resized (nearest neighbour) "
-                            "to their image's size.")
-    if report.n_empty == total:
-        report.notes.append("Every mask was empty, so nothing was scored; localisation needs lesion masks.")
-    if tolerance and tolerance_at and sides:
-        report.notes.append(_tolerance_note(tolerance, tolerance_at, sides))
+    report.notes.extend(_closing_notes(resized, report.n_empty == total, tolerance, tolerance_at, sides))
     return report
+
+
+def _check_pairs(images, masks, names, labels, target: str) -> str:
+    """The target ("label" | "predicted"), checked with the lengths of images, masks, names and labels."""
+    if len(images) != len(masks):
+        raise GradCamError(f"{len(images)} images but {len(masks)} masks were given; they must pair up.")
+    if names is not None and len(names) != len(images):
+        raise GradCamError(f"{len(images)} images but {len(names)} names were given.")
+    target = str(target).lower()
+    if target not in ("label", "predicted"):
+        raise GradCamError(f"Unknown target {target!r}; use 'label' (the true class) or 'predicted'.")
+    if target == "label":
+        if labels is None:
+            raise GradCamError("Explaining the true class needs labels; pass labels or use target='predicted'.")
+        if len(labels) != len(images):
+            raise GradCamError(f"{len(images)} images but {len(labels)} labels were given.")
+    return target
+
+
+def _usable_methods(bundle: "ModelBundle", methods: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The methods (canonical names, each once) this model can compute, and a note for each skipped one."""
+    from ..engine.methods import canonical_method
+
+    wanted = list(dict.fromkeys(canonical_method(m) for m in methods))
+    if not wanted:
+        raise GradCamError("No explanation method was given; choose cam, gradcam or gradcam++.")
+    usable, notes = [], []
+    for m in wanted:
+        reason = _method_available(bundle, m)
+        if reason is None:
+            usable.append(m)
+        else:
+            notes.append(f"{m} was skipped: {reason}")
+    return usable, notes
+
+
+def _score_one(bundle: "ModelBundle", img: np.ndarray, mask: np.ndarray, method: str, target, layer, shifts: int,
+               tolerance: float, level, curves: bool, steps: int, baseline: str, batch_size: int):
+    """One image's heatmap by ``method`` and its scores against ``mask`` (dict; with the deletion and
+    insertion AUC when ``curves``)."""
+    from ..engine import explain
+
+    hm = explain(bundle, img, method=method, target=target, layer=layer, shifts=shifts)
+    metrics: dict[str, Any] = localisation_scores(hm.data, mask, tolerance=tolerance, level=level)
+    metrics["score"] = float(hm.score)
+    if curves:
+        di = deletion_insertion(bundle, img, hm.data, hm.target_index, steps=steps, baseline=baseline,
+                                batch_size=batch_size)
+        metrics["deletion_auc"] = di["deletion_auc"]
+        metrics["insertion_auc"] = di["insertion_auc"]
+    return hm, metrics
+
+
+def _closing_notes(resized: int, all_empty: bool, tolerance: float, tolerance_at, sides: set[int]) -> list[str]:
+    """The report's notes on resized masks, an all-empty set and the scaled tolerance."""
+    notes = []
+    if resized:
+        notes.append(f"{resized} mask(s) of another resolution were resized (nearest neighbour) to their image's size.")
+    if all_empty:
+        notes.append("Every mask was empty, so nothing was scored; localisation needs lesion masks.")
+    if tolerance and tolerance_at and sides:
+        notes.append(_tolerance_note(tolerance, tolerance_at, sides))
+    return notes
 
 
 def _tolerance_note(tolerance: float, at: float, sides: set[int]) -> str:
