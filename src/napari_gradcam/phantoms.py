@@ -230,16 +230,48 @@ def _anatomy_params(rng: np.random.Generator) -> dict:
     return p
 
 
+class _Frame(NamedTuple):
+    """One radiograph's patient frame: float32 (size, size) coordinates and the shared outlines."""
+
+    size: int
+    p: dict  # the anatomy parameters (:func:`_anatomy_params`)
+    X: np.ndarray  # (1, size) image coordinates in [-1, 1]
+    Y: np.ndarray  # (size, 1)
+    x: np.ndarray  # (size, size) patient coordinates (rotated, shifted, scaled)
+    y: np.ndarray
+    d: np.ndarray  # distance from the midline
+    e: np.float32  # edge softness: ~1 px, never sharper than anatomy allows
+
+
 def _render(label: str, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    f32 = np.float32
+    """One phantom radiograph: (size, size) uint8 image and bool lesion mask, the same patient at any size.
+
+    Attenuation ``D`` is built up in a fixed order (body, lungs, organs, lung markings, bones, air,
+    lesion), then exposed (:func:`_expose`)."""
     rng = np.random.default_rng([_SALT, seed, 0])      # anatomy
     p = _anatomy_params(rng)
     # smooth texture fields (fixed draw order => same patient at any size)
     tex_lung = _field(rng, 12, size)
     tex_body = _field(rng, 6, size)
-    vessel_grids = [rng.standard_normal((56, 7)).astype(f32) for _ in range(2)]
+    vessel_grids = [rng.standard_normal((56, 7)).astype(np.float32) for _ in range(2)]
+    f = _patient_frame(p, size)
+    D, body, w, thick = _body(f, tex_body)
+    lungs = _lungs(f, D, body)
+    not_medi, heart, medi, lung_any = _mediastinum(f, D, body, lungs)
+    bone_vis = np.float32(0.35) + np.float32(0.65) * lung_any   # bone contrast is low over solid tissue
+    air_total, lung_vis, marks = _lung_fields(f, D, lungs, vessel_grids, medi, heart, not_medi, thick, tex_lung)
+    _bones(f, D, w, bone_vis)
+    # lung air lowers the attenuation (the X-ray is darker there)
+    D -= np.float32(p["air"]) * air_total  # (lesions are handled below)
+    mask = np.zeros((size, size), bool)
+    if label != "normal":
+        mask = _lesion(label, seed, f, D, lungs, not_medi, lung_vis, marks, air_total)
+    return _expose(f, D, seed), mask
 
-    # ---- coordinates: image grid -> patient frame --------------------------
+
+def _patient_frame(p: dict, size: int) -> _Frame:
+    """Image grid -> patient frame (rotation, shift and scale of the anatomy parameters)."""
+    f32 = np.float32
     c = ((np.arange(size, dtype=f32) + f32(0.5)) * f32(2.0 / size) - f32(1.0))
     X = c[None, :]
     Y = c[:, None]
@@ -247,11 +279,13 @@ def _render(label: str, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     s = f32(p["scale"])
     x = (cr * (X - f32(p["tx"])) + sr * (Y - f32(p["ty"]))) / s
     y = (-sr * (X - f32(p["tx"])) + cr * (Y - f32(p["ty"]))) / s
-    d = np.abs(x)                                      # distance from midline
-    # edge softness: ~1 px, but never sharper than anatomy allows
     e = f32(max(0.012, 1.6 / size) / p["scale"])
+    return _Frame(size, p, X, Y, x, y, np.abs(x), e)
 
-    # ---- body outline ----------------------------------------------------
+
+def _body(f: _Frame, tex_body: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The body's attenuation D (shoulders, arms, trachea), its mask, half-width w and thickness."""
+    f32, p, y, d, e = np.float32, f.p, f.y, f.d, f.e
     # chest wall: convex, widest near the diaphragm; shoulders above
     w = f32(p["w_body"]) * (1 - f32(0.10) * (y - f32(0.3)) ** 2) \
         + f32(p["shoulder_w"]) * _sig((f32(-0.50) - y) / f32(0.07))
@@ -270,8 +304,14 @@ def _render(label: str, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     # trachea: dark air column down to the carina
     trach = _sig((f32(0.035) - d) / e) * _sig((f32(-0.30) - y) / f32(0.03)) * body
     D -= f32(0.12) * trach
-    # ---- lungs -------------------------------------------------------------
-    lungs = []   # per side: (sign, lung mask, inner distance, geometry dict)
+    return D, body, w, thick
+
+
+def _lungs(f: _Frame, D: np.ndarray, body: np.ndarray) -> list:
+    """Both lungs, per side (sign, lung mask, inner distance, geometry dict); the stomach bubble under
+    the left hemidiaphragm (image right) is taken from D."""
+    f32, p, x, y, e = np.float32, f.p, f.x, f.y, f.e
+    lungs = []
     for sgn in (-1.0, 1.0):
         dc, al, am = p["lung_dc"], p["lung_al"], p["lung_am"]
         yap, ycp = p["lung_ap"], p["lung_cp"]
@@ -288,12 +328,17 @@ def _render(label: str, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         dist = np.minimum(dist_e, dist_d)
         lung = _sig(dist / e)
         lungs.append((sgn, lung, dist, dict(dc=dc, al=al, yap=yap, yc=yc, H=H, ycp=ycp, dh=dh)))
-        # stomach bubble under the left hemidiaphragm (image right)
         if sgn > 0 and p["gastric"]:
             gb = np.hypot((xs - 0.45) / 0.12, (y - (y_dome + 0.11)) / 0.06)
             D -= f32(0.18) * _sig((1 - gb) * 0.06 / e) * body
+    return lungs
 
-    # mediastinum, aortic knob, heart
+
+def _mediastinum(f: _Frame, D: np.ndarray, body: np.ndarray, lungs: list):
+    """Mediastinum, aortic knob, heart and the abdomen below the domes, added to D.  Returns
+    (not_medi, heart, medi, lung_any): where neither mediastinum nor heart is, the heart, the
+    mediastinum, both lungs."""
+    f32, p, x, y, d, e = np.float32, f.p, f.x, f.y, f.d, f.e
     mw = f32(p["medi_w"]) + f32(0.025) * _sig((y + f32(0.25)) / f32(0.08))
     medi = _sig((mw - d) / e) * _sig((f32(p["lung_cp"]) - y) / f32(0.05))
     knob = np.hypot(x - 0.11, y + 0.40)
@@ -310,9 +355,14 @@ def _render(label: str, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     abdomen = (1 - lung_any) * _sig((y - f32(p["lung_cp"] - 0.22)) / f32(0.05)) \
         * _sig((f32(0.78) - d) / f32(0.06))
     D += f32(0.14) * np.maximum(np.maximum(medi, heart), abdomen) * body
-    bone_vis = f32(0.35) + f32(0.65) * lung_any   # bone contrast is low over solid tissue
+    return not_medi, heart, medi, lung_any
 
-    # ---- lung air, texture and vessels -------------------------------------
+
+def _lung_fields(f: _Frame, D: np.ndarray, lungs: list, vessel_grids: list, medi, heart, not_medi, thick,
+                 tex_lung) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lung air, the visible lung fields and the bronchovascular markings radiating from the hila (the
+    markings and hila added to D): (air_total, lung_vis, marks)."""
+    f32, size, x, y = np.float32, f.size, f.x, f.y
     air_total = np.zeros((size, size), f32)
     lung_vis = np.zeros((size, size), f32)
     marks = np.zeros((size, size), f32)
@@ -321,7 +371,6 @@ def _render(label: str, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         lung_vis += vis
         thick_l = 1 - f32(0.25) * np.exp(-np.maximum(dist, 0) / f32(0.07))
         air_total += lung * (1 - medi) * (1 - f32(0.75) * heart) * thick_l * (f32(0.45) + f32(0.55) * thick)
-        # bronchovascular markings radiating from the hilum
         hxp, hyp = 0.16, -0.10
         xs = f32(sgn) * x
         rr = np.hypot(xs - f32(hxp), y - f32(hyp)) + f32(1e-3)
@@ -332,12 +381,15 @@ def _render(label: str, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         width = f32(0.45) * np.sqrt(f32(0.25) / np.maximum(rr, f32(0.1)))
         ves = np.exp(-(gval / width) ** 2) * np.exp(-rr / f32(0.40))
         marks += lung * ves
-        # hilum
-        D += f32(0.10) * np.exp(-(((xs - 0.17) / 0.07) ** 2 + ((y + 0.08) / 0.10) ** 2))
+        D += f32(0.10) * np.exp(-(((xs - 0.17) / 0.07) ** 2 + ((y + 0.08) / 0.10) ** 2))  # hilum
     D += f32(0.08) * marks
     air_total *= 1 + f32(0.05) * tex_lung
+    return air_total, lung_vis, marks
 
-    # ---- bones ------------------------------------------------------------
+
+def _bones(f: _Frame, D: np.ndarray, w: np.ndarray, bone_vis: np.ndarray) -> None:
+    """Spine, posterior and anterior ribs and clavicles, added to D."""
+    f32, p, y, d, e = np.float32, f.p, f.y, f.d, f.e
     # spine: vertebral bodies with darker disc spaces
     ph = (y + f32(0.9)) / f32(p["vert_p"])
     fr = ph - np.floor(ph) - f32(0.5)
@@ -373,48 +425,49 @@ def _render(label: str, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         * _sig((f32(0.76) - d) / f32(0.03))
     D += f32(0.20) * clav
 
-    # lung air lowers the attenuation (the X-ray is darker there)
-    D -= f32(p["air"]) * air_total  # (lesions are handled below)
 
-    # ---- lesion --------------------------------------------------------------
-    mask = np.zeros((size, size), bool)
-    if label != "normal":
-        lrng = np.random.default_rng([_SALT, seed, 1, CLASSES.index(label)])
-        sides = [lung * not_medi > 0.5 for _, lung, _, _ in lungs]
-        hard_lung = sides[0] | sides[1]
-        for _attempt in range(8):
-            # redraw (deterministically) lesions that ended up mostly hidden
-            # behind the heart/diaphragm or outside the visible lung
-            if label == "pneumonia":
-                op, region = _consolidation(lrng, x, y, lungs, size, e, marks)
-                mask = region & hard_lung
-                ok = mask.sum() >= 0.12 * hard_lung.sum()
-            else:
-                op, region = _ground_glass(lrng, x, y, lungs, size, e)
-                mask = region & hard_lung
-                ok = all((mask & sd).sum() >= 0.06 * sd.sum() for sd in sides)
-            if ok:
-                break
-        if not mask.any():   # only at tiny sizes: keep the densest lung pixel(s)
-            vis_op = op * lung_vis
-            mask = vis_op >= 0.5 * vis_op.max()
-        # the opacity replaces air (brighter by air * op); it is kept to the
-        # visible lung fields, not behind the heart or mediastinum
-        D += f32(p["air"]) * air_total * op * not_medi
+def _lesion(label: str, seed: int, f: _Frame, D: np.ndarray, lungs: list, not_medi, lung_vis, marks,
+            air_total) -> np.ndarray:
+    """The lesion of an abnormal class: its opacity replaces air in D (brighter by air * opacity, kept to
+    the visible lung fields); returns its (size, size) bool mask."""
+    x, y, e = f.x, f.y, f.e
+    lrng = np.random.default_rng([_SALT, seed, 1, CLASSES.index(label)])
+    sides = [lung * not_medi > 0.5 for _, lung, _, _ in lungs]
+    hard_lung = sides[0] | sides[1]
+    for _attempt in range(8):
+        # redraw (deterministically) lesions that ended up mostly hidden
+        # behind the heart/diaphragm or outside the visible lung
+        if label == "pneumonia":
+            op, region = _consolidation(lrng, x, y, lungs, f.size, e, marks)
+            mask = region & hard_lung
+            ok = mask.sum() >= 0.12 * hard_lung.sum()
+        else:
+            op, region = _ground_glass(lrng, x, y, lungs, f.size, e)
+            mask = region & hard_lung
+            ok = all((mask & sd).sum() >= 0.06 * sd.sum() for sd in sides)
+        if ok:
+            break
+    if not mask.any():   # only at tiny sizes: keep the densest lung pixel(s)
+        vis_op = op * lung_vis
+        mask = vis_op >= 0.5 * vis_op.max()
+    D += np.float32(f.p["air"]) * air_total * op * not_medi
+    return mask
 
-    # ---- exposure ------------------------------------------------------------
+
+def _expose(f: _Frame, D: np.ndarray, seed: int) -> np.ndarray:
+    """Attenuation D -> (size, size) uint8 radiograph: exposure curve, gamma, window, heel effect, noise."""
+    f32, p, size = np.float32, f.p, f.size
     D = np.clip(D, 0, None)
     kk = f32(p["k"])
     I = (1 - np.exp(-kk * D)) / f32(1 - np.exp(-p["k"] * 1.05))
     I = np.clip(I, 0, 1) ** f32(p["gamma"])
     I = (I - f32(p["lo"])) / f32(p["hi"] - p["lo"])
-    I *= 1 + f32(p["heel"]) * X + f32(p["heel_y"]) * Y
+    I *= 1 + f32(p["heel"]) * f.X + f32(p["heel_y"]) * f.Y
     nrng = np.random.default_rng([_SALT, seed, 2, size])
     noise = nrng.standard_normal((size, size)).astype(f32)
     noise = ndimage.gaussian_filter(noise, 0.6, truncate=2.5) * f32(1.6)
     I += f32(p["noise"]) * noise * (0.6 + 0.6 * np.sqrt(np.clip(I, 0, 1)))
-    img = np.clip(I * 255 + 0.5, 0, 255).astype(np.uint8)
-    return img, mask
+    return np.clip(I * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
 def _lung_edge_d(g: dict, yv: float) -> float:
