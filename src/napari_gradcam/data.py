@@ -671,30 +671,51 @@ def scan_folder(
     rx = _resolve_pattern(group_pattern)
     skipped: list[tuple[Path, str]] = []
     notes: list[str] = []
-    entries: list[tuple[Path, str, str | None]] = []  # path, label, group
     if csv is not None:
         csv = Path(csv)
         if not csv.is_file():
             raise DatasetError(f"No CSV file at {csv}.")
-        base = Path(root) if root is not None else csv.parent
-        entries = _screen_csv_rows(_read_csv(csv, base), base, skipped, notes)
-        root = base
+        root = Path(root) if root is not None else csv.parent
+        entries = _screen_csv_rows(_read_csv(csv, root), root, skipped, notes)
     else:
-        if root is None:
-            raise DatasetError("No data folder was given.")
-        root = Path(root)
-        try:
-            mode = os.stat(root).st_mode
-        except OSError as e:
-            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                raise DatasetError(f"No data folder at {root}.") from None
-            why = e.strerror or type(e).__name__
-            raise DatasetError(f"The data folder {root} could not be read ({why}).") from None
-        if not stat.S_ISDIR(mode):
-            raise DatasetError(f"{root} is a file, not a folder of class subfolders.")
+        root = _check_data_folder(root)
         entries = _folder_entries(root, skipped)
 
     wanted = [str(c) for c in classes] if classes is not None else None
+    items_raw, unreadable = _usable_entries(entries, wanted, check, rx, skipped)
+    names = wanted if wanted is not None else sorted({lab for _, lab, _ in items_raw})
+    index = {c: i for i, c in enumerate(names)}
+    items = [Item(p, index[lab], g) for p, lab, g in items_raw]
+    items.sort(key=lambda it: (it.label, str(it.path)))
+    present = {lab for _, lab, _ in items_raw}
+    lost = {c: unreadable[c] for c in sorted(unreadable) if c not in present}
+    for note in notes:
+        warnings.warn(note, GradCamWarning, stacklevel=2)
+    return ImageFolderData(Path(root), list(names), items, skipped, lost, notes)
+
+
+def _check_data_folder(root) -> Path:
+    """``root`` as a Path, checked to be a readable folder (one sentence otherwise)."""
+    if root is None:
+        raise DatasetError("No data folder was given.")
+    root = Path(root)
+    try:
+        mode = os.stat(root).st_mode
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            raise DatasetError(f"No data folder at {root}.") from None
+        why = e.strerror or type(e).__name__
+        raise DatasetError(f"The data folder {root} could not be read ({why}).") from None
+    if not stat.S_ISDIR(mode):
+        raise DatasetError(f"{root} is a file, not a folder of class subfolders.")
+    return root
+
+
+def _usable_entries(entries: list[tuple[Path, str, str | None]], wanted: list[str] | None, check: bool, rx,
+                    skipped: list[tuple[Path, str]]):
+    """The (path, label, group) entries that are images of a wanted class (and open, when ``check``), the
+    group from the pattern ``rx`` where none was given; the others are added to ``skipped``.  Returns them
+    and {label: [(path, reason)]} of the unreadable ones."""
     items_raw: list[tuple[Path, str, str]] = []
     unreadable: dict[str, list[tuple[Path, str]]] = {}
     for path, label, group in entries:
@@ -712,16 +733,7 @@ def scan_folder(
                 unreadable.setdefault(label, []).append((path, reason))
                 continue
         items_raw.append((path, label, group if group else group_of(path, rx)))
-
-    names = wanted if wanted is not None else sorted({lab for _, lab, _ in items_raw})
-    index = {c: i for i, c in enumerate(names)}
-    items = [Item(p, index[lab], g) for p, lab, g in items_raw]
-    items.sort(key=lambda it: (it.label, str(it.path)))
-    present = {lab for _, lab, _ in items_raw}
-    lost = {c: unreadable[c] for c in sorted(unreadable) if c not in present}
-    for note in notes:
-        warnings.warn(note, GradCamWarning, stacklevel=2)
-    return ImageFolderData(Path(root), list(names), items, skipped, lost, notes)
+    return items_raw, unreadable
 
 
 def _screen_csv_rows(rows: list[tuple[Path, str, str | None]], base: Path, skipped: list[tuple[Path, str]],
