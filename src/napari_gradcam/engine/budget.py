@@ -14,8 +14,6 @@ costs a sentence, starting one that cannot fit costs the machine.
 
 from __future__ import annotations
 
-import math
-
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -84,14 +82,10 @@ def map_cells(bundle: "ModelBundle") -> int:
 
 
 def _starts(length: int, tile: int, stride: int) -> int:
-    """How many tile positions cover ``length`` (as ``tiling.tile_starts`` places them)."""
-    if length <= tile:
-        return 1
-    span = length - tile  # the starts lie in [0, span]
-    n = span // stride + 1
-    if tile % stride:  # the multiples of the tile are added, less those on the stride grid
-        n += span // tile + 1 - (span // math.lcm(stride, tile) + 1)
-    return n + (1 if span % stride and (tile % stride == 0 or span % tile) else 0)  # the last, ending at length
+    """How many tile positions cover ``length`` (``tiling.tile_starts``, counted)."""
+    from .tiling import tile_starts  # tiling imports this module
+
+    return len(tile_starts(length, tile, stride))
 
 
 def tiling_cost(bundle: "ModelBundle", shape: tuple[int, ...], itemsize: int, tile: int, stride: int,
