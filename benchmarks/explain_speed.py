@@ -122,7 +122,7 @@ def _captum(cls_name: str, bundle, model, layer: str, x) -> Callable:
     """captum with our settings (steps, samples, window), its own defaults for batching."""
     import captum.attr as ca
 
-    from napari_gradcam.engine import attribution as A
+    from napari_gradcam.engine.methods import attribution as A
 
     black = A.black_baseline(bundle, x)
     c = x.shape[1]
@@ -218,7 +218,7 @@ def methods_table(arch: str, methods: list[str], rounds: int) -> None:
 
 def precision_note(bundle, spec, x) -> str:
     """How far the default (screened) map is from the all-float32 one, and what ran in float32."""
-    from napari_gradcam.engine import screen
+    from napari_gradcam.engine.methods.perturbation import scorecam as screen
 
     layers = [bundle.target_layer]
     counted: list[int] = []

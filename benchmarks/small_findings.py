@@ -80,7 +80,7 @@ def train_model(work: Path, n: int, size: int, epochs: int, lr: float = 1e-3, se
 
 def candidates(bundle) -> list[tuple[str, object, str]]:
     """(method, layer, fusion) to score: last-block maps, single finer stages, the fused presets."""
-    from napari_gradcam.engine.layers import fine_layers
+    from napari_gradcam.engine.layer_choice import fine_layers
 
     fine = fine_layers(bundle)
     out = [(m, None, "mean") for m in ("cam", "gradcam", "gradcam++", "hirescam", "layercam", "eigencam")]

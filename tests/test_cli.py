@@ -218,8 +218,8 @@ def test_explain_methods_layers_and_smoothing(model, phantoms, tmp_path, capsys,
     for name in method_names():
         assert main(["explain", str(model), img, "--out", out, "--method", name]) == 0, name
     # --precision reaches Score-CAM: float32 passes and forced bfloat16 screening agree within its tolerance
-    from napari_gradcam.engine import screen
-    from napari_gradcam.engine.screen import TOLERANCE
+    from napari_gradcam.engine.methods.perturbation import scorecam as screen
+    from napari_gradcam.engine.methods.perturbation.scorecam import TOLERANCE
 
     maps, screened, refine = [], [], screen.refine
     monkeypatch.setattr(screen, "refine", lambda *a, **k: screened.append(1) or refine(*a, **k))

@@ -1,4 +1,4 @@
-"""The one default-layer finder (engine.discover.default_target_layer, which models.default_layer calls)
+"""The one default-layer finder (introspect.discover.default_target_layer, which models.default_layer calls)
 against hard-coded names: torchvision CNNs and transformers, a convolutional head, custom modules.
 
 benchmarks/default_layer_survey.py records its answer for every torchvision classifier."""
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from napari_gradcam import models
-from napari_gradcam.engine.discover import default_target_layer, stage_outputs
+from napari_gradcam.introspect.discover import default_target_layer, stage_outputs
 from napari_gradcam.errors import LayerError
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread_module")

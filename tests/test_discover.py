@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import napari_gradcam as ng
-from napari_gradcam.engine.discover import default_target_layer, find_cam_head
+from napari_gradcam.introspect.discover import default_target_layer, find_cam_head
 from napari_gradcam.errors import GradCamError, LayerError
 from napari_gradcam.models import ARCHITECTURES, build_network
 

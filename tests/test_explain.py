@@ -260,7 +260,7 @@ def test_no_seams_with_smooth_model(cnn, monkeypatch):
     starts = tiling.tile_starts(512, 64, 32)
     assert _seam_ratio(blended.heatmaps, starts, 64) < 1.5
     # the same check catches seams: without the window and overlap, borders show steps
-    monkeypatch.setattr(tiling, "blend_window", lambda t: np.ones((t, t), np.float32))
+    monkeypatch.setattr(tiling.blend, "blend_window", lambda t: np.ones((t, t), np.float32))
     hard = tiled_heatmaps(cnn, img, tile=64, overlap=0.0)
     assert _seam_ratio(hard.heatmaps, tiling.tile_starts(512, 64, 64), 64) > 1.5
 
@@ -327,7 +327,7 @@ def test_probability_maps_are_the_nearest_chain_tiles(cnn, tile, overlap):
     t = tiled_heatmaps(cnn, img, tile=tile, overlap=overlap)
     stride = max(1, round(tile * (1 - overlap)))
     f = tiling.blend_factor(tile, stride)
-    assert img.shape == tiling._padded_shape(200, 150, tile, f)  # no padding: tiles start in the image
+    assert img.shape == tiling.plan._padded_shape(200, 150, tile, f)  # no padding: tiles start in the image
     rows, cols = _nearest_chain_tile(200, tile, stride), _nearest_chain_tile(150, tile, stride)
     checked = 0
     for ty in np.unique(rows):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import napari_gradcam as ng
-from napari_gradcam.engine import attribution as A
+from napari_gradcam.engine.methods import attribution as A
 from napari_gradcam.engine import explain, get_method
 from napari_gradcam.errors import GradCamError
 from napari_gradcam.preprocess import bundle_tensor, resize_maps

@@ -16,7 +16,7 @@ from torch import nn
 
 import napari_gradcam as ng
 from napari_gradcam.engine import explain, tiled_heatmaps
-from napari_gradcam.engine.discover import stage_outputs
+from napari_gradcam.introspect.discover import stage_outputs
 from napari_gradcam.engine.methods import get_method, list_methods, method_names
 from napari_gradcam.errors import GradCamError, LayerError
 from napari_gradcam.preprocess import bundle_tensor
@@ -373,7 +373,7 @@ def test_nothing_left_behind_after_any_method_even_on_errors(gapnet):
 
 
 def test_registry_lists_the_family_with_formulas():
-    from napari_gradcam.engine.gradient import family_member
+    from napari_gradcam.engine.methods.gradient import family_member
 
     listed = {m["name"]: m for m in list_methods()}
     for name in FAMILY + ["layercam-fine"]:

@@ -10,7 +10,7 @@ import torch
 
 import napari_gradcam as ng
 from napari_gradcam.engine import explain
-from napari_gradcam.engine.perturbation import _forward, ablated_scores, layer_output, masked_scores
+from napari_gradcam.engine.methods.perturbation import _forward, ablated_scores, layer_output, masked_scores
 from napari_gradcam.errors import LayerError
 from napari_gradcam.preprocess import bundle_tensor
 
@@ -64,7 +64,7 @@ def test_agrees_with_pytorch_grad_cam(case, method, cls):
 
 def test_ablation_tail_equals_whole_passes(case, monkeypatch):
     """The layers after the target, run on the cached activation, give the logits of whole passes."""
-    from napari_gradcam.engine import split
+    from napari_gradcam.engine.methods.perturbation import model_cut as split
 
     bundle, layer, img = case
     x = bundle_tensor(bundle, [img])
@@ -122,7 +122,7 @@ def test_untraceable_model_falls_back_to_whole_passes():
 def test_score_cam_on_a_model_with_a_buffer_channels_last_cannot_take():
     """A 5D buffer (timm's Swin has attention masks of other ranks) makes ``.to(channels_last)`` raise: the
     scoring copy keeps its layout and Score-CAM gives the plain float32 answer."""
-    from napari_gradcam.engine.split import inference_copy
+    from napari_gradcam.engine.methods.perturbation.model_cut import inference_copy
 
     torch.manual_seed(0)
     model = _Branchy().eval()
@@ -174,7 +174,7 @@ def test_all_targets_and_bookkeeping():
         assert _no_hooks(bundle.model) and all(p.grad is None for p in bundle.model.parameters())
 
 
-# ----------------------------------------------------------------------------- bfloat16 screening (engine/screen.py)
+# ----------------------------------------------------------------------------- bfloat16 screening (engine/methods/perturbation/scorecam.py)
 def _peak_scaled(m):
     return m / max(float(m.max()), 1e-30)
 
@@ -184,7 +184,7 @@ def test_screened_score_cam_is_within_its_tolerance_of_float32(logit_scale):
     """bfloat16 screening (forced, whatever this CPU has) + float32 where it matters gives the float32 map
     within the tolerance; with logits scaled up (a peaked softmax, large bfloat16 errors) the channels of
     largest weight are recomputed, without which the maps would differ far more."""
-    from napari_gradcam.engine import screen
+    from napari_gradcam.engine.methods.perturbation import scorecam as screen
 
     bundle, layer, img = _case("resnet18", "layer4")
     with torch.no_grad():
@@ -212,7 +212,7 @@ def test_screened_score_cam_is_within_its_tolerance_of_float32(logit_scale):
 def test_refine_recomputes_until_the_estimated_error_is_small():
     """refine() on synthetic scores: recomputed rows are exact, a zero tolerance recomputes every channel,
     the estimate falls with every channel recomputed, and the bias common to all channels is removed."""
-    from napari_gradcam.engine.screen import map_error, refine
+    from napari_gradcam.engine.methods.perturbation.scorecam import map_error, refine
 
     g = torch.Generator().manual_seed(1)
     k, n = 96, 3
@@ -245,7 +245,7 @@ def test_refine_recomputes_until_the_estimated_error_is_small():
 
 
 def test_precision_is_checked_and_auto_follows_the_hardware(monkeypatch):
-    from napari_gradcam.engine import screen
+    from napari_gradcam.engine.methods.perturbation import scorecam as screen
     from napari_gradcam.errors import GradCamError, ParameterError
 
     cpu = torch.device("cpu")

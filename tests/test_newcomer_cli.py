@@ -186,7 +186,7 @@ def test_tile_reads_large_images_lazily(tiny_model, wide_image, tmp_path, monkey
     import tifffile
 
     import napari_gradcam.cli._common as common
-    import napari_gradcam.engine.tiling as tiling
+    import napari_gradcam.engine.tiling.run as tiling
     import napari_gradcam.preprocess as preprocess
 
     tif = tmp_path / "wide.tif"

@@ -90,7 +90,7 @@ def test_every_method_explains_an_onnx_model(shufflenet_onnx, rgb_images):
                                    rtol=1e-3, err_msg=method["name"])
     # CAM found the GAP + linear head in the converted graph: its mean plus the bias is the logit
     cam = ng.explain(b, rgb_images[0], method="cam", target="all")
-    from napari_gradcam.engine.cam import cam_head
+    from napari_gradcam.engine.methods.cam import cam_head
 
     linear = b.model.get_submodule(cam_head(b).linear)
     with torch.no_grad():

@@ -78,8 +78,8 @@ def test_console_script_declared():
     assert module.startswith("napari_gradcam") and attr
 
 
-_SUBMODULES = ("api", "tiling", "gradient", "core", "cam", "hooks", "layers", "layout", "smooth", "discover", "methods",
-               "result", "shifts")
+_SUBMODULES = ("pipeline", "features", "tiling", "methods.gradient", "methods.gradient.family", "methods.cam", "hooks",
+               "layer_choice", "smooth", "methods", "methods.registry", "methods.perturbation", "result", "shifts")
 
 
 @pytest.mark.parametrize("order", ["call_first", "import_first"])
@@ -99,7 +99,7 @@ def test_engine_submodules_import_in_any_order(order):
         "from napari_gradcam.engine import tiling\n"
         "assert isinstance(eng, types.ModuleType) and isinstance(tiling, types.ModuleType)\n"
         "assert isinstance(ng.explain, types.FunctionType), type(ng.explain)\n"
-        "ref = napari_gradcam.engine.api.explain(b, img, 'gradcam', target='a')\n"
+        "ref = napari_gradcam.engine.pipeline.explain(b, img, 'gradcam', target='a')\n"
         "assert np.array_equal(h.data, ref.data) and h.data.shape == (40, 40)\n"
         "print('ok')\n"
     )

@@ -28,7 +28,7 @@ import napari_gradcam as ng
 from napari_gradcam import resources
 from napari_gradcam.data import declared_image, read_image, scan_folder
 from napari_gradcam.engine import iter_tiled_heatmaps, tiled_heatmaps
-from napari_gradcam.engine import budget
+from napari_gradcam.engine.tiling import budget
 from napari_gradcam.errors import GradCamWarning, ImageError, ResourceError
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread_module")
@@ -234,7 +234,7 @@ _MEASURE = textwrap.dedent("""
     torch.set_num_threads(1)
     import napari_gradcam as ng
     from napari_gradcam.engine import tiled_heatmaps
-    from napari_gradcam.engine.budget import tiling_cost
+    from napari_gradcam.engine.tiling.budget import tiling_cost
     torch.manual_seed(0)
     b = ng.build_model("simple_cnn", ["a", "b", "c"], in_channels=1, input_size=32)
     img = np.random.default_rng(0).random((200, 200)).astype(np.float32)

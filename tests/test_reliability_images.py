@@ -354,7 +354,7 @@ def test_lazy_value_range_is_one_streaming_pass(tiny_bundle):
 def test_rgba_lazy_and_zarr_images_match_numpy(tiny_bundle_rgb, tmp_path, monkeypatch):
     """Any chunking of the channel axis, a zarr array, and the automatic lazy path give the numpy result."""
     zarr = pytest.importorskip("zarr")
-    from napari_gradcam.engine import tiling
+    from napari_gradcam.engine.tiling import run as tiling
 
     image = make((150, 130, 4), "uint8", seed=4)
     ref = tiled_heatmaps(tiny_bundle_rgb, image, tile=32)

@@ -11,8 +11,8 @@ from torch import nn
 
 import napari_gradcam as ng
 from napari_gradcam.engine import explain
-from napari_gradcam.engine.discover import stage_outputs
-from napari_gradcam.engine.layout import Layout, layout_of, to_spatial
+from napari_gradcam.introspect.discover import stage_outputs
+from napari_gradcam.introspect.layout import Layout, layout_of, to_spatial
 from napari_gradcam.preprocess import bundle_tensor
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread_module")
@@ -223,7 +223,7 @@ def test_score_cam_on_tokens_agrees_with_pytorch_grad_cam(fixture, layer, grid, 
 def test_ablation_cam_on_tokens_is_the_brute_force_answer(fixture, layer, grid, request):
     """Known answer: w_k = (y_c - y_c^k) / y_c with channel k of the layer zeroed in every token (the class
     token too, as pytorch-grad-cam's ViT ablation layer does) or at every position, one whole pass per channel."""
-    from napari_gradcam.engine.layout import layout_of, to_spatial
+    from napari_gradcam.introspect.layout import layout_of, to_spatial
 
     bundle = request.getfixturevalue(fixture)
     model = bundle.model
@@ -260,7 +260,7 @@ def test_guided_gradcam_on_tokens(fixture, layer, grid, request):
     gradient of the score with respect to the layer's output, averaged per channel), upsampled nearest."""
     from captum.attr import GuidedBackprop
 
-    from napari_gradcam.engine.layout import layout_of, to_spatial
+    from napari_gradcam.introspect.layout import layout_of, to_spatial
 
     bundle = request.getfixturevalue(fixture)
     model = bundle.model

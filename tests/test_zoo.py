@@ -65,7 +65,7 @@ def test_torchvision_model_builds_saves_loads_and_explains(name, size, layer, im
 @pytest.mark.parametrize("name", ["efficientnet_v2_s", "shufflenet_v2_x0_5"])
 def test_cam_head_found_from_the_module_is_exact(name, image):
     """CAM's spatial mean plus the head's bias is the logit (the identity that defines CAM)."""
-    from napari_gradcam.engine.cam import cam_head
+    from napari_gradcam.engine.methods.cam import cam_head
     from napari_gradcam.preprocess import bundle_tensor
 
     torch.manual_seed(1)

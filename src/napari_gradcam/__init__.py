@@ -28,6 +28,7 @@ _LAZY = {
     "list_architectures": "models",
     "predict": "inference",
     "explain": "engine",
+    "explain_batch": "engine",
     "tiled_heatmaps": "engine",
     "feature_maps": "engine",
     "Heatmap": "engine",
@@ -69,7 +70,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .bundle import ModelBundle, ModelConfig, build_model, load_model, resolve_device, save_model, wrap_model
     from .errors import DatasetError, GradCamError, ImageError, LayerError, ModelFileError, TrainingError
     from ._napari.model_api import use_model
-    from .engine import Heatmap, TiledHeatmaps, explain, feature_maps, list_methods, tiled_heatmaps
+    from .engine import Heatmap, TiledHeatmaps, explain, explain_batch, feature_maps, list_methods, tiled_heatmaps
     from .errors import GradCamWarning, NumericalError, OutputError, ParameterError, ResourceError
     from .inference import predict
     from .models import list_architectures

@@ -169,7 +169,7 @@ def randomised_copy(bundle: "ModelBundle", share: float = RANDOMISED_SHARE,
     """
     import torch
 
-    from .models import get_module
+    from .introspect import get_module
     from .preprocess import bundle_tensor
 
     model = copy.deepcopy(bundle.model).eval()
@@ -269,7 +269,7 @@ def iter_compare_methods(
     sanity_threshold: float = 0.5,
 ) -> Generator[tuple[int, int], None, MethodComparison]:
     """:func:`compare_methods` as a generator of ``(done, total)`` after each method; returns the result."""
-    from .engine.methods import get_method
+    from .engine.methods import applicable_layer, get_method
     from .inference import predict
     from .preprocess import check_image
 
@@ -285,8 +285,8 @@ def iter_compare_methods(
     for i, name in enumerate(wanted):
         spec = get_method(name)
         try:
-            own_layer = layer if spec.uses_layer and spec.fixed_layer is None else None  # CAM: its own layer
-            row = _score(bundle, random_bundle, img, spec, index, own_layer, steps, baseline, sanity_threshold)
+            row = _score(bundle, random_bundle, img, spec, index, applicable_layer(spec, layer), steps, baseline,
+                         sanity_threshold)
         except GradCamError as e:
             result.notes.append(f"{spec.title} was skipped: {e}")
         else:

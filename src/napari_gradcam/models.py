@@ -9,7 +9,7 @@ first convolution (or patch embedding) adapted to 1 or 3 input channels.  Regist
 * ``cam``: where the global-average-pooling + linear head is, if it has one
   (CAM is defined only for those heads).
 
-For the others both are found from the module (:mod:`napari_gradcam.engine.discover`).
+For the others both are found from the module (:mod:`napari_gradcam.introspect`).
 """
 
 from __future__ import annotations
@@ -19,28 +19,17 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from .errors import GradCamError, LayerError
+from .introspect.discover import CamHead, default_target_layer, spatial_layers
+from .introspect.modules import (  # noqa: F401 - modules by name, public here since the first release
+    adapt_first_conv, first_conv_name, get_module, head_name, replace_head, set_module,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
-
-
-@dataclass(frozen=True)
-class CamHead:
-    """Where a CAM-ready head lives in a model.
-
-    ``features`` is the module whose output (B, K, h, w) is globally average
-    pooled, ``linear`` the ``nn.Linear(K, n_classes)`` applied to the pooled
-    vector, and ``relu`` says whether a ReLU is applied between them
-    (torchvision's DenseNet does this functionally).
-    """
-
-    features: str
-    linear: str
-    relu: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,7 +136,7 @@ def _unknown(name: str) -> str:
 
 #: architectures that are not in the registry: a module handed over in Python, an ONNX graph, and
 #: (prefixes) networks built by another library.  Their target layer and CAM head are found from the
-#: module itself (:mod:`napari_gradcam.engine.discover`).
+#: module itself (:mod:`napari_gradcam.introspect`).
 EXTERNAL_NAMES = ("custom", "onnx")
 EXTERNAL_PREFIXES = ("torchvision:", "timm:")
 
@@ -184,26 +173,6 @@ def canonical_name(name: str) -> str:
     if key in tv_models.classifiers():
         return "torchvision:" + key
     raise GradCamError(_unknown(raw))
-
-
-# ----------------------------------------------------------------------------- modules by name
-def get_module(model: "nn.Module", name: str) -> "nn.Module":
-    """The submodule at dotted path ``name`` ("" is the model itself)."""
-    if name == "":
-        return model
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        raise LayerError(
-            f"The model has no layer {name!r}; pick one from the model's layer list "
-            f"(e.g. {', '.join(n for n, _ in list(model.named_children())[:4])})."
-        ) from None
-
-
-def set_module(model: "nn.Module", name: str, module: "nn.Module") -> None:
-    """Replace the submodule at dotted path ``name``."""
-    parent_name, _, child = name.rpartition(".")
-    setattr(get_module(model, parent_name), child, module)
 
 
 # ----------------------------------------------------------------------------- simple_cnn
@@ -416,78 +385,6 @@ def head_layer(name: str, model: "nn.Module") -> str:
     return arch.head if arch is not None else head_name(model)
 
 
-def first_conv_name(model: "nn.Module") -> str:
-    """Dotted name of the convolution that takes the image (the patch embedding of a ViT): timm's
-    ``pretrained_cfg["first_conv"]`` where it names one, else the first ``Conv2d`` registered."""
-    from torch import nn
-
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    named = cfg.get("first_conv") if isinstance(cfg, dict) else None
-    if isinstance(named, str):
-        try:
-            if isinstance(model.get_submodule(named), nn.Conv2d):
-                return named
-        except AttributeError:
-            pass
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            return name
-    raise GradCamError("The model has no 2D convolution to take the image.")
-
-
-def head_name(model: "nn.Module") -> str:
-    """Dotted name of the classifier head: the last ``Linear`` registered, else the last ``Conv2d``
-    (SqueezeNet's 1 x 1 convolution)."""
-    from torch import nn
-
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if linears:
-        return linears[-1]
-    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise GradCamError("The model has no linear or convolutional layer to act as its head.")
-    return convs[-1]
-
-
-def replace_head(model: "nn.Module", n_classes: int, name: str | None = None) -> None:
-    """Put a new head with ``n_classes`` outputs where the old one (``name`` or :func:`head_name`) was."""
-    from torch import nn
-
-    name = name or head_name(model)
-    old = get_module(model, name)
-    if isinstance(old, nn.Linear):
-        new: nn.Module = nn.Linear(old.in_features, n_classes, bias=old.bias is not None)
-    else:
-        new = nn.Conv2d(old.in_channels, n_classes, old.kernel_size, old.stride, old.padding,
-                        bias=old.bias is not None)
-    set_module(model, name, new.to(old.weight.device))
-
-
-def adapt_first_conv(model: "nn.Module", in_channels: int, keep_weights: bool = False,
-                     name: str | None = None) -> None:
-    """Make the first convolution take ``in_channels`` channels (no-op when it already does).
-
-    With ``keep_weights`` a 3 -> 1 change keeps the sum of the RGB kernels (a gray image then gives
-    what the RGB weights gave for the same image in three channels).
-    """
-    import torch
-    from torch import nn
-
-    name = name or first_conv_name(model)
-    old = get_module(model, name)
-    if old.in_channels == in_channels:
-        return
-    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation,
-                    old.groups, old.bias is not None, old.padding_mode).to(old.weight.device)
-    if keep_weights:
-        with torch.no_grad():
-            gray = old.weight.sum(dim=1, keepdim=True)  # (out, 1, kh, kw)
-            new.weight.copy_(gray if in_channels == 1 else gray.expand_as(new.weight) / in_channels)
-            if old.bias is not None:
-                new.bias.copy_(old.bias)
-    set_module(model, name, new)
-
-
 def channels_in_weights(name: str, tensors: dict) -> int | None:
     """The input channel count a state dict of architecture ``name`` was trained with, read from the
     first convolution's weight (its name found on a network built without memory); None if unknown."""
@@ -533,57 +430,9 @@ def default_normalisation(name: str, in_channels: int, pretrained: bool = False,
 
 def default_layer(model: "nn.Module", in_channels: int, input_size: int) -> str:
     """The default Grad-CAM layer of any classifier traced on one (1, in_channels, input_size, input_size)
-    image (:func:`napari_gradcam.engine.discover.default_target_layer`), or "" when it has none (an MLP;
+    image (:func:`napari_gradcam.introspect.default_target_layer`), or "" when it has none (an MLP;
     pixel attributions still work)."""
-    from .engine.discover import default_target_layer
-
     try:
         return default_target_layer(model, in_channels, input_size)
     except LayerError:
         return ""
-
-
-def spatial_layers(model: "nn.Module", in_channels: int, input_size: int, max_depth: int | None = None) -> list[str]:
-    """Dotted names of the layers whose output is a spatial map (B, K, h, w), tokens on a patch grid or a
-    channels-last map (:mod:`napari_gradcam.engine.layout`), in execution order.
-
-    Found by one forward pass of a zero image, so the list is exact for any model.
-    Global pooling layers (an adaptive pool to 1 x 1) are left out: their "map" is one
-    pixel, useless as a heatmap.
-    ``max_depth`` keeps names with at most that many dots + 1 parts (``layer4`` is depth 1,
-    ``layer4.1`` depth 2).
-    """
-    import torch
-
-    seen: list[str] = []
-    handles = []
-
-    from torch import nn
-
-    global_pools = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-
-    from .engine.layout import layout_of  # maps, tokens and channels-last outputs all count
-
-    def make_hook(name: str) -> Callable:
-        def hook(module, _inputs, output):
-            if layout_of(output, min_cells=1) is None or name in seen:
-                return
-            if isinstance(module, global_pools) and tuple(output.shape[-2:]) == (1, 1):
-                return
-            seen.append(name)
-        return hook
-
-    for name, module in model.named_modules():
-        if name and (max_depth is None or name.count(".") < max_depth):
-            handles.append(module.register_forward_hook(make_hook(name)))
-    was_training = model.training
-    try:
-        model.eval()
-        device = next(model.parameters()).device
-        with torch.inference_mode():
-            model(torch.zeros(1, in_channels, input_size, input_size, device=device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return seen

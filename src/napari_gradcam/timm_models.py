@@ -73,7 +73,7 @@ def build(name: str, n_classes: int, in_channels: int, input_size: int,
                            f"({first}).") from None
     _load_local(model, name, Path(pretrained))
     model.reset_classifier(n_classes)
-    from .models import adapt_first_conv
+    from .introspect.modules import adapt_first_conv
 
     adapt_first_conv(model, in_channels, keep_weights=True)
     return model

@@ -79,7 +79,7 @@ def build(name: str, n_classes: int, in_channels: int, input_size: int,
     """
     import torchvision.models as tvm
 
-    from .models import adapt_first_conv, replace_head
+    from .introspect.modules import adapt_first_conv, replace_head
 
     check_input_size(name, input_size)
     kwargs = _constructor_kwargs(name, input_size)

@@ -224,17 +224,19 @@ def heatmap_layer(heatmap: "Heatmap", plane: ImagePlane, model: str = "", colorm
                   default_layer: str = "") -> tuple:
     """A :class:`Heatmap` as an Image LayerDataTuple overlaying ``plane``.
 
-    The map goes to napari at its layer's resolution (:func:`coarse_map`), placed with scale and
-    translate over the image's pixels and shown with linear interpolation (what ``explain`` does to
-    upsample it), not as a full-size copy; ``factor`` puts it on the brightness scale it shares with
-    other classes (:mod:`napari_gradcam.engine.scaling`).
+    The map goes to napari on its own grid (``heatmap.coarse``: the layer's cells, the network input's
+    pixels for attributions), placed with the heatmap's ``scale`` and ``offset`` over the image's pixels
+    and shown with linear interpolation (the upsampling ``Heatmap.data`` would do), so the full-size map
+    is never computed here; ``factor`` puts it on the brightness scale it shares with other classes
+    (:mod:`napari_gradcam.engine.scaling`).
     """
-    coarse = coarse_map(heatmap, factor)
-    full_hw = np.asarray(heatmap.data).shape[:2]
-    if coarse is not None:
-        data, geo = _place(coarse, plane, (full_hw[0] / coarse.shape[0], full_hw[1] / coarse.shape[1]))
-    else:
-        data, geo = _place(np.asarray(heatmap.data, dtype=np.float32) * np.float32(factor), plane)
+    coarse = np.asarray(heatmap.coarse, dtype=np.float32) * np.float32(factor)
+    data, geo = _place(coarse, plane)  # the plane's own geometry (leading axes at its slice)
+    scale, translate = np.asarray(geo["scale"], dtype=float), np.asarray(geo["translate"], dtype=float)
+    translate[-2:] += scale[-2:] * np.asarray(heatmap.offset, dtype=float)
+    scale[-2:] *= np.asarray(heatmap.scale, dtype=float)
+    geo = {"scale": tuple(scale), "translate": tuple(translate)}
+    full_hw = tuple(int(n) for n in heatmap.image_shape)
     meta = {
         TAG: "heatmap",
         "widget": "explain",
@@ -250,7 +252,7 @@ def heatmap_layer(heatmap: "Heatmap", plane: ImagePlane, model: str = "", colorm
         "max": float(heatmap.max),
         "probabilities": [float(p) for p in heatmap.probabilities],
         "model": model,
-        "coarse": coarse is not None,
+        "coarse": tuple(coarse.shape) != full_hw,
         "image_shape": [int(n) for n in full_hw],
         "scale": scale_name,
         "scale_factor": float(factor),

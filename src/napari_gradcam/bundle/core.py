@@ -314,7 +314,7 @@ def wrap_model(
     ``module`` maps (B, in_channels, input_size, input_size) float32 to (B, len(classes)) logits.
     Normalisation defaults to ImageNet's (its gray mean for one channel); images are first scaled
     to [0, 1].  The target layer defaults to the last layer with a spatial output, and a CAM head
-    is found from the module itself (:mod:`napari_gradcam.engine.discover`).  The architecture is
+    is found from the module itself (:mod:`napari_gradcam.introspect`).  The architecture is
     recorded as ``"custom"`` with the module's class name: a saved bundle is loaded again with
     ``load_model(path, module=TheClass(...))``.
     """

@@ -11,13 +11,19 @@ from __future__ import annotations
 import re
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol, Sequence
 
 from ..errors import shown  # noqa: F401 - re-exported for the bundle modules
 from ..errors import ModelFileError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .core import ModelConfig
+
+class ModelDescription(Protocol):
+    """What the fit checks read of a :class:`~napari_gradcam.bundle.ModelConfig` (typed by its fields, so
+    that this module needs nothing of ``bundle.core``, which imports it)."""
+
+    architecture: str
+    classes: Sequence[str]
+    in_channels: int
 
 
 # ----------------------------------------------------------------------------- text
@@ -125,7 +131,7 @@ def refused_pickle(path: Path, error: Exception) -> ModelFileError:
 
 
 # ----------------------------------------------------------------------------- fit
-def check_fit(path: Path, config: "ModelConfig", tensors: dict, expected: dict, head: str | None,
+def check_fit(path: Path, config: ModelDescription, tensors: dict, expected: dict, head: str | None,
               first: str | None) -> None:
     """Compare the file's ``tensors`` with the ``expected`` state dict of the network ``config``
     describes (built on the meta device: no memory) and say in one sentence what does not fit: class
@@ -193,7 +199,7 @@ def guess_architecture(tensors: dict) -> str | None:
     return None
 
 
-def fit_error(path: Path, config: "ModelConfig", err: RuntimeError) -> ModelFileError:
+def fit_error(path: Path, config: ModelDescription, err: RuntimeError) -> ModelFileError:
     """Turn load_state_dict's long error into one sentence."""
     detail = ""
     for line in str(err).splitlines():

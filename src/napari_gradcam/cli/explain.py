@@ -35,7 +35,7 @@ def cmd_explain(args) -> int:
     maps = result if isinstance(result, list) else [result]
     if len(maps) > 1:  # several classes: one brightness scale for all of them
         maps = scale_heatmaps(maps, args.scale)
-    meta = {"method": maps[0].method, "layer": maps[0].layer, "fusion": args.fusion if "+" in maps[0].layer else None,
+    meta = {"method": maps[0].method, "layer": maps[0].layer, "fusion": args.fusion if len(maps[0].layers) > 1 else None,
             "shifts": maps[0].shifts, "smooth": maps[0].smooth, "signed": maps[0].signed,
             "targets": [h.target for h in maps], "scores": [h.score for h in maps], "image": str(args.image)}
     if len(maps) > 1:
@@ -91,7 +91,7 @@ def cmd_tile(args) -> int:
     import numpy as np
 
     from ..engine import iter_tiled_heatmaps
-    from ..engine.budget import check_result_fits
+    from ..engine.tiling.budget import check_result_fits
 
     (out,) = check_outputs([(args.out, "folder", "--out")], inputs=[args.model, args.image])
     bundle = _load(args)

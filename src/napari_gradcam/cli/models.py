@@ -29,7 +29,7 @@ def _summary(bundle) -> str:
 
 
 def _cam_head(bundle) -> str:
-    from ..engine.cam import cam_head
+    from ..engine.methods.cam import cam_head
     from ..errors import GradCamError
 
     try:

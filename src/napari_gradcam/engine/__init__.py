@@ -1,23 +1,28 @@
-"""The explanation engine: CAM family, tiled heatmaps, feature maps (torch/numpy only, no napari).
+"""The explanation engine: CAM family, pixel attributions, tiled heatmaps, feature maps (torch/numpy only,
+no napari).
 
-``methods`` is the registry; ``cam`` (CAM) and ``gradient`` (the gradient CAM family, one weight
-function per method over the shared ``core``) register their methods at import.  ``hooks`` captures
-layers, ``layout`` reads token and channels-last outputs as maps, ``layers`` resolves ``layer=``
-(names, modules, lists, the "fine" preset), ``discover`` finds default layers and CAM heads from any
-module, ``shifts`` and ``smooth`` average transformed copies, ``api`` and ``tiling`` are the entry points.
+* :mod:`.methods`: the registry and the method families (CAM; the gradient family; the perturbation
+  family with Score-CAM; pixel attributions), each family's helpers beside it;
+* :mod:`.pipeline`: ``explain`` as a short pipeline of named steps; :mod:`.features`: ``feature_maps``;
+* :mod:`.layer_choice`: what ``layer=`` names (dotted names, modules, lists, the "fine" preset);
+* :mod:`.hooks`: capturing layers during a pass; :mod:`.shifts`, :mod:`.smooth`: averaged transformed
+  copies; :mod:`.scaling`: one brightness scale for several classes; :mod:`.result`: the results;
+* :mod:`.tiling`: heatmaps over large images (plan and budget, network, blend, run, lazy, fullconv).
 
-Named ``engine`` (not ``explain``) so that the public function ``napari_gradcam.explain`` and this
-subpackage never share a name: every submodule imports in any order.
+What a model's layers are (default layer, stages, CAM head, layouts) comes from
+:mod:`napari_gradcam.introspect`, below the engine.  Named ``engine`` (not ``explain``) so that the
+public function ``napari_gradcam.explain`` and this subpackage never share a name.
 """
 
-from .api import explain, feature_maps
-from .methods import canonical_method, get_method, list_methods, method_title
+from .features import feature_maps
+from .methods import applicable_layer, canonical_method, get_method, list_methods, method_title
+from .pipeline import explain, explain_batch
 from .result import FeatureMaps, Heatmap, TiledHeatmaps
 from .scaling import scale_heatmaps
 from .tiling import iter_tiled_heatmaps, tiled_heatmaps
 
 __all__ = [
-    "explain", "feature_maps", "tiled_heatmaps", "iter_tiled_heatmaps", "Heatmap", "TiledHeatmaps",
-    "FeatureMaps", "canonical_method", "get_method", "list_methods", "method_title",
+    "explain", "explain_batch", "feature_maps", "tiled_heatmaps", "iter_tiled_heatmaps", "Heatmap", "TiledHeatmaps",
+    "FeatureMaps", "applicable_layer", "canonical_method", "get_method", "list_methods", "method_title",
     "scale_heatmaps",
 ]

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from ..errors import LayerError
-from ..models import get_module
-from .layout import Layout, describe, layout_of, to_spatial
+from ..introspect.modules import get_module
+from ..introspect.layout import Layout, describe, layout_of, to_spatial
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -18,7 +18,6 @@ alike, and a class the model gives p = 0 looks as convincing as the predicted on
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -66,9 +65,8 @@ def scale_heatmaps(heatmaps: Sequence["Heatmap"], scale: str = "probability") ->
 
     Returns
     -------
-    New Heatmap objects (the inputs are not changed) whose ``data`` is (H, W) float32 in [0, 1],
-    multiplied by :func:`scale_factors`; everything else is as it was.
+    New Heatmap objects (the inputs are not changed) whose ``coarse`` and ``data`` ((H, W) float32 in
+    [0, 1]) are multiplied by :func:`scale_factors`; everything else is as it was.
     """
     factors = scale_factors(heatmaps, scale)
-    return [replace(h, data=(np.asarray(h.data, dtype=np.float32) * np.float32(f)).astype(np.float32, copy=False))
-            for h, f in zip(heatmaps, factors)]
+    return [h.scaled(f) for h, f in zip(heatmaps, factors)]

@@ -7,7 +7,7 @@ and the six are averaged.  Evidence that survives the flips and intensity change
 that follows the pixel grid or one intensity level fades.
 
 ``"eigen"`` (as pytorch-grad-cam's ``eigen_smooth``): the first principal component of the weighted
-activations replaces their channel sum (:func:`.core.first_component`); gradient CAM family only.
+activations replaces their channel sum (:func:`.methods.gradient.family.first_component`); gradient CAM family only.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ def _as_mask(item: Any) -> np.ndarray:
 def _method_available(bundle: "ModelBundle", method: str) -> str | None:
     """None if ``method`` works for the bundle, else the reason (one sentence)."""
     if method == "cam":
-        from ..engine.cam import cam_head
+        from ..engine.methods.cam import cam_head
 
         try:
             cam_head(bundle)

@@ -1,6 +1,6 @@
 """The shared code of the gradient CAM family: hooks, backward pass, weighted sum, ReLU, fusion.
 
-A method of the family (:mod:`.gradient`) is one function ``weigh(A, G)`` of a layer's activations A
+A method of the family (:mod:`.formulas`) is one function ``weigh(A, G)`` of a layer's activations A
 (B, K, h, w) and the gradients G = d(score)/dA, returning the weighted activations (B, K, h, w).
 Everything else lives here and is the same for every method:
 
@@ -20,9 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from ..errors import GradCamError, LayerError
-from .hooks import Captured, capture
-from .methods import target_scores
+from ....errors import GradCamError, LayerError
+from ...hooks import Captured, capture
+from ..registry import target_scores
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -55,7 +55,7 @@ def _gradients(scores: "torch.Tensor", box: Captured, retain: bool) -> list["tor
     """d(sum of scores)/d(each hooked output), as (B, K, h, w) maps."""
     import torch
 
-    from .layout import to_spatial
+    from ....introspect.layout import to_spatial
 
     if not scores.requires_grad:
         raise GradCamError(f"The scores to explain do not depend on layer {box.names[0]!r}; pick another layer "
@@ -159,7 +159,7 @@ def gradient_maps(model: "nn.Module", x: "torch.Tensor", targets: "Sequence | No
     Parameters
     ----------
     x : (B, C, S, S) float32 input on the model's device.
-    targets : class indices or score functions of the logits (see :func:`.methods.target_scores`),
+    targets : class indices or score functions of the logits (see :func:`..registry.target_scores`),
         the same for every image; None = each image's predicted class.
     layers : dotted names of the layers to explain; several are fused (:func:`fuse_maps`).
     eigen : the first principal component of the weighted activations instead of their sum.

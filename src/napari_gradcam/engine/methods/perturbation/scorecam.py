@@ -1,5 +1,14 @@
-"""Many-pass scores screened in bfloat16, recomputed in float32 where they matter.
+"""Score-CAM, whole: masks from the layer's channels, one pass per mask, softmax channel weights, and
+the bfloat16 screening of those passes.
 
+Score-CAM (Wang et al., "Score-CAM: Score-weighted visual explanations for convolutional neural
+networks", CVPR-W 2020): each channel, upsampled to the input and scaled to [0, 1], masks the input;
+``w_k = softmax_k(y_c(x * M_k))`` over the channels (the logits, as pytorch-grad-cam computes it); the
+map is ``ReLU(sum_k w_k A_k)``.  K passes; channels that are constant give the same all-zero mask and are
+run once; the passes run on an inference copy of the model (BatchNorm folded, channels-last on a CPU;
+:mod:`.model_cut`) where it gives the model's own logits.
+
+Precision.
 Score-CAM runs the network once per channel of the explained layer (512 passes for resnet18's
 ``layer4``) and uses the logits of those passes only through a softmax over the channels.  With
 ``precision="auto"`` on hardware that computes bfloat16 natively (CPUs with AVX512-BF16 or AMX, GPUs
@@ -25,10 +34,16 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from ..errors import ParameterError
+from ....errors import ParameterError
+from ..registry import MapOutput, Method, register
+from .model_cut import close_logits, inference_copy
+from .passes import _chunk, _forward, _spatial, _targets_for, _weighted_maps, one_layer
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+    from torch import nn
+
+    from ....bundle import ModelBundle
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 TOLERANCE = 1 / 256  # estimated map error (4 standard deviations) allowed, relative to the map's peak
@@ -127,3 +142,98 @@ def _measure(s: "torch.Tensor", pending: "torch.Tensor", idx: "torch.Tensor", co
     s[idx] = exact
     pending[idx] = False
     return error
+
+
+# ----------------------------------------------------------------------------- the passes
+def _unit_masks(act: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
+    """(c, h, w) channels -> (c, H, W) masks: upsampled (bilinear, corners aligned), scaled to [0, 1]."""
+    import torch.nn.functional as F
+
+    up = F.interpolate(act[None].float(), size=size, mode="bilinear", align_corners=True)[0]
+    lo = up.amin(dim=(1, 2), keepdim=True)
+    hi = up.amax(dim=(1, 2), keepdim=True)
+    return (up - lo) / (hi - lo + 1e-8)
+
+
+def _scoring_copy(model: "nn.Module", x: "torch.Tensor", reference: "torch.Tensor"):
+    """(model for the passes, its memory format, the logits of an all-zero input (n,) float32).
+
+    The :func:`.model_cut.inference_copy` (BatchNorm folded, channels-last on a CPU), checked against
+    ``reference`` (the logits of ``x``); the model itself where they differ."""
+    import torch
+
+    fast = inference_copy(model, channels_last=x.device.type == "cpu")
+    memory = torch.channels_last if fast is not model and x.device.type == "cpu" else torch.contiguous_format
+    with torch.inference_mode():
+        check = fast(torch.cat([x, torch.zeros_like(x)]).contiguous(memory_format=memory)).float()
+        if not close_logits(check[:1], reference[None]):
+            fast, memory = model, torch.contiguous_format
+            check = fast(torch.zeros_like(x)).float()
+    return fast, memory, check[-1]
+
+
+def masked_scores(model: "nn.Module", x: "torch.Tensor", act: "torch.Tensor", reference: "torch.Tensor",
+                  wanted: "Sequence[int] | None" = None, precision: str = "float32") -> "torch.Tensor":
+    """Logits of the input masked by each channel: (K, n_classes) float32.
+
+    x (1, C, S, S); act (K, h, w) the layer's output; reference (n_classes,) the logits of ``x``.
+    Constant channels (all-zero masks) run once.  ``precision`` "float32" runs every pass in float32;
+    "auto" / "bfloat16" screen in bfloat16 and recompute in float32 what the maps of the classes
+    ``wanted`` (default: the predicted one) need (see the module docstring).
+    """
+    import torch
+
+    size = tuple(x.shape[-2:])
+    flat = act.flatten(1)
+    constant = (flat.amax(dim=1) - flat.amin(dim=1)) == 0
+    varying = torch.nonzero(~constant).flatten()
+    fast, memory, blank = _scoring_copy(model, x, reference)
+    step = _chunk(x.device, x[0].numel() * 4, 64 << 20, 1, 16)
+
+    def logits(idx: "torch.Tensor", low: bool = False) -> "torch.Tensor":
+        out = [torch.empty(0, reference.shape[0], device=x.device)]
+        with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=low):
+            for i in range(0, len(idx), step):
+                batch = (x * _unit_masks(act[idx[i: i + step]], size)[:, None]).contiguous(memory_format=memory)
+                out.append(fast(batch).float())
+        return torch.cat(out)
+
+    scores = torch.empty(act.shape[0], reference.shape[0], device=x.device)
+    scores[constant] = blank
+    if resolve_precision(precision, x.device) == "float32" or len(varying) == 0:
+        scores[varying] = logits(varying)
+        return scores
+    scores[varying] = logits(varying, low=True)
+    wanted = [int(reference.argmax())] if wanted is None else wanted
+    return refine(scores, constant, act, wanted, logits, step)[0]
+
+
+def score_cam_maps(bundle: "ModelBundle", x: "torch.Tensor", targets, layer: str,
+                   precision: str = "auto") -> MapOutput:
+    """Score-CAM maps (B, T, h, w) for a batch (each image's own passes; ``precision`` as in
+    :func:`masked_scores`)."""
+    import torch
+
+    model = bundle.model
+    logits, output = _forward(model, x, layer)
+    acts = _spatial(output)
+    indices = _targets_for(logits[0], targets)
+    maps = []
+    for b in range(x.shape[0]):
+        wanted = indices if targets is not None or b == 0 else _targets_for(logits[b], None)
+        scores = masked_scores(model, x[b: b + 1], acts[b], logits[b], wanted, precision)
+        weights = torch.softmax(scores[:, wanted].T, dim=1)
+        maps.append(_weighted_maps(acts[b], weights))
+    return MapOutput(logits, torch.stack(maps), indices)
+
+
+def _score_compute(bundle, x, targets, layers, precision: str = "auto", **_options) -> MapOutput:
+    return score_cam_maps(bundle, x, targets, one_layer("Score-CAM", layers), precision)
+
+
+register(Method(
+    "scorecam", "Score-CAM", "cam",
+    "channel weights = softmax of the class score of the input masked by each channel "
+    "(one pass per channel, batched, no gradients)",
+    _score_compute, aliases=("score-cam",), extra={"slow": True, "precision": True},
+))

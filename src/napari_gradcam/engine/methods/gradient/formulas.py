@@ -7,9 +7,9 @@ returns the weighted activations (B, K, h, w).  The map is then
     L = ReLU( sum_k weigh(A, G)_k )
 
 (or, with ``smooth="eigen"``, the first principal component of the weighted activations in place
-of the sum), computed by the shared code in :mod:`.core` (hooks, one forward pass, a backward pass
+of the sum), computed by the shared code in :mod:`.family` (hooks, one forward pass, a backward pass
 through the head only, fusion of several layers).  :func:`gradient_cam` registers a function as a
-method of :mod:`.methods`.
+method of :mod:`..registry`.
 
 Agreement with the anchor libraries (tests/test_methods_gradient.py): each method matches
 pytorch-grad-cam's class of the same name to correlation > 0.99 at ResNet-18 ``layer4`` and at a
@@ -22,8 +22,8 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING, Callable
 
-from .core import GradientCam, gradient_maps
-from .methods import MapOutput, Method, register
+from .family import GradientCam, gradient_maps
+from ..registry import MapOutput, Method, register
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -47,7 +47,7 @@ def gradient_cam(name: str, title: str, description: str, *, aliases: tuple[str,
 
 
 def family_member(name: str) -> GradientCam:
-    """The :class:`.core.GradientCam` registered as ``name`` (canonical name)."""
+    """The :class:`.family.GradientCam` registered as ``name`` (canonical name)."""
     return _FAMILY[name]
 
 
@@ -174,11 +174,11 @@ def eigengradcam(A, G):
               default_layers=lambda bundle: _fine_layers(bundle))
 def layercam_fine(A, G):
     r"""LayerCAM (Jiang et al., IEEE TIP 2021) at the outputs of the model's last three resolution
-    stages (:func:`.discover.stage_outputs`), fused: weighted_k(i, j) = ReLU(G_k(i, j)) A_k(i, j)."""
+    stages (:func:`napari_gradcam.introspect.stage_outputs`), fused: weighted_k(i, j) = ReLU(G_k(i, j)) A_k(i, j)."""
     return layercam(A, G)
 
 
 def _fine_layers(bundle) -> list[str]:
-    from .layers import fine_layers
+    from ...layer_choice import fine_layers
 
     return fine_layers(bundle)

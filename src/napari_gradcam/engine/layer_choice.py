@@ -2,7 +2,7 @@
 
 ``layer`` may be a dotted name (``"layer4"``), the module itself (``model.layer4``), a list of
 them (fused by multi-layer methods), or the preset ``"fine"``: the outputs of the model's last
-:data:`FINE_STAGES` resolution stages, found from the module (:func:`.discover.stage_outputs`).
+:data:`FINE_STAGES` resolution stages, found from the module (:func:`napari_gradcam.introspect.stage_outputs`).
 Nothing here needs the architecture registry.
 """
 
@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import LayerError
-from ..models import get_module
+from ..introspect.modules import get_module
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..bundle import ModelBundle
-    from .methods import Method
+    from .methods.registry import Method
 
 #: Stages fused by the "fine" preset (and by the layercam-fine method).
 FINE_STAGES = 3
@@ -25,7 +25,7 @@ PRESETS = ("fine",)
 
 def fine_layers(bundle: "ModelBundle", n: int = FINE_STAGES) -> list[str]:
     """The outputs of the last ``n`` resolution stages of the bundle's model, finest first."""
-    from .discover import stage_outputs
+    from ..introspect.discover import stage_outputs
 
     return stage_outputs(bundle.model, bundle.in_channels, bundle.input_size, n)
 
@@ -34,7 +34,7 @@ def default_layer(bundle: "ModelBundle") -> str:
     """The bundle's target layer, or the one found from the module when the bundle has none."""
     if bundle.target_layer:
         return bundle.target_layer
-    from .discover import default_target_layer
+    from ..introspect.discover import default_target_layer
 
     return default_target_layer(bundle.model, bundle.in_channels, bundle.input_size)
 

@@ -28,12 +28,12 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .methods import MapOutput, Method, register
+from .registry import MapOutput, Method, register
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from ..bundle import ModelBundle
+    from ...bundle import ModelBundle
 
 #: settings of the methods (captum's names); tests and the benchmark read them from here
 IG_STEPS = 50
@@ -152,10 +152,10 @@ def _guided_gradcam(bundle, x, forward, target, layer):
     import torch.nn.functional as F
     from captum.attr import LayerGradCam
 
-    from ..models import get_module
-    from .core import gradient_maps
-    from .gradient import family_member
-    from .layout import layout_of
+    from ...introspect.modules import get_module
+    from .gradient.family import gradient_maps
+    from .gradient.formulas import family_member
+    from ...introspect.layout import layout_of
 
     module = get_module(bundle.model, layer)
     kinds: list = []

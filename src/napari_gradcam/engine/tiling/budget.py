@@ -18,11 +18,11 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import GradCamWarning, ResourceError
-from ..resources import available_memory, format_bytes
+from ...errors import GradCamWarning, ResourceError
+from ...resources import available_memory, format_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..bundle import ModelBundle
+    from ...bundle import ModelBundle
 
 #: The model's activations per image, in float32 maps of the network's input size (generous).
 ACTIVATION_MAPS = 64
@@ -62,7 +62,7 @@ def map_cells(bundle: "ModelBundle") -> int:
     """h * w of the model's target-layer map for one input (one forward pass of a blank image)."""
     import torch
 
-    from .hooks import StopForward, capture
+    from ..hooks import StopForward, capture
 
     x = torch.zeros((1, bundle.in_channels, bundle.input_size, bundle.input_size), device=bundle.device)
     was = bundle.model.training
@@ -83,7 +83,7 @@ def map_cells(bundle: "ModelBundle") -> int:
 
 def _starts(length: int, tile: int, stride: int) -> int:
     """How many tile positions cover ``length`` (``tiling.tile_starts``, counted)."""
-    from .tiling import tile_starts  # tiling imports this module
+    from .plan import tile_starts
 
     return len(tile_starts(length, tile, stride))
 

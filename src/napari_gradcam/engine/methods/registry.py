@@ -23,7 +23,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import GradCamError
+from ...errors import GradCamError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -113,9 +113,15 @@ def register(method: Method) -> Method:
     return method
 
 
+_LOADED: list[bool] = []
+
+
 def _load_all() -> None:
-    for mod in _METHOD_MODULES:
-        importlib.import_module(f"{__package__}.{mod}")
+    """Import the family modules once (each registers its methods)."""
+    if not _LOADED:
+        for mod in _METHOD_MODULES:
+            importlib.import_module(f"{__package__}.{mod}")
+        _LOADED.append(True)
 
 
 def get_method(name: str) -> Method:
@@ -151,3 +157,15 @@ def method_names(family: str | None = None) -> list[str]:
     """Canonical names, optionally of one family."""
     _load_all()
     return [m.name for m in _REGISTRY.values() if family is None or m.family == family]
+
+
+def applicable_layer(method: "str | Method", layer):
+    """The layer a caller's choice of ``layer`` gives ``method``: the choice itself (a dotted name, a module,
+    a list of them or a preset) where the method is computed at a chosen layer; None where it takes no
+    layer (pixel attributions) or only its own (CAM: the layer feeding the pooling head), so that its
+    default applies.  The one rule for every caller (the explain panel, ``compare_methods``, the CLI).
+    """
+    spec = method if isinstance(method, Method) else get_method(method)
+    if not spec.uses_layer or spec.fixed_layer is not None or layer is None:
+        return None
+    return None if isinstance(layer, str) and not layer.strip() else layer

@@ -9,26 +9,26 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import GradCamError, LayerError
-from ..models import CamHead, find_architecture, get_module
-from .discover import default_target_layer, find_cam_head
-from .hooks import capture
-from .methods import MapOutput, Method, register
+from ...errors import GradCamError, LayerError
+from ...introspect import CamHead, get_module
+from ...introspect.discover import default_target_layer, find_cam_head
+from ..hooks import capture
+from .registry import MapOutput, Method, register
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from ..bundle import ModelBundle
+    from ...bundle import ModelBundle
 
 
 def cam_head(bundle: "ModelBundle") -> CamHead:
-    """Where the GAP + linear head is, or a LayerError naming Grad-CAM as the alternative."""
-    arch = find_architecture(bundle.architecture)
-    if arch is not None:  # registered: known without tracing
-        head = arch.cam
-    else:
+    """Where the GAP + linear head is (found from the module: :func:`napari_gradcam.introspect.find_cam_head`
+    on the default layer), or a LayerError naming Grad-CAM as the alternative."""
+    try:
         layer = default_target_layer(bundle.model, bundle.in_channels, bundle.input_size)
-        head = find_cam_head(bundle.model, layer, bundle.in_channels, bundle.input_size)
+    except LayerError:
+        layer = ""
+    head = find_cam_head(bundle.model, layer, bundle.in_channels, bundle.input_size)
     if head is None:
         raise LayerError(
             f"CAM needs a global-average-pooling + linear head, which this {bundle.architecture} model does not "
@@ -76,7 +76,7 @@ def local_logits(bundle: "ModelBundle", x: "torch.Tensor") -> tuple["torch.Tenso
     """
     import torch
 
-    from .hooks import StopForward
+    from ..hooks import StopForward
 
     head = cam_head(bundle)
     linear = get_module(bundle.model, head.linear)
@@ -97,9 +97,13 @@ def local_logits(bundle: "ModelBundle", x: "torch.Tensor") -> tuple["torch.Tenso
 def _cam_compute(bundle, x, targets, layers, **_options) -> MapOutput:
     if targets is not None and any(callable(t) for t in targets):
         raise GradCamError("CAM explains classes, not a function of the logits; use Grad-CAM or HiResCAM for that.")
+    import torch
+
     logits, all_maps = class_activation_maps(bundle, x)
-    indices = list(targets) if targets is not None else [int(logits[0].argmax())]
-    return MapOutput(logits, all_maps[:, indices], indices)
+    if targets is None:  # each image's own predicted class
+        own = logits.argmax(dim=1)
+        return MapOutput(logits, all_maps[torch.arange(len(own)), own][:, None], [int(own[0])])
+    return MapOutput(logits, all_maps[:, list(targets)], list(targets))
 
 
 register(Method(
