@@ -450,7 +450,7 @@ def group_of(path: Path, pattern: "str | re.Pattern | None") -> str:
     own = path.stem if path.suffix.lower() in IMAGE_SUFFIXES else path.name
     if pattern is None:
         return own
-    rx = re.compile(pattern) if isinstance(pattern, str) else pattern
+    rx = compile_pattern(pattern) if isinstance(pattern, str) else pattern
     m = rx.search(path.name)
     if m is None:
         return own
@@ -462,10 +462,46 @@ def _resolve_pattern(group_pattern: "str | None") -> "re.Pattern | None":
         return None
     if str(group_pattern).lower() == "auto":
         group_pattern = PATIENT_PATTERN
+    return compile_pattern(group_pattern)
+
+
+#: A group with a quantifier inside, itself quantified: ``(a+)+``, ``(a|aa)*``, ``(x*y?){2,}``: the shapes
+#: that make a backtracking matcher take exponential time (refused when RE2 is not installed).
+_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*(?:[+*?}]|\|)(?:[^()\\]|\\.)*\)[+*{]")
+
+
+def compile_pattern(pattern: str, what: str = "The grouping pattern"):
+    """A user's regular expression compiled so that matching it cannot hang: with RE2 (``google-re2``,
+    linear time in the text, so ``(a+)+$`` on a long name takes microseconds), else with Python's ``re``
+    after refusing nested quantifiers.  The result has ``search`` (its match's ``group``) and ``groups``.
+
+    Raises
+    ------
+    DatasetError
+        Not a valid expression, or one the linear-time matcher cannot run (backreferences,
+        look-arounds); one sentence naming ``what``.
+    """
+    pattern = str(pattern)
     try:
-        return re.compile(group_pattern)
+        import re2
+    except ImportError:  # pragma: no cover - google-re2 is a dependency; a time-safe subset of re otherwise
+        re2 = None
+    if re2 is not None:
+        options = re2.Options()
+        options.log_errors = False  # the sentence below says it; RE2 would also log to stderr
+        try:
+            return re2.compile(pattern, options)
+        except re2.error as e:
+            why = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+            raise DatasetError(f"{what} {pattern!r} is not a regular expression the linear-time matcher (RE2) "
+                               f"accepts ({why}; backreferences and look-arounds are not supported).") from None
+    if _NESTED_QUANTIFIER.search(pattern):
+        raise DatasetError(f"{what} {pattern!r} repeats a group that itself repeats (like (a+)+), which can take "
+                           "hours to match; write it without the nesting.")
+    try:
+        return re.compile(pattern)
     except re.error as e:
-        raise DatasetError(f"The grouping pattern {group_pattern!r} is not a valid regular expression ({e}).") from None
+        raise DatasetError(f"{what} {pattern!r} is not a valid regular expression ({e}).") from None
 
 
 def _link_problem(err: OSError) -> str:
