@@ -100,13 +100,13 @@ def test_tile_refuses_a_plan_of_hours_naming_force(files, capsys, monkeypatch):
     (["compare", "{model}", "{image}", "--steps", "1000000000"], ["--steps", "between 1 and 1,000"]),
     (["info", "{model}", "--input-size", "0"], ["--input-size", "between 16 and 4,096, not 0"]),
     (["convert", "{model}", "--out", "{root}/c.safetensors", "--input-size", "100000"], ["--input-size"]),
-    (["tile", "{model}", "{image}", "--out", "{root}/t2", "--overlap", "0.99"], ["--overlap", "between 0 and 0.95"]),
+    (["tile", "{model}", "{image}", "--out", "{root}/t2", "--overlap", "0.99"], ["--overlap", "Overlap must be between 0 and 0.95, not 0.99"]),
     (["tile", "{model}", "{image}", "--out", "{root}/t2", "--tile", "100000"], ["--tile", "between 1 and 16,384"]),
     (["tile", "{model}", "{image}", "--out", "{root}/t2", "--batch-size", "10000000"], ["--batch-size", "4,096"]),
     (["tile", "{model}", "{image}", "--out", "{root}/t2", "--max-minutes", "-1"], ["--max-minutes", "0 or more"]),
     (["predict", "{model}", "{image}", "--batch-size", "1000000000"], ["--batch-size", "between 1 and 4,096"]),
     (["evaluate", "{model}", "{data}", "--batch-size", "99999"], ["--batch-size"]),
-    (["explain", "{model}", "{image}", "--out", "{root}/h.tif", "--shifts", "100"], ["--shifts", "between 1 and 8"]),
+    (["explain", "{model}", "{image}", "--out", "{root}/h.tif", "--shifts", "100"], ["--shifts", "at most 8"]),
     (["explain", "{model}", "{image}", "--out", "{root}/h.tif", "--std", "0"], ["--std", "greater than 0"]),
     (["explain", "{model}", "{image}", "--out", "{root}/h.tif", "--mean", "nan"], ["--mean", "finite"]),
     (["localize", "{model}", "{data}", "{data}", "--tolerance", "1e300"], ["--tolerance", "between 0 and"]),
@@ -212,3 +212,116 @@ def test_patterns_keep_their_meaning_and_bad_ones_are_one_sentence(capsys, files
     capsys.readouterr()
     cli_error(capsys, ["train", data, "--out", root / "p.safetensors", "--group-pattern", r"(a)\1", "-q"],
               "grouping pattern", "RE2")  # one line: RE2's own log stays silent
+
+
+# ----------------------------------------------------------------------------- smaller leftovers
+def test_model_files_follow_the_umask_and_an_overwrite_keeps_the_mode(tmp_path, tiny_bundle):
+    import os
+    import stat
+
+    import napari_gradcam as ng
+
+    def mode(p):
+        return stat.S_IMODE(os.stat(p).st_mode)
+
+    old = os.umask(0o027)
+    try:
+        path = ng.save_model(tiny_bundle, tmp_path / "m.safetensors")
+        assert mode(path) == 0o640  # 0644 less the umask (safetensors alone writes 0600)
+        os.chmod(path, 0o664)
+        ng.save_model(tiny_bundle, path)
+        assert mode(path) == 0o664  # the overwritten file's own mode
+    finally:
+        os.umask(old)
+
+
+def test_an_output_below_a_file_names_the_file(tmp_path, files, capsys, tiny_bundle):
+    import napari_gradcam as ng
+    from napari_gradcam.errors import OutputError
+
+    _, model, _, _, _ = files
+    (tmp_path / "f").write_text("x")
+    cli_error(capsys, ["convert", model, "--out", tmp_path / "f" / "x.safetensors"], "f is a file")
+    with pytest.raises(OutputError, match=r"Cannot write .*x.safetensors: .*f is a file, not a folder"):
+        ng.save_model(tiny_bundle, tmp_path / "f" / "y" / "x.safetensors")
+
+
+def _asymmetric(shape=(20, 30), channels=False):
+    """A gradient with one bright corner: every flip and rotation gives another array."""
+    a = np.add.outer(np.arange(shape[0]) * 3, np.arange(shape[1])).astype(np.uint8)
+    a[:3, :4] = 255
+    return np.stack([a, a // 2, 255 - a], -1) if channels else a
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_and_tiff_orientation_give_the_upright_image(orientation, tmp_path):
+    """PNG and JPEG with an EXIF Orientation read as Pillow's exif_transpose shows them; a TIFF with the
+    same Orientation tag reads the same as the PNG."""
+    import tifffile
+    from PIL import Image, ImageOps
+
+    from napari_gradcam.data import read_image
+
+    arr = _asymmetric()
+    exif = Image.Exif()
+    exif[274] = orientation
+    for suffix in ("png", "jpg"):
+        path = tmp_path / f"x.{suffix}"
+        Image.fromarray(arr).save(path, exif=exif)
+        with Image.open(path) as im:
+            expected = np.asarray(ImageOps.exif_transpose(im))
+        np.testing.assert_array_equal(read_image(path), expected)
+        if suffix == "png":
+            upright = expected
+    assert (upright.shape == arr.shape) == (orientation < 5)
+    tif = tmp_path / "x.tif"
+    tifffile.imwrite(tif, arr, extratags=[(274, "H", 1, orientation, True)])
+    np.testing.assert_array_equal(read_image(tif), upright)
+    rgb = _asymmetric(channels=True)
+    tifffile.imwrite(tif, rgb, photometric="rgb", extratags=[(274, "H", 1, orientation, True)])
+    Image.fromarray(rgb).save(tmp_path / "rgb.png", exif=exif)
+    np.testing.assert_array_equal(read_image(tif), read_image(tmp_path / "rgb.png"))
+
+
+def test_pillow_bomb_warning_is_never_printed(tmp_path, files, capsys, monkeypatch):
+    """Between Pillow's limit and twice it, Pillow only warns (on stderr, raw); our own bounded check
+    decides instead.  Beyond twice it: one sentence."""
+    import warnings
+
+    from PIL import Image
+
+    from napari_gradcam.data import read_image
+    from napari_gradcam.errors import ImageError
+
+    _, model, _, _, _ = files
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    fits, bomb = save_png(tmp_path / "fits.png", (40, 40)), save_png(tmp_path / "bomb.png", (50, 50))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_image(fits).shape == (40, 40)
+        with pytest.raises(ImageError, match="bomb.png could not be read as an image"):
+            read_image(bomb)
+    code, out, err = run_cli(capsys, ["predict", model, fits, "-q"])
+    assert code == 0 and "Warning" not in err, err
+
+
+def test_torch_placeholders_never_reach_a_message(tmp_path):
+    """A legacy .pt whose storage size field disagrees with its data: torch says "expected %ld got %ld"."""
+    import struct
+
+    import torch
+
+    import napari_gradcam as ng
+    from napari_gradcam.errors import ModelFileError
+
+    path = tmp_path / "old.pt"
+    torch.save({"w": torch.zeros(100)}, path, _use_new_zipfile_serialization=False)
+    data = bytearray(path.read_bytes())
+    at = len(data) - 400 - 8  # the int64 element count just before the 400 bytes of data
+    assert struct.unpack("<q", bytes(data[at:at + 8])) == (100,)
+    data[at:at + 8] = struct.pack("<q", 90)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError) as e:
+        ng.load_model(path, architecture="simple_cnn", classes=["a", "b"])
+    assert "%" not in str(e.value)
+    assert str(e.value) == "old.pt is not a readable PyTorch weights file (storage has wrong byte size; the file is damaged)."

@@ -66,8 +66,9 @@ def int_type(minimum: int | None = None, maximum: int | None = None, name: str =
 
 
 def float_type(minimum: float | None = None, maximum: float | None = None, above: float | None = None,
-               name: str = "float"):
-    """An argparse ``type=`` for finite numbers (NaN and infinity refused) in a range."""
+               name: str = "float", what: str = ""):
+    """An argparse ``type=`` for finite numbers (NaN and infinity refused) in a range (``what``: the
+    quantity the range message names, e.g. "Overlap must be between 0 and 0.95")."""
 
     def parse(text: str) -> float:
         try:
@@ -79,7 +80,8 @@ def float_type(minimum: float | None = None, maximum: float | None = None, above
         if above is not None and not value > above:
             raise argparse.ArgumentTypeError(f"must be greater than {above:g}, not {value:g}")
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            raise argparse.ArgumentTypeError(f"must be {_range_text(minimum, maximum, value)}, not {value:g}")
+            raise argparse.ArgumentTypeError(f"{what + ' ' if what else ''}must be {_range_text(minimum, maximum, value)}, "
+                                             f"not {value:g}")
         return value
 
     parse.__name__ = name
@@ -119,9 +121,9 @@ NUMBER_OPTIONS = {
     "batch_size": int_type(1, 4096, name="batch_size"),        # images or tiles per forward pass
     "input_size": int_type(16, 4096, name="input_size"),       # the network's input side, px (as train's)
     "tile": int_type(1, 16384, name="tile"),                   # engine.tiling's MAX_TILE (its sentence below 8)
-    "overlap": float_type(0, 0.95, name="overlap"),            # engine.tiling's range
+    "overlap": float_type(0, 0.95, name="overlap", what="Overlap"),  # engine.tiling's range
     "steps": int_type(1, 1000, name="steps"),                  # deletion/insertion curve steps
-    "shifts": int_type(1, 8, name="shifts"),                   # engine.shifts.MAX_SHIFTS
+    "shifts": int_type(None, 8, name="shifts"),                # engine.shifts.MAX_SHIFTS (its sentence below 1)
     "pixels": float_type(0, 1e6, name="pixels"),               # tolerances and reference sizes
     "mean": float_type(-1e6, 1e6, name="mean"),
     "std": float_type(above=0, maximum=1e6, name="std"),
