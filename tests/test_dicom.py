@@ -327,3 +327,79 @@ def test_training_and_evaluating_on_dicom_folders(dicom_data, tmp_path, torch_on
     assert main(["evaluate", str(result.best_path), str(dcm)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^images\s+16$", out, re.M), out  # all 16 readable images were evaluated
+
+
+# ----------------------------------------------------------------------------- declared size and deflate bombs
+def _declaring(path, rows, cols, frames=None):
+    """Rewrite a small file's header to declare another size (the pixel data stays small)."""
+    ds = pydicom.dcmread(path)
+    ds.Rows, ds.Columns = rows, cols
+    if frames:
+        ds.NumberOfFrames = frames
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_declared_size_beyond_any_image_is_refused_before_decoding(tmp_path):
+    path = _declaring(write_dicom(tmp_path / "huge.dcm", bright_square()), 40000, 40000)
+    for read in (read_image, read_dicom):
+        with pytest.raises(ImageError) as e:
+            read(path)
+        assert str(e.value).startswith("huge.dcm declares 40000 x 40000 pixels") and str(e.value).isprintable()
+    assert "declares 40000 x 40000" in check_dicom(path)  # header only: a folder scan skips it
+
+
+def test_a_declared_size_beyond_the_memory_available_is_refused(tmp_path, monkeypatch):
+    """Rows x Columns x frames x samples x bits against the memory the machine has now: a file that
+    would decode is refused when the machine has too little (here: 10 MB), before a pixel is decoded."""
+    import napari_gradcam.resources as resources
+
+    frames = np.stack([bright_square((256, 256))] * 4)  # 4 frames: 0.5 MB stored, ~5 MB to display
+    path = write_dicom(tmp_path / "frames.dcm", frames, bits_stored=12)
+    assert read_dicom(path).data.shape == (4, 256, 256)
+    monkeypatch.setattr(resources, "available_memory", lambda: 10_000_000)  # 2.5 MB may be decoded
+    with pytest.raises(ImageError) as e:
+        read_dicom(path)
+    assert str(e.value) == ("frames.dcm declares 256 x 256 pixels in 4 frames (5.8 MB to decode and display), "
+                            "more than this machine can decode now (2.5 MB).")
+
+
+def _deflated(path, pixels):
+    path = write_dicom(path, pixels, bits_stored=12)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = uid.DeflatedExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_deflated_file_reads_like_the_plain_one(tmp_path):
+    plain = read_dicom(write_dicom(tmp_path / "plain.dcm", RAMP, bits_stored=12))
+    deflated = read_dicom(_deflated(tmp_path / "deflated.dcm", RAMP))
+    np.testing.assert_array_equal(deflated.data, plain.data)
+    assert deflated.metadata["transfer_syntax"] == "Deflated Explicit VR Little Endian"
+
+
+def test_a_deflate_bomb_is_refused_while_inflating(tmp_path, monkeypatch):
+    """A few kB that inflate to 8 MB, on a machine that may decode 2 MB: refused with the inflation capped
+    (zlib's max_length), one sentence, never the whole data set in memory."""
+    import napari_gradcam.resources as resources
+
+    path = _deflated(tmp_path / "bomb.dcm", np.zeros((2000, 2000), np.uint16))
+    assert path.stat().st_size < 50_000
+    monkeypatch.setattr(resources, "available_memory", lambda: 8_000_000)
+    for read in (read_dicom, check_dicom):
+        try:
+            text = read(path)
+        except ImageError as e:
+            text = str(e)
+        assert text.startswith("bomb.dcm is deflated to") and "inflates to more than this machine can decode " \
+            "now (2.0 MB)" in text
+
+
+def test_a_huge_dicom_is_one_line_on_the_command_line(tmp_path, model_file, capsys):
+    from reliability_helpers import cli_error
+
+    path = _declaring(write_dicom(tmp_path / "huge.dcm", bright_square()), 40000, 40000)
+    cli_error(capsys, ["predict", model_file, path, "-q"], "huge.dcm declares 40000 x 40000 pixels")
+    cli_error(capsys, ["explain", model_file, path, "--out", tmp_path / "h.tif"], "declares 40000 x 40000")
+    assert not (tmp_path / "h.tif").exists()

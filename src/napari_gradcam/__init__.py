@@ -45,6 +45,8 @@ _LAZY = {
     "OutputError": "errors",
     "NumericalError": "errors",
     "ResourceError": "errors",
+    "TimeBudgetError": "errors",
+    "demo_model_path": "data",
     "GradCamWarning": "errors",
     "compare_methods": "compare",
     "MethodComparison": "compare",

@@ -127,6 +127,44 @@ def _quiet_tifffile() -> Iterator[None]:
         log.setLevel(level)
 
 
+@contextmanager
+def _pil_open(path: Path):
+    """``PIL.Image.open`` without Pillow's DecompressionBombWarning on stderr: the declared size is
+    checked by :func:`_check_declared` (against ``preprocess.MAX_PIXELS`` and the memory available),
+    and beyond twice Pillow's own limit ``Image.open`` raises DecompressionBombError, which the callers
+    turn into one sentence."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(path)
+    with im:
+        yield im
+
+
+#: EXIF / TIFF Orientation (tag 274) -> how the stored (H, W[, C]) array becomes the upright image
+#: (the same transforms as ``PIL.ImageOps.exif_transpose``).
+_ORIENTATION = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: np.swapaxes(a, 0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _tiff_orientation(tf) -> int:
+    """The Orientation tag (274) of a TIFF's first page; 1 (upright) when absent or odd."""
+    tag = tf.pages[0].tags.get(274)
+    try:
+        value = int(tag.value) if tag is not None else 1
+    except (TypeError, ValueError):
+        return 1
+    return value if value in _ORIENTATION else 1
+
+
 def _image_hw(name: str, shape: tuple[int, ...]) -> tuple[int, int]:
     """(H, W) of a decoded shape: (H, W), (H, W, 1..4) or planar (3|4, H, W); ImageError otherwise."""
     if len(shape) == 2:
@@ -179,9 +217,7 @@ def _declared(path: Path) -> DeclaredImage:
             shape, dtype = tuple(int(n) for n in tf.series[0].shape), np.dtype(tf.series[0].dtype)
         h, w = _image_hw(name, shape)
         return DeclaredImage(shape, dtype, h, w)
-    from PIL import Image
-
-    with Image.open(path) as im:
+    with _pil_open(path) as im:
         return _pil_declared(name, im)
 
 
@@ -209,7 +245,8 @@ def read_image(path: str | Path) -> np.ndarray:
     file with the DICM preamble) through :func:`napari_gradcam.dicom.read_dicom_image` (float32 in
     [0, 1] after the modality LUT, the first VOI LUT or window, and MONOCHROME1 inversion), everything
     else through Pillow.  Palette, 1-bit and two-channel (gray + alpha) images are converted to
-    grayscale or RGB.
+    grayscale or RGB.  An EXIF (JPEG, PNG, WebP) or TIFF Orientation is applied, so the image is upright
+    as a viewer shows it.
     The header is read first: a stack, or an image whose declared size is beyond
     ``preprocess.MAX_PIXELS`` pixels or :data:`DECODE_MEMORY_SHARE` of the available memory, is
     refused before a pixel is decoded (a small file may declare 10^10 pixels).
@@ -237,12 +274,15 @@ def read_image(path: str | Path) -> np.ndarray:
                 shape = tuple(int(n) for n in tf.series[0].shape)
                 h, w = _image_hw(name, shape)
                 _check_declared(path, DeclaredImage(shape, np.dtype(tf.series[0].dtype), h, w))
-                arr = np.asarray(tf.asarray())
+                arr, orientation = np.asarray(tf.asarray()), _tiff_orientation(tf)
         else:
-            from PIL import Image
+            from PIL import ImageOps
 
-            with Image.open(path) as im:
+            with _pil_open(path) as im:
                 _check_declared(path, _pil_declared(name, im))
+                if im.getexif().get(274, 1) not in (1, None):  # upright, as a photo viewer shows it
+                    im = ImageOps.exif_transpose(im)
+                orientation = 1
                 if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
                     im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
                 elif im.mode == "LA":
@@ -256,6 +296,8 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageError(f"{name} could not be read as an image ({type(e).__name__}: {e}).") from None
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
         arr = np.moveaxis(arr, 0, -1)  # planar RGB TIFF
+    if orientation != 1:  # a TIFF's Orientation tag: upright, as a viewer shows it
+        arr = np.ascontiguousarray(_ORIENTATION[orientation](arr))
     if arr.ndim == 3 and arr.shape[-1] == 2:
         arr = arr[..., 0]
     if arr.ndim == 3 and arr.shape[-1] == 1:
@@ -321,9 +363,7 @@ def image_extent(path: Path) -> int | None:
                 shape = tuple(t.pages[0].shape)
             planar = len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4)
             return int(max(shape[1:] if planar else shape[:2]))
-        from PIL import Image
-
-        with Image.open(path) as im:
+        with _pil_open(path) as im:
             return int(max(im.size))
     except Exception:  # noqa: BLE001 - an unreadable file has no size
         return None
@@ -450,7 +490,7 @@ def group_of(path: Path, pattern: "str | re.Pattern | None") -> str:
     own = path.stem if path.suffix.lower() in IMAGE_SUFFIXES else path.name
     if pattern is None:
         return own
-    rx = re.compile(pattern) if isinstance(pattern, str) else pattern
+    rx = compile_pattern(pattern) if isinstance(pattern, str) else pattern
     m = rx.search(path.name)
     if m is None:
         return own
@@ -462,10 +502,46 @@ def _resolve_pattern(group_pattern: "str | None") -> "re.Pattern | None":
         return None
     if str(group_pattern).lower() == "auto":
         group_pattern = PATIENT_PATTERN
+    return compile_pattern(group_pattern)
+
+
+#: A group with a quantifier inside, itself quantified: ``(a+)+``, ``(a|aa)*``, ``(x*y?){2,}``: the shapes
+#: that make a backtracking matcher take exponential time (refused when RE2 is not installed).
+_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*(?:[+*?}]|\|)(?:[^()\\]|\\.)*\)[+*{]")
+
+
+def compile_pattern(pattern: str, what: str = "The grouping pattern"):
+    """A user's regular expression compiled so that matching it cannot hang: with RE2 (``google-re2``,
+    linear time in the text, so ``(a+)+$`` on a long name takes microseconds), else with Python's ``re``
+    after refusing nested quantifiers.  The result has ``search`` (its match's ``group``) and ``groups``.
+
+    Raises
+    ------
+    DatasetError
+        Not a valid expression, or one the linear-time matcher cannot run (backreferences,
+        look-arounds); one sentence naming ``what``.
+    """
+    pattern = str(pattern)
     try:
-        return re.compile(group_pattern)
+        import re2
+    except ImportError:  # pragma: no cover - google-re2 is a dependency; a time-safe subset of re otherwise
+        re2 = None
+    if re2 is not None:
+        options = re2.Options()
+        options.log_errors = False  # the sentence below says it; RE2 would also log to stderr
+        try:
+            return re2.compile(pattern, options)
+        except re2.error as e:
+            why = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+            raise DatasetError(f"{what} {pattern!r} is not a regular expression the linear-time matcher (RE2) "
+                               f"accepts ({why}; backreferences and look-arounds are not supported).") from None
+    if _NESTED_QUANTIFIER.search(pattern):
+        raise DatasetError(f"{what} {pattern!r} repeats a group that itself repeats (like (a+)+), which can take "
+                           "hours to match; write it without the nesting.")
+    try:
+        return re.compile(pattern)
     except re.error as e:
-        raise DatasetError(f"The grouping pattern {group_pattern!r} is not a valid regular expression ({e}).") from None
+        raise DatasetError(f"{what} {pattern!r} is not a valid regular expression ({e}).") from None
 
 
 def _link_problem(err: OSError) -> str:

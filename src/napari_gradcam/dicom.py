@@ -16,6 +16,11 @@ interpretation, the window used, pixel spacing, bit depths...) from the whitelis
 :data:`KEPT_TAGS`, and nothing that identifies a person, a study or an institution (names, ids,
 dates, UIDs, accession numbers, institution and station names are never copied).
 
+The size an image declares (Rows x Columns x frames x samples x bits) is checked against the memory
+available (``data.DECODE_MEMORY_SHARE`` of :func:`~napari_gradcam.resources.available_memory`) before a
+pixel is decoded, and a deflated data set is inflated with the same cap, so a small file declaring
+40,000 x 40,000 pixels, or a few MB that inflate to gigabytes, is refused in one sentence.
+
 Compressed transfer syntaxes are decoded by whichever of pydicom's decoders is installed: with
 pydicom alone (and Pillow) that is RLE, deflate, JPEG baseline/extended and JPEG 2000; JPEG
 lossless, JPEG-LS and HTJ2K need ``python-gdcm`` or ``pylibjpeg`` plugins, and a file that needs
@@ -108,7 +113,12 @@ def _open(path: Path, header_only: bool = False) -> "Dataset":
         raise ImageError(f"No DICOM file at {path}.")
     force = path.suffix.lower() in DICOM_SUFFIXES  # raw datasets (no preamble) are common as .dcm
     try:
-        ds = pydicom.dcmread(path, force=force, stop_before_pixels=header_only)
+        source = _inflated(path) if has_dicm_preamble(path) else path
+        ds = pydicom.dcmread(source, force=force, stop_before_pixels=header_only)
+        if source is not path:  # inflated here: the pixels are native; the metadata names the file's syntax
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    except ImageError:
+        raise
     except InvalidDicomError:
         raise ImageError(f"{path.name} is not a DICOM file (no DICM preamble).") from None
     except Exception as e:  # noqa: BLE001 - any parse failure is a problem of the user's file
@@ -118,7 +128,81 @@ def _open(path: Path, header_only: bool = False) -> "Dataset":
         if not has_dicm_preamble(path):  # forced reading of a file that may not be DICOM at all
             raise ImageError(f"{path.name} could not be read as DICOM (no DICM preamble and no image header).")
         raise ImageError(f"{path.name} holds no image (a DICOM file without rows and columns, e.g. a report).")
+    check_declared_size(ds, path.name)
     return ds
+
+
+def _decode_budget() -> float:
+    """Bytes a DICOM file may take to decode and display: the share of the available memory that
+    :mod:`napari_gradcam.data` allows any image."""
+    from .data import DECODE_MEMORY_SHARE
+    from .resources import available_memory
+
+    return DECODE_MEMORY_SHARE * available_memory()
+
+
+def decoded_bytes(ds: "Dataset") -> int:
+    """Peak bytes that decoding and displaying the declared image takes: the stored values
+    (Rows x Columns x frames x samples x BitsAllocated), plus float64 after the modality LUT and the
+    VOI and float32 in [0, 1] for grayscale, or one RGB copy for colour (from the header alone)."""
+    values = (int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0)
+              * max(1, int(ds.get("NumberOfFrames", 1) or 1)) * max(1, int(ds.get("SamplesPerPixel", 1) or 1)))
+    stored = values * max(1, -(-int(ds.get("BitsAllocated", 16) or 16) // 8))
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    colour = photometric in _COLOUR or int(ds.get("SamplesPerPixel", 1) or 1) > 1
+    return stored + (stored if colour else values * (8 + 8 + 4))
+
+
+def check_declared_size(ds: "Dataset", name: str) -> None:
+    """ImageError (one sentence) when the declared image is too large to decode whole: more pixels per
+    frame than ``preprocess.MAX_PIXELS``, or more memory than :func:`_decode_budget`; header only."""
+    from .preprocess import MAX_PIXELS
+    from .resources import format_bytes
+
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    what = f"{rows} x {cols} pixels" + (f" in {frames:,} frames" if frames > 1 else "")
+    if rows * cols > MAX_PIXELS:
+        raise ImageError(f"{name} declares {what}, more than the {MAX_PIXELS / 1e6:.0f} million an image may have "
+                         "to be read whole.")
+    need, budget = decoded_bytes(ds), _decode_budget()
+    if need > budget:
+        raise ImageError(f"{name} declares {what} ({format_bytes(need)} to decode and display), more than this "
+                         f"machine can decode now ({format_bytes(budget)}).")
+
+
+def _inflated(path: Path):
+    """``path`` itself, or for a Deflated Explicit VR Little Endian file an in-memory copy with the data
+    set inflated (at most :func:`_decode_budget` bytes: a small file that inflates to more is refused
+    in one sentence before the memory is taken) and re-labelled Explicit VR Little Endian."""
+    import io
+    import zlib
+
+    from pydicom import uid
+    from pydicom.filereader import read_file_meta_info
+    from pydicom.filewriter import write_file_meta_info
+
+    from .resources import format_bytes
+
+    meta = read_file_meta_info(path)
+    if meta.get("TransferSyntaxUID") != uid.DeflatedExplicitVRLittleEndian or "FileMetaInformationGroupLength" not in meta:
+        return path
+    start = 128 + 4 + 12 + int(meta.FileMetaInformationGroupLength)  # preamble, DICM, the group length element
+    cap = int(_decode_budget())
+    inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+    with open(path, "rb") as f:
+        f.seek(start)
+        body = inflate.decompress(f.read(), cap)
+    if inflate.unconsumed_tail:
+        raise ImageError(f"{path.name} is deflated to {format_bytes(path.stat().st_size)} and inflates to more than "
+                         f"this machine can decode now ({format_bytes(cap)}).")
+    meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
+    buf = io.BytesIO()
+    buf.write(b"\0" * 128 + DICM_MAGIC)
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    buf.write(body)
+    buf.seek(0)
+    return buf
 
 
 def _first_line(e: BaseException) -> str:

@@ -73,5 +73,18 @@ class ResourceError(GradCamError):
     to decode, tiles whose buffers exceed the memory available."""
 
 
+class TimeBudgetError(ResourceError):
+    """Work refused before it starts because it would take longer than its time budget (a tiling plan of
+    hours, estimated from a measured tile).  ``seconds`` is the estimate, ``budget_seconds`` the budget,
+    ``tiles`` the planned tile count; ``summary`` is the estimate in words, without the remedy (so that the
+    command line can name ``--force`` and napari a confirmation).  Pass ``force=True`` to run it anyway."""
+
+    def __init__(self, message: object = "", *args: object, seconds: float = float("nan"),
+                 budget_seconds: float = float("nan"), tiles: int = 0, summary: str = "") -> None:
+        super().__init__(message, *args)
+        self.seconds, self.budget_seconds, self.tiles = float(seconds), float(budget_seconds), int(tiles)
+        self.summary = shown(summary or message)
+
+
 class GradCamWarning(UserWarning):
     """Something worth knowing that does not stop the work (e.g. far more tiles than the image needs)."""

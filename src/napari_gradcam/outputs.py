@@ -202,6 +202,20 @@ def _write_target(path: Path) -> Path:
     return path
 
 
+def current_umask() -> int:
+    """The process's file mode creation mask (read from /proc where possible, so it is never changed)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read by setting it, and put it back at once
+    os.umask(mask)
+    return mask
+
+
 def _temp_beside(target: Path) -> str:
     name = target.name if len(target.name) <= 200 else target.name[:200]
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=target.parent)
@@ -217,7 +231,7 @@ def atomic_write_many(items: Sequence[tuple["str | os.PathLike", Writer]], mode:
     ----------
     items : (path, write) pairs; ``write`` writes the whole file at the temporary path it is given
         (a str ending in ``.tmp``: pass the format explicitly to writers that guess it from the name).
-    mode : permission bits of a new file (an existing file keeps its own).
+    mode : permission bits of a new file, less the process's umask (an existing file keeps its own).
 
     Returns
     -------
@@ -235,8 +249,9 @@ def atomic_write_many(items: Sequence[tuple["str | os.PathLike", Writer]], mode:
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = _temp_beside(target)
             temps.append(tmp)
-            os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode) if old else mode)
+            keep = stat.S_IMODE(os.stat(target).st_mode) if old else mode & ~current_umask()
             write(tmp)
+            os.chmod(tmp, keep)  # after the write: a writer may replace the file (safetensors makes it 0600)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         for tmp, target in zip(temps, targets):

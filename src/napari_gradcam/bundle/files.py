@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import models
-from ..errors import GradCamError, ModelFileError
+from ..errors import GradCamError, ModelFileError, shown
 from . import diagnose
 from .core import ModelBundle, ModelConfig
 from .diagnose import shown
@@ -51,7 +51,7 @@ def save_model(bundle: ModelBundle, path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix != ".safetensors":
         raise GradCamError(f"Model bundles are saved as .safetensors, not {path.suffix or 'a name without extension'}.")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(path)
     tensors = _plain_tensors(bundle.model)
     config = asdict(bundle.config)
     if bundle.architecture == "onnx":
@@ -63,6 +63,18 @@ def save_model(bundle: ModelBundle, path: str | os.PathLike) -> Path:
     metadata = {"format": FORMAT, "format_version": str(version), "config": json.dumps(config)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return path
+
+
+def _make_folder(path: Path) -> None:
+    """Create the folder ``path`` goes into; OutputError (one sentence) when a file stands in its way."""
+    from ..errors import OutputError
+    from ..outputs import nearest_existing
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = nearest_existing(path.parent)
+        raise OutputError(f"Cannot write {shown(path)}: {shown(blocker)} is a file, not a folder.") from None
 
 
 def _plain_tensors(model: "nn.Module") -> dict[str, "torch.Tensor"]:
@@ -129,7 +141,7 @@ def read_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
     except pickle.UnpicklingError as e:
         raise diagnose.refused_pickle(path, e) from None
     except Exception as e:  # noqa: BLE001 - torch.load raises many types on junk (IndexError, struct.error, ...)
-        raise ModelFileError(f"{path.name} is not a readable PyTorch weights file ({diagnose.first_line(e)}).") \
+        raise ModelFileError(f"{path.name} is not a readable PyTorch weights file ({_torch_reason(e)}).") \
             from None
     # common wrappers: {"state_dict": ...}, {"model": ...}, DataParallel's "module." prefix
     for key in ("state_dict", "model_state_dict", "model"):
@@ -141,6 +153,21 @@ def read_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj
+
+
+def _torch_reason(e: BaseException) -> str:
+    """The first line of a torch error, cut before any printf placeholder torch left unfilled
+    ("storage has wrong byte size: expected %ld got %ld360400" -> "storage has wrong byte size; the file
+    is damaged")."""
+    import re
+
+    text = diagnose.first_line(e)
+    m = re.search(r"%[-+ #0-9.]*[hlLqjzt]*[diouxXeEfgGcs]", text)
+    if m is None:
+        return text
+    head = text[: m.start()]
+    head = (head.rsplit(":", 1)[0] if ":" in head else head).strip(" ,(") or type(e).__name__
+    return f"{head}; the file is damaged"
 
 
 def config_from_metadata(path: Path, metadata: dict[str, str]) -> ModelConfig | None:

@@ -108,7 +108,25 @@ def _tidy(model) -> bool:
             removed = True
     del graph.node[:]
     graph.node.extend(nodes)
+    _plain_reshapes(graph)
     return removed
+
+
+def _plain_reshapes(graph) -> None:
+    """Drop ``allowzero=1`` from Reshape nodes whose target shape is a constant without a 0 (torch's new
+    exporter writes it on every Reshape; it changes nothing there, and onnx2torch refuses it).  In place."""
+    from onnx import numpy_helper
+
+    shapes = {i.name: i for i in graph.initializer}
+    shapes.update({n.output[0]: a.t for n in graph.node if n.op_type == "Constant"
+                   for a in n.attribute if a.name == "value"})
+    for node in graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in shapes:
+            continue
+        keep = [a for a in node.attribute if not (a.name == "allowzero" and a.i == 1)]
+        if len(keep) < len(node.attribute) and 0 not in numpy_helper.to_array(shapes[node.input[1]]).tolist():
+            del node.attribute[:]
+            node.attribute.extend(keep)
 
 
 def convert(data: bytes, name: str) -> tuple["nn.Module", OnnxInfo]:

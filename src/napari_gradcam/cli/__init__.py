@@ -15,7 +15,7 @@ import warnings
 from typing import Sequence
 
 from .. import __version__
-from ..errors import GradCamError
+from ..errors import GradCamError, ResourceError
 from . import demo, evaluate, explain, methods, train
 from . import models as models_cli
 from ._common import PROG, _err, _Parser, classes_overlay_rgb, overlay_rgb
@@ -71,14 +71,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _notes_on_stderr():
             return int(args.func(args) or 0)
     except GradCamError as e:
+        _close_bars()
         _err(str(e))
         return 2
     except KeyboardInterrupt:
+        _close_bars()
         print("cancelled", file=sys.stderr)
         return 130
+    except MemoryError:  # whatever ran out of memory: the package's ResourceError sentence, never a traceback
+        _close_bars()
+        _err(str(memory_error(getattr(args, "command", None))))
+        return 2
     except OSError as e:  # a file that vanished or cannot be opened mid-run: one sentence, not a traceback
+        _close_bars()
         _err(f"{e.strerror or 'cannot access'}: {e.filename}." if e.filename else f"{e.strerror or e}.")
         return 2
+
+
+def _close_bars() -> None:
+    """Close (and so clear) every progress bar still open, so that the message gets a line of its own."""
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is None:
+        return
+    for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot close must not hide the error
+            pass
+
+
+def memory_error(command: str | None = None) -> ResourceError:
+    """The :class:`ResourceError` a MemoryError becomes on the command line (one sentence)."""
+    from ..resources import available_memory, format_bytes
+
+    what = f"'{command}'" if command else "The command"
+    return ResourceError(
+        f"{what} ran out of memory ({format_bytes(available_memory())} available now); use smaller inputs, "
+        "a smaller --batch-size or --tile, or fewer classes.")
 
 
 @contextlib.contextmanager

@@ -58,7 +58,7 @@ def int_type(minimum: int | None = None, maximum: int | None = None, name: str =
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a whole number, not {shown(repr(text))}") from None
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            raise argparse.ArgumentTypeError(f"must be {_range_text(minimum, maximum)}, not {value}")
+            raise argparse.ArgumentTypeError(f"must be {_range_text(minimum, maximum, value)}, not {value:,}")
         return value
 
     parse.__name__ = name
@@ -66,8 +66,9 @@ def int_type(minimum: int | None = None, maximum: int | None = None, name: str =
 
 
 def float_type(minimum: float | None = None, maximum: float | None = None, above: float | None = None,
-               name: str = "float"):
-    """An argparse ``type=`` for finite numbers (NaN and infinity refused) in a range."""
+               name: str = "float", what: str = ""):
+    """An argparse ``type=`` for finite numbers (NaN and infinity refused) in a range (``what``: the
+    quantity the range message names, e.g. "Overlap must be between 0 and 0.95")."""
 
     def parse(text: str) -> float:
         try:
@@ -79,28 +80,60 @@ def float_type(minimum: float | None = None, maximum: float | None = None, above
         if above is not None and not value > above:
             raise argparse.ArgumentTypeError(f"must be greater than {above:g}, not {value:g}")
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            raise argparse.ArgumentTypeError(f"must be {_range_text(minimum, maximum)}, not {value:g}")
+            raise argparse.ArgumentTypeError(f"{what + ' ' if what else ''}must be {_range_text(minimum, maximum, value)}, "
+                                             f"not {value:g}")
         return value
 
     parse.__name__ = name
     return parse
 
 
-def _range_text(minimum, maximum) -> str:
-    if minimum is not None and maximum is not None:
-        return f"between {minimum:g} and {maximum:g}"
-    if minimum is not None:
-        return "0 or more" if minimum == 0 else f"at least {minimum:g}"
-    return f"at most {maximum:g}"
+def _range_text(minimum, maximum, value=None) -> str:
+    """The range a value broke: 'between A and B', or 'at least A' / '0 or more' for a value below a
+    range whose maximum is only a plausibility cap (1000 times the minimum or more), 'at most B' without
+    a minimum; whole numbers with thousands separators."""
+    def num(v) -> str:
+        return f"{v:,}" if isinstance(v, int) else f"{v:g}"
+
+    if minimum is not None and (maximum is None or (value is not None and value < minimum
+                                                    and maximum >= 1000 * max(1, abs(minimum)))):
+        return "0 or more" if minimum == 0 else f"at least {num(minimum)}"
+    if minimum is None:
+        return f"at most {num(maximum)}"
+    return f"between {num(minimum)} and {num(maximum)}"
 
 
-positive_int = int_type(1, name="positive_int")
-non_negative_int = int_type(0, name="non_negative_int")
+#: The largest count any option takes (epochs, steps, tiles per batch...): larger values are typing
+#: errors that would otherwise run for days or ask for terabytes; the options below are narrower.
+MAX_COUNT = 1_000_000
+positive_int = int_type(1, MAX_COUNT, name="positive_int")
+non_negative_int = int_type(0, MAX_COUNT, name="non_negative_int")
 seed_int = int_type(0, 2**32 - 1, name="seed")
-finite_float = float_type(name="finite_float")
-positive_float = float_type(above=0, name="positive_float")
-non_negative_float = float_type(minimum=0, name="non_negative_float")
+finite_float = float_type(-1e12, 1e12, name="finite_float")
+positive_float = float_type(above=0, maximum=1e12, name="positive_float")
+non_negative_float = float_type(minimum=0, maximum=1e12, name="non_negative_float")
 fraction = float_type(0, 1, name="fraction")
+
+#: Every bounded number option of the command line, by what it counts, so that a value that cannot
+#: work (``--steps 1000000000``, ``--input-size 0``, ``--overlap 0.99``) is a one-line usage error
+#: before any file is read.  The core checks the same ranges again for Python callers.
+NUMBER_OPTIONS = {
+    "batch_size": int_type(1, 4096, name="batch_size"),        # images or tiles per forward pass
+    "input_size": int_type(16, 4096, name="input_size"),       # the network's input side, px (as train's)
+    "tile": int_type(1, 16384, name="tile"),                   # engine.tiling's MAX_TILE (its sentence below 8)
+    "overlap": float_type(0, 0.95, name="overlap", what="Overlap"),  # engine.tiling's range
+    "steps": int_type(1, 1000, name="steps"),                  # deletion/insertion curve steps
+    "shifts": int_type(None, 8, name="shifts"),                # engine.shifts.MAX_SHIFTS (its sentence below 1)
+    "pixels": float_type(0, 1e6, name="pixels"),               # tolerances and reference sizes
+    "mean": float_type(-1e6, 1e6, name="mean"),
+    "std": float_type(above=0, maximum=1e6, name="std"),
+    "minutes": float_type(0, 1e6, name="minutes"),             # time budgets (0: none)
+}
+
+
+def number_option(kind: str):
+    """The argparse ``type=`` of a number option of kind ``kind`` (a key of :data:`NUMBER_OPTIONS`)."""
+    return NUMBER_OPTIONS[kind]
 
 
 def check_colormap(name: str) -> str:
@@ -141,10 +174,12 @@ def add_model_options(p, classes_flag: bool = True) -> None:
     flags = ("--classes", "--model-classes") if classes_flag else ("--model-classes",)
     g.add_argument(*flags, dest="model_classes", nargs="+", metavar="CLASS", help="the model's class names, in order")
     g.add_argument("--in-channels", type=int, choices=(1, 3), help="input channels (default: read from the weights)")
-    g.add_argument("--input-size", type=int, metavar="N", help="input side in pixels (default 224; ONNX: the graph's)")
-    g.add_argument("--mean", type=float, nargs="+", metavar="M",
+    g.add_argument("--input-size", type=number_option("input_size"), metavar="N",
+                   help="input side in pixels, 16-4096 (default 224; ONNX: the graph's)")
+    g.add_argument("--mean", type=number_option("mean"), nargs="+", metavar="M",
                    help="normalisation mean per channel (default: ImageNet's for torchvision/timm/ONNX)")
-    g.add_argument("--std", type=float, nargs="+", metavar="S", help="normalisation std per channel")
+    g.add_argument("--std", type=number_option("std"), nargs="+", metavar="S",
+                   help="normalisation std per channel (positive)")
 
 
 def _image(path: str):
@@ -239,7 +274,7 @@ def add_quiet(p) -> None:
 
 
 def add_shifts(p):
-    p.add_argument("--shifts", type=int, default=1, metavar="K",
+    p.add_argument("--shifts", type=number_option("shifts"), default=1, metavar="K",
                    help="average the maps of K x K sub-cell shifts of the input: a K times finer heatmap "
                         "(K*K passes, batched; 1 = off, 4 is a good choice)")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ._common import (
     PROG, GradCamError, _expand_paths, _fmt_kw, _image, _load, _tqdm, add_device, add_model_options, add_quiet,
-    atomic_write, check_outputs, positive_int, shown,
+    atomic_write, check_outputs, number_option, shown,
 )
 
 
@@ -162,7 +162,7 @@ def register(sub) -> None:
     p.add_argument("--plot", metavar="REPORT.png", help="write the confusion matrix and ROC curves as PNG")
     p.add_argument("--predictions", metavar="PRED.csv", help="also write per-image probabilities")
     p.add_argument("--csv", help="CSV of path,label rows instead of class subfolders")
-    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N")
+    p.add_argument("--batch-size", type=number_option("batch_size"), default=64, metavar="N")
     add_device(p)
     add_quiet(p)
     add_model_options(p)
@@ -183,7 +183,7 @@ def register(sub) -> None:
     p.add_argument("model", metavar="MODEL", help="a .safetensors model bundle")
     p.add_argument("paths", metavar="PATH", nargs="+", help="image files or folders")
     p.add_argument("--csv", metavar="OUT.csv", help="where to write the probabilities (default: standard output)")
-    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N")
+    p.add_argument("--batch-size", type=number_option("batch_size"), default=32, metavar="N")
     add_device(p)
     add_quiet(p)
     add_model_options(p)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from ._common import (
     PROG, _fmt_kw, _image, _load, _tqdm, add_device, add_model_options, add_quiet, add_shifts, atomic_write_many,
-    check_colormap, check_outputs, classes_overlay_rgb, finite_float, fraction, image_writer, non_negative_float,
-    overlay_rgb, positive_int, safe_file_names, shown, tiff_writer,
+    check_colormap, check_outputs, classes_overlay_rgb, fraction, image_writer, number_option, overlay_rgb,
+    safe_file_names, shown, tiff_writer,
 )
 
 
@@ -92,6 +92,7 @@ def cmd_tile(args) -> int:
 
     from ..engine import iter_tiled_heatmaps
     from ..engine.tiling.budget import check_result_fits
+    from ..errors import TimeBudgetError
 
     (out,) = check_outputs([(args.out, "folder", "--out")], inputs=[args.model, args.image])
     bundle = _load(args)
@@ -105,8 +106,14 @@ def cmd_tile(args) -> int:
     if isinstance(image, np.ndarray):  # a lazy image gives lazy results, written band by band
         check_result_fits(image.shape[:2], bundle.n_classes if classes is None or isinstance(classes, int) else len(classes))
     gen = iter_tiled_heatmaps(bundle, image, tile=args.tile, overlap=args.overlap, classes=classes,
-                              method=args.method, batch_size=args.batch_size, mode=args.mode)
-    res = _run_with_bar(gen, args.quiet)
+                              method=args.method, batch_size=args.batch_size, mode=args.mode, force=args.force,
+                              max_minutes=args.max_minutes)
+    try:
+        res = _run_with_bar(gen, args.quiet)
+    except TimeBudgetError as e:  # the same estimate, with the command line's remedy
+        raise TimeBudgetError(f"{e.summary}; use a larger --tile or a smaller --overlap, or add --force to run "
+                              "it anyway.", seconds=e.seconds, budget_seconds=e.budget_seconds, tiles=e.tiles,
+                              summary=e.summary) from None
     res = _write_tiled_outputs(res, image, out, planned, args.image)
     how = "each pixel counted once, by the nearest of the non-overlapping tiles" if res.mode == "tiles" else \
         "by a tile centred at each pixel"
@@ -347,17 +354,23 @@ def _register_tile(sub) -> None:
 """, **_fmt_kw())
     p.add_argument("model", metavar="MODEL", help="a .safetensors model bundle")
     p.add_argument("image", metavar="IMAGE", help="a (large) image file")
-    p.add_argument("--tile", type=positive_int, default=None, metavar="N",
+    p.add_argument("--tile", type=number_option("tile"), default=None, metavar="N",
                    help="tile size in image pixels (default: the scale the model was trained at, i.e. the typical "
                         "size of its training images, recorded in the bundle; else the model's input size)")
-    p.add_argument("--overlap", type=finite_float, default=0.5, metavar="F", help="fraction shared by neighbouring tiles, 0-0.95")
+    p.add_argument("--overlap", type=number_option("overlap"), default=0.5, metavar="F",
+                   help="fraction shared by neighbouring tiles, 0-0.95")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--method", default="cam", choices=_cam_methods(), metavar="METHOD",
                    help="CAM-family method per tile (%(choices)s; cam is the fastest)")
     p.add_argument("--classes", nargs="+", metavar="CLASS", help="class names, or one number k for the top-k classes; default all")
     p.add_argument("--mode", default="tiles", choices=("tiles", "fullconv"),
                    help="'fullconv': one fully convolutional pass (CAM only; faster, approximate)")
-    p.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="tiles per forward pass")
+    p.add_argument("--batch-size", type=number_option("batch_size"), default=16, metavar="N",
+                   help="tiles per forward pass")
+    p.add_argument("--max-minutes", type=number_option("minutes"), default=None, metavar="M",
+                   help="refuse a plan estimated (from one measured tile) to take longer than M minutes "
+                        "(default 10; 0: no limit)")
+    p.add_argument("--force", action="store_true", help="run even a plan estimated to exceed --max-minutes")
     add_device(p)
     add_quiet(p)
     add_model_options(p, classes_flag=False)
@@ -384,10 +397,10 @@ def _register_localize(sub) -> None:
     p.add_argument("--json", metavar="OUT.json", help="write per-image scores and means as JSON")
     p.add_argument("--target", default="label", choices=("label", "predicted"),
                    help="explain the true class (from the class subfolder) or the predicted one")
-    p.add_argument("--tolerance", type=non_negative_float, default=15, metavar="PX",
+    p.add_argument("--tolerance", type=number_option("pixels"), default=15, metavar="PX",
                    help="pointing game also counts a maximum within PX pixels of the mask, PX given at "
                         "--tolerance-at pixels and scaled to each image's larger side")
-    p.add_argument("--tolerance-at", type=non_negative_float, default=224, metavar="SIZE",
+    p.add_argument("--tolerance-at", type=number_option("pixels"), default=224, metavar="SIZE",
                    help="image size at which --tolerance is given (Zhang et al.'s 15 px are at 224 px); "
                         "0: --tolerance is in each image's own pixels")
     p.add_argument("--level", type=fraction, default=0.5, metavar="F", help="fixed threshold, a fraction of the maximum")

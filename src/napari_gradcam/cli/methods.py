@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ._common import (
     PROG, _fmt_kw, _image, _load, _tqdm, add_device, add_model_options, add_quiet, atomic_write_many, check_outputs,
-    positive_int, safe_file_names, shown, tiff_writer,
+    number_option, safe_file_names, shown, tiff_writer,
 )
 
 
@@ -102,7 +102,7 @@ def register(sub) -> None:
     p.add_argument("--maps", metavar="DIR", help="also write each method's map as DIR/<method>.tif (float32)")
     p.add_argument("--target", metavar="CLASS", help="class name or index to explain; default the predicted class")
     p.add_argument("--layer", metavar="NAME", help="layer of the layer-based methods; default the model's target layer")
-    p.add_argument("--steps", type=positive_int, default=20, metavar="N", help="steps of the deletion/insertion curves")
+    p.add_argument("--steps", type=number_option("steps"), default=20, metavar="N", help="steps of the deletion/insertion curves")
     add_device(p)
     add_quiet(p)
     add_model_options(p)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import sys
 
-from ._common import PROG, _fmt_kw, _load, add_model_options, add_quiet
+from ._common import PROG, _fmt_kw, _load, add_model_options, add_quiet, check_outputs
 
 
 def cmd_convert(args) -> int:
     from ..bundle import save_model
     from ..models import get_module
 
+    check_outputs([(args.out, "model", "--out")], inputs=[args.model])  # before the model loads
     bundle = _load(args)
     if args.target_layer:
         get_module(bundle.model, args.target_layer)  # a LayerError names the choices

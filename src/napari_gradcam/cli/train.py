@@ -5,7 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ._common import PROG, GradCamError, _fmt_kw, _tqdm, add_quiet, check_outputs, shown
+import argparse
+
+from ._common import MAX_COUNT, PROG, GradCamError, _fmt_kw, _tqdm, add_quiet, check_outputs, shown
 
 
 def config_from_args(args):
@@ -119,6 +121,41 @@ def register(sub) -> None:
 #: Argument groups of the train command, in the order of --help.
 GROUPS = ("data", "model", "optimisation", "augmentation", "control", "run")
 
+#: The range of each number option of ``train`` (TrainConfig's own checks say what is valid; these also
+#: say what is plausible, so ``--epochs 1000000000`` or ``--batch-size 10**9`` is a usage error up front).
+#: Only the maximum is checked by the parser (TrainConfig.validate words the rest); a field not listed
+#: here is bounded by its kind: whole numbers at most MAX_COUNT, numbers at most 1e12.
+TRAIN_BOUNDS = {
+    "epochs": (1, 100_000), "batch_size": (1, 4096), "image_size": (16, 4096), "freeze_epochs": (0, 100_000),
+    "erase_grid": (1, 64), "bn_batches": (0, 100_000), "num_workers": (0, 256), "seed": (0, 2**32 - 1),
+    "steps_per_epoch": (1, MAX_COUNT), "patience": (0, 100_000), "max_minutes": (0, 1e6),
+    "lr": (1e-12, 10.0), "weight_decay": (0, 10.0), "momentum": (0, 0.999999), "warmup_epochs": (0, 100_000),
+    "label_smoothing": (0, 0.999999), "val_fraction": (1e-6, 0.999999), "rotation": (0, 180.0),
+    "translate": (0, 0.999999), "zoom": (0, 0.999999), "brightness": (0, 0.999999), "contrast": (0, 0.999999),
+    "gamma": (0, 10.0), "blur": (0, 100.0), "erase": (0, 0.999999), "min_delta": (0, 1e6),
+}
+
+
+def _number_type(name: str, is_int: bool):
+    """The argparse ``type=`` of the TrainConfig number field ``name``: a whole number or a number at most
+    its :data:`TRAIN_BOUNDS` maximum (below the minimum, NaN and the rest are TrainConfig's own sentences)."""
+    default = (0, MAX_COUNT) if is_int else (-1e12, 1e12)
+    high = TRAIN_BOUNDS.get(name, default)[1]
+    convert = int if is_int else float
+
+    def parse(text: str):
+        try:
+            value = convert(str(text).strip())
+        except ValueError:
+            what = "a whole number" if is_int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, not {shown(repr(text))}") from None
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:,}, not {value:,}")
+        return value
+
+    parse.__name__ = name
+    return parse
+
 
 def add_config_options(p) -> dict:
     """One option per TrainConfig field (help, choices, metavar from the field's metadata); returns the groups.
@@ -149,7 +186,7 @@ def add_config_options(p) -> dict:
             if kind.startswith("list["):
                 kw["nargs"] = "+"
             elif kind.split("|")[0] in ("int", "float"):
-                kw["type"] = int if kind.startswith("int") else float
+                kw["type"] = _number_type(f.name, kind.startswith("int"))
             for key in ("choices", "metavar"):
                 if key in meta:
                     kw[key] = meta[key]

@@ -7,6 +7,9 @@ a blank input); :func:`check_tiling` refuses a run whose estimate exceeds the me
 and warns (:class:`~napari_gradcam.errors.GradCamWarning`) when the tile count is far beyond what the
 image needs, offering the fully convolutional mode.
 
+:func:`check_time` refuses (:class:`~napari_gradcam.errors.TimeBudgetError`) a plan whose time, estimated
+from one measured tile, exceeds a budget (:data:`TIME_BUDGET_MINUTES` by default), unless forced.
+
 The estimate is deliberately generous (the model's own activations are taken as
 ``ACTIVATION_MAPS`` float maps of the input size per image): refusing a run that would have fitted
 costs a sentence, starting one that cannot fit costs the machine.
@@ -14,11 +17,13 @@ costs a sentence, starting one that cannot fit costs the machine.
 
 from __future__ import annotations
 
+import math
+import time
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ...errors import GradCamWarning, ResourceError
+from ...errors import GradCamWarning, ResourceError, TimeBudgetError
 from ...resources import available_memory, format_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,6 +41,10 @@ WORK_RATIO_WARNING = 64.0
 LAZY_PARALLEL = 4
 #: Allocator slack and the libraries' working buffers, whatever the run.
 OVERHEAD = 32 << 20
+#: A tiled run estimated to take longer than this is refused unless forced (``max_minutes`` overrides it).
+TIME_BUDGET_MINUTES = 10.0
+#: Plans of at most this many tiles are never timed (they cannot take long enough to matter).
+UNTIMED_TILES = 64
 
 
 @dataclass(frozen=True)
@@ -129,7 +138,8 @@ def tiling_cost(bundle: "ModelBundle", shape: tuple[int, ...], itemsize: int, ti
 
 def check_tiling(cost: TilingCost, shape: tuple[int, ...], tile: int, stride: int, batch_size: int,
                  input_size: int) -> None:
-    """Refuse a run that cannot fit (ResourceError); warn when it makes far more tiles than needed."""
+    """Refuse a run that cannot fit (ResourceError); warn when its tiles are mostly padding (far more
+    tiles than needed is noted by :func:`check_time`, once the plan is not refused for its time)."""
     H, W = int(shape[0]), int(shape[1])
     budget = MEMORY_SHARE * available_memory()
     if cost.peak_bytes > budget:
@@ -145,17 +155,24 @@ def check_tiling(cost: TilingCost, shape: tuple[int, ...], tile: int, stride: in
             f"Tiled heatmaps of a {H} x {W} image ({cost.tiles:,} tiles of {tile} px) need about "
             f"{format_bytes(cost.peak_bytes)} of memory, mostly {cost.dominant}, but {format_bytes(budget)} "
             f"can be used; {advice}.")
-    if cost.work_ratio > WORK_RATIO_WARNING:
-        warnings.warn(
-            f"{cost.tiles:,} tiles of {tile} px (stride {stride} px) for a {H} x {W} image, {cost.work_ratio:,.0f} "
-            f"times the {cost.needed:,} tiles of the network's {input_size} px input that cover it; a larger tile or "
-            "less overlap, or mode='fullconv' (one pass over the whole image, CAM), does the job in a fraction of "
-            "the time.",
-            GradCamWarning, stacklevel=4)
     if tile > 2 * max(H, W, input_size):
         warnings.warn(
             f"Tiles of {tile} px on a {H} x {W} image are mostly edge padding; a tile of at most "
             f"{max(H, W, input_size)} px covers the image with less padding and memory.", GradCamWarning, stacklevel=4)
+
+
+def _note_work_ratio(tiles: int, hw: tuple[int, int], tile: int, stride: int, input_size: int) -> None:
+    """Warn (GradCamWarning) when a plan makes far more tiles than the image needs (:data:`WORK_RATIO_WARNING`)."""
+    H, W = hw
+    S = input_size
+    needed = _starts(max(H, S), S, max(1, S // 2)) * _starts(max(W, S), S, max(1, S // 2))
+    if tiles / needed > WORK_RATIO_WARNING:
+        warnings.warn(
+            f"{tiles:,} tiles of {tile} px (stride {stride} px) for a {H} x {W} image, {tiles / needed:,.0f} "
+            f"times the {needed:,} tiles of the network's {S} px input that cover it; a larger tile or "
+            "less overlap, or mode='fullconv' (one pass over the whole image, CAM), does the job in a fraction of "
+            "the time.",
+            GradCamWarning, stacklevel=4)
 
 
 def check_result_fits(hw: tuple[int, int], n_classes: int, copies: int = 2) -> None:
@@ -185,4 +202,66 @@ def check_fullconv(bundle: "ModelBundle", h2: int, w2: int, n_targets: int, hw: 
             f"{format_bytes(need)} of memory, but {format_bytes(budget)} can be used; use mode 'tiles'.")
 
 
-__all__ = ["TilingCost", "tiling_cost", "check_tiling", "check_result_fits", "map_cells", "check_fullconv"]
+def format_duration(seconds: float) -> str:
+    """'11.5 h', '25 min', '40 s' (one unit, rounded)."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:,.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{max(seconds, 1):.0f} s"
+
+
+def seconds_per_tile(bundle: "ModelBundle", method, layers, targets, batch_size: int) -> float:
+    """Seconds one tile takes with ``method`` (an engine method object with ``compute``), measured on a
+    blank input: one tile first (it also pays the first call's set-up, so it is an upper bound), then,
+    only if that tile alone makes the plan look long, a batch of up to 8 tiles for the per-tile rate."""
+    import torch
+
+    S, C = bundle.input_size, bundle.in_channels
+    was = bundle.model.training
+    bundle.model.eval()
+
+    def timed(n: int) -> float:
+        x = torch.zeros((n, C, S, S), device=bundle.device)
+        start = time.perf_counter()
+        method.compute(bundle, x, list(targets), layers)
+        if bundle.device.type == "cuda":
+            torch.cuda.synchronize(bundle.device)
+        return (time.perf_counter() - start) / n
+
+    try:
+        first = timed(1)
+        n = min(int(batch_size), 8)
+        return first if n <= 1 else min(first, timed(n))
+    finally:
+        bundle.model.train(was)
+
+
+def check_time(bundle: "ModelBundle", method, layers, targets, shape: tuple[int, ...], tile: int, stride: int,
+               batch_size: int, max_minutes: float | None = None, force: bool = False) -> float | None:
+    """Refuse (TimeBudgetError, one sentence naming the estimate) a tiled run of an image of ``shape``
+    whose time, estimated from a measured tile (:func:`seconds_per_tile`) times the tile count, exceeds
+    ``max_minutes`` (default :data:`TIME_BUDGET_MINUTES`; 0 or ``force=True``: no limit).  Returns the
+    estimate in seconds, or None when the plan was not timed (forced, no limit, or at most
+    :data:`UNTIMED_TILES` tiles)."""
+    from ..validate import check_number
+
+    minutes = TIME_BUDGET_MINUTES if max_minutes is None else check_number(max_minutes, "max_minutes", 0)
+    H, W = int(shape[0]), int(shape[1])
+    tiles = _starts(max(H, tile), tile, stride) * _starts(max(W, tile), tile, stride)
+    estimate = None
+    if not (force or minutes == 0 or tiles <= UNTIMED_TILES):
+        estimate = tiles * seconds_per_tile(bundle, method, layers, targets, batch_size)
+    if estimate is None or estimate <= 60.0 * minutes or not math.isfinite(estimate):
+        _note_work_ratio(tiles, (H, W), tile, stride, bundle.input_size)
+        return estimate
+    budget = 60.0 * minutes
+    summary = (f"Tiled heatmaps of a {H} x {W} image ({tiles:,} tiles of {tile} px) would take about "
+               f"{format_duration(estimate)} (measured on one tile), beyond the budget of {format_duration(budget)}")
+    raise TimeBudgetError(
+        f"{summary}; use larger tiles or less overlap, or pass force=True (or a larger max_minutes) to run it "
+        "anyway.", seconds=estimate, budget_seconds=budget, tiles=tiles, summary=summary)
+
+
+__all__ = ["TilingCost", "tiling_cost", "check_tiling", "check_result_fits", "map_cells", "check_fullconv",
+           "check_time", "seconds_per_tile", "format_duration", "TIME_BUDGET_MINUTES"]

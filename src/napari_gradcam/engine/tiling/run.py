@@ -10,12 +10,12 @@ import numpy as np
 from ...errors import GradCamError
 from ...generators import run_to_end
 from ...preprocess import MAX_PIXELS, _as_array_like, value_range
-from ...validate import check_bundle
+from ...validate import check_bool, check_bundle
 from ..layer_choice import resolve_layers
 from ..methods import get_method
 from ..result import TiledHeatmaps
 from .blend import _blend, _pad, _to_pixels
-from .budget import check_fullconv, check_tiling, tiling_cost
+from .budget import check_fullconv, check_tiling, check_time, tiling_cost
 from .fullconv import _check_fullconv, _fullconv
 from .lazy import _as_lazy, _is_lazy, _lazy, _lazy_value_range
 from .network import _run_tiles
@@ -100,6 +100,8 @@ def iter_tiled_heatmaps(
     value_range_: tuple[float, float] | None = None,
     chunk: int = 2048,
     layer=None,
+    force: bool = False,
+    max_minutes: float | None = None,
 ) -> Generator[Progress, None, TiledHeatmaps]:
     """Tiled heatmaps as a generator: yields (tiles done, tiles total), returns TiledHeatmaps.
 
@@ -123,6 +125,9 @@ def iter_tiled_heatmaps(
     chunk : output chunk size for dask inputs.
     layer : the layer(s) the method explains (as in :func:`explain`); default the method's own or the
         model's target layer.
+    force : run even when the plan's estimated time (one tile measured, times the tile count) exceeds
+        ``max_minutes``; otherwise such a plan raises ``TimeBudgetError`` before any work.
+    max_minutes : the time budget in minutes (default ``engine.tiling.budget.TIME_BUDGET_MINUTES``, 10; 0: none).
     """
     check_bundle(bundle, "tiled_heatmaps")
     spec = get_method(method)
@@ -142,6 +147,8 @@ def iter_tiled_heatmaps(
         image, is_dask = _as_lazy(image, shape, max(int(chunk), tile), topk), True
     _check_cost(bundle, mode, shape, dtype.itemsize, tile, stride, batch_size, len(targets),
                 is_dask and not (H <= chunk and W <= chunk), chunk)
+    if mode == "tiles":
+        check_time(bundle, spec, layers, targets, shape, tile, stride, batch_size, max_minutes, check_bool(force, "force"))
     if not is_dask and not isinstance(image, np.ndarray):
         image = np.asarray(image)  # a small zarr / h5py array
     plan = _Plan(tile, stride, method, layers, targets, _intensity_range(image, is_dask, value_range_), batch_size)
