@@ -152,7 +152,7 @@ def _ci(report: dict[str, Any], key: str, cls: str | None = None, pct: bool = Fa
         ci = (ci or {}).get(cls)
     if ci is None:
         return ""
-    return f" [{_fmt(ci[0], pct).rstrip('%')}, {_fmt(ci[1], pct)}]"
+    return f" [{_fmt(ci[0], pct).rstrip('%')}, {_fmt(ci[1], pct).rstrip('%')}]"
 
 
 def _boot_line(report: dict[str, Any]) -> list[str]:
@@ -226,7 +226,8 @@ def plot_report(report: dict[str, Any], y_true, probs, path: str | Path) -> Path
     thresh = cm.max() / 2 if cm.size else 0
     for (i, j), v in np.ndenumerate(cm):
         ax1.text(j, i, str(v), ha="center", va="center", color="white" if v > thresh else "black")
-    ax1.set_title(f"accuracy {_fmt(report['accuracy'], True)}, balanced {_fmt(report['balanced_accuracy'], True)}")
+    ax1.set_title(f"accuracy {_fmt(report['accuracy'], True)}{_ci(report, 'accuracy', pct=True)}\n"
+                  f"balanced {_fmt(report['balanced_accuracy'], True)}{_ci(report, 'balanced_accuracy', pct=True)}")
     fig.colorbar(im, ax=ax1, shrink=0.8)
     binary = len(classes) == 2
     for k, c in enumerate(classes):
@@ -242,7 +243,8 @@ def plot_report(report: dict[str, Any], y_true, probs, path: str | Path) -> Path
     ax2.set_ylim(0, 1.01)
     ax2.set_xlabel("false positive rate (1 - specificity)")
     ax2.set_ylabel("true positive rate (sensitivity)")
-    ax2.set_title(f"ROC, AUC {_fmt(report['roc_auc'])}")
+    ax2.set_title(f"ROC, AUC {_fmt(report['roc_auc'])}{_ci(report, 'roc_auc')}"
+                  + (f"\n(95 % bootstrap intervals by {report['bootstrap']['unit']})" if report.get("bootstrap") else ""))
     if ax2.lines[:-1]:
         ax2.legend(loc="lower right")
     from .outputs import atomic_write

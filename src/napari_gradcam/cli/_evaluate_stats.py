@@ -11,12 +11,18 @@ from typing import Any, Callable
 from ._common import non_negative_int, seed_int
 
 
+def add_bootstrap_options(p) -> None:
+    """--bootstrap N and --seed (the 95 % interval of every figure)."""
+    p.add_argument("--bootstrap", type=non_negative_int, default=1000, metavar="N",
+                   help="resamples of the 95 %% bootstrap interval of every figure (0: no intervals); patients "
+                        "(found in file names as for training's split) are resampled whole")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the resamples")
+
+
 def add_stats_options(p) -> None:
     """The evaluate command's options for intervals, patients, subgroups and an external set."""
     g = p.add_argument_group("intervals, subgroups, external data")
-    g.add_argument("--bootstrap", type=non_negative_int, default=1000, metavar="N",
-                   help="resamples of the 95 %% bootstrap interval of every figure (0: no intervals)")
-    g.add_argument("--seed", type=seed_int, default=0, help="seed of the resamples")
+    add_bootstrap_options(g)
     g.add_argument("--group-pattern", default="auto", metavar="REGEX",
                    help="regex whose first group in the file name is the patient, resampled whole (as for "
                         "training's split); 'auto': Kermany names; 'none': every image on its own")

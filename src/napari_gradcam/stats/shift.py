@@ -80,11 +80,12 @@ def compare_sets(internal: dict[str, Any], external: dict[str, Any], samples_int
 
 def format_comparison(internal: dict[str, Any], external: dict[str, Any], drops: dict[str, Any],
                       thresholds: "dict[str, Any] | None", names: Sequence[str] = ("internal", "external")) -> str:
-    """A plain-text table: each figure on both sets with intervals and the drop, then the thresholds' effect."""
-    from .subgroups import format_figure
+    """A plain-text table: each figure on both sets with intervals and the drop (for two classes the
+    positive class's sensitivity and specificity; the JSON has every class's), then the thresholds' effect."""
+    from .subgroups import format_figure, table_figures
 
     rows = [["figure", names[0], names[1], "drop"]]
-    for key, cls in figure_keys(internal["classes"]):
+    for key, cls, _ in table_figures(internal["classes"]):
         name, pct = figure_name(key, cls), key != "roc_auc"
         d = drops[name]
         rows.append([name, format_figure(d["internal"], figure_value(internal, key, cls, "_ci"), pct),
