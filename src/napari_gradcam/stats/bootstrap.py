@@ -152,13 +152,13 @@ def _binary_auc(w: np.ndarray, positive: np.ndarray, score: np.ndarray) -> np.nd
     order = np.argsort(score, kind="stable")
     s = score[order]
     starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # one level per distinct score
-    ws = w[:, order]
-    pos = positive[order]
-    wpos = np.add.reduceat(ws * pos, starts, axis=1)
-    wneg = np.add.reduceat(ws * ~pos, starts, axis=1)
-    below = np.cumsum(wneg, axis=1) - wneg
-    num = (wpos * (below + 0.5 * wneg)).sum(1)
-    return _divide(num, wpos.sum(1) * wneg.sum(1))
+    ws = np.ascontiguousarray(w.T[order])  # (N, B): images in score order, rows contiguous
+    pos = positive[order][:, None]
+    wpos = np.add.reduceat(np.where(pos, ws, 0.0), starts, axis=0)  # (levels, B)
+    wneg = np.add.reduceat(np.where(pos, 0.0, ws), starts, axis=0)
+    below = np.cumsum(wneg, axis=0) - wneg
+    num = (wpos * (below + 0.5 * wneg)).sum(0)
+    return _divide(num, wpos.sum(0) * wneg.sum(0))
 
 
 def classification_samples(weights: np.ndarray, y, probs, pred, classes: Sequence[str]) -> dict[str, Any]:
