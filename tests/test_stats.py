@@ -194,3 +194,36 @@ def test_balancing_threshold_and_threshold_effects():
     assert t == pytest.approx(0.65) and bal["sensitivity"] == 0.75 and bal["specificity"] == pytest.approx(5 / 6)
     assert balancing_threshold([0, 0], np.array([[0.5, 0.5]] * 2)) is None
     assert threshold_effects([0, 1], np.full((2, 3), 1 / 3), None) is None
+
+
+def _shared_data(name: str):
+    """``../shared/data/NAME`` beside the checkout (or a worktree's), or $NAPARI_GRADCAM_DATA/NAME; None if absent."""
+    import os
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    roots = [os.environ.get("NAPARI_GRADCAM_DATA"), repo.parent / "shared" / "data", repo.parent.parent / "shared" / "data"]
+    return next((Path(r) / name for r in roots if r and (Path(r) / name).is_dir()), None)
+
+
+HANNOVER = _shared_data("covid_hannover_256")
+
+
+@pytest.mark.skipif(HANNOVER is None, reason="the shared Hannover data set is not here")
+def test_hannover_patients_come_from_its_manifest():
+    import csv as _csv
+
+    from napari_gradcam.data import scan_folder
+    from napari_gradcam.stats import patient_table, resampling_units
+
+    data = scan_folder(HANNOVER, check=False)
+    table = patient_table(HANNOVER)
+    assert table == HANNOVER / "manifest.csv"
+    units, source = resampling_units(data.paths, data.groups, table)
+    with open(table, newline="") as f:
+        patients = {r["patient"] for r in _csv.DictReader(f)}
+    assert len(data) == 243 and set(units) == {f"patient:{p}" for p in patients}
+    assert source == f"manifest.csv (243 of 243 images named)"
+    assert patient_table(HANNOVER / "COVID") == table  # from the class folder's parent too
+    w = resample_weights(len(units), 50, groups=units)
+    assert all((w[:, [i for i, u in enumerate(units) if u == g]] == w[:, [units.index(g)]]).all() for g in set(units))
