@@ -202,7 +202,8 @@ def _shared_data(name: str):
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    roots = [os.environ.get("NAPARI_GRADCAM_DATA"), repo.parent / "shared" / "data", repo.parent.parent / "shared" / "data"]
+    roots = [os.environ.get("NAPARI_GRADCAM_DATA"), repo.parent / "shared" / "data",
+             repo.parent.parent / "shared" / "data"]
     return next((Path(r) / name for r in roots if r and (Path(r) / name).is_dir()), None)
 
 

@@ -244,7 +244,8 @@ def plot_report(report: dict[str, Any], y_true, probs, path: str | Path) -> Path
     ax2.set_xlabel("false positive rate (1 - specificity)")
     ax2.set_ylabel("true positive rate (sensitivity)")
     ax2.set_title(f"ROC, AUC {_fmt(report['roc_auc'])}{_ci(report, 'roc_auc')}"
-                  + (f"\n(95 % bootstrap intervals by {report['bootstrap']['unit']})" if report.get("bootstrap") else ""))
+                  + (f"\n(95 % bootstrap intervals by {report['bootstrap']['unit']})"
+                     if report.get("bootstrap") else ""))
     if ax2.lines[:-1]:
         ax2.legend(loc="lower right")
     from .outputs import atomic_write

@@ -27,7 +27,8 @@ import numpy as np
 
 from ..errors import GradCamError
 
-__all__ = ["DEFAULT_RESAMPLES", "Bootstrap", "resample_weights", "percentile_interval", "intervals", "confusion_matrices",
+__all__ = ["DEFAULT_RESAMPLES", "Bootstrap", "resample_weights", "percentile_interval", "intervals",
+           "confusion_matrices",
            "classification_intervals", "figure_keys", "figure_name", "figure_value",
            "classification_samples", "roc_auc_samples", "weighted_mean_samples"]
 
@@ -49,7 +50,8 @@ class Bootstrap:
 
     def __post_init__(self):
         if isinstance(self.resamples, bool) or not isinstance(self.resamples, (int, np.integer)) or self.resamples < 0:
-            raise GradCamError(f"The number of bootstrap resamples must be a whole number >= 0, not {self.resamples!r}.")
+            raise GradCamError(
+                f"The number of bootstrap resamples must be a whole number >= 0, not {self.resamples!r}.")
         if not 0 < float(self.level) < 1:
             raise GradCamError(f"The interval's level must be between 0 and 1 (e.g. 0.95), not {self.level!r}.")
 

@@ -91,7 +91,8 @@ def table_figures(classes: Sequence[str]) -> list[tuple[str, "str | None", str]]
     positive class's sensitivity and specificity (two classes) or each class's sensitivity."""
     cols = [("accuracy", None, "accuracy %"), ("balanced_accuracy", None, "balanced %"), ("roc_auc", None, "ROC AUC")]
     if len(classes) == 2:
-        cols += [("sensitivity", classes[1], f"sens {classes[1]} %"), ("specificity", classes[1], f"spec {classes[1]} %")]
+        pos = classes[1]
+        cols += [("sensitivity", pos, f"sens {pos} %"), ("specificity", pos, f"spec {pos} %")]
     else:
         cols += [("sensitivity", c, f"sens {c} %") for c in classes]
     return cols
