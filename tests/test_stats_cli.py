@@ -172,3 +172,29 @@ def test_localize_intervals(model, tmp_path, capsys):
     for k in ("pointing", "energy", "iou_otsu"):
         lo, hi = s[f"{k}_ci"]
         assert lo - 1e-12 <= s[k] <= hi + 1e-12
+
+
+def test_core_generator_gives_the_cli_report(model, phantoms, tmp_path):
+    from napari_gradcam import load_model
+    from napari_gradcam.stats import iter_evaluate_folder
+
+    table = tmp_path / "g.csv"
+    files = sorted(phantoms.glob("*/*.png"))
+    table.write_text("file,site\n" + "".join(f"{p.name},{'ab'[i % 2]}\n" for i, p in enumerate(files)))
+    rep = tmp_path / "r.json"
+    assert main(["evaluate", str(model), str(phantoms), "--groups", str(table), "--group-column", "site",
+                 "--bootstrap", "150", "--seed", "2", "--json", str(rep), "-q"]) == 0
+    gen = iter_evaluate_folder(load_model(model, device="cpu"), phantoms, groups=table, group_column="site",
+                               bootstrap=150, seed=2, batch_size=10)
+    steps = []
+    try:
+        while True:
+            steps.append(next(gen))
+    except StopIteration as stop:
+        result = stop.value
+    assert steps == [(0, 32), (10, 32), (20, 32), (30, 32), (32, 32)]
+    cli = json.loads(rep.read_text())
+    for key in ("accuracy", "accuracy_ci", "roc_auc_ci", "sensitivity_ci", "bootstrap"):
+        assert json.loads(json.dumps(result["report"][key])) == cli[key]  # the same resamples, the same figures
+    assert [g["accuracy_ci"] for g in result["subgroups"]["groups"]] == pytest.approx(
+        [g["accuracy_ci"] for g in cli["subgroups"]["groups"]])

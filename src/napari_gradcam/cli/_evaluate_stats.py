@@ -38,60 +38,37 @@ def add_stats_options(p) -> None:
 
 
 def bootstrap_of(args, data, used) -> "Any":
-    """The :class:`~napari_gradcam.stats.Bootstrap` of the images ``used`` (patients from the scan's
-    groups and a patients table), with where the patients came from in ``.source``."""
-    from ..stats import Bootstrap, patient_table, resampling_units
+    """(the :class:`~napari_gradcam.stats.Bootstrap` of the images ``used``, by patient where the scan's
+    groups or a patients table give them; where the patients came from)."""
+    from ..stats import patient_bootstrap, patient_table
 
     table = args.patients or (patient_table(args.data_dir) if args.csv is None else None)
-    units, source = resampling_units([it.path for it in used], [it.group for it in used], table)
-    grouped = len(set(units)) < len(units)
-    return Bootstrap(args.bootstrap, args.seed, 0.95, units if grouped else None), source
+    return patient_bootstrap(used, args.bootstrap, args.seed, table)
 
 
 def evaluate_extras(args, bundle, used, y, probs, threshold, boot_source,
                     predict_folder: Callable[[str], tuple]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the report with intervals, the extra JSON keys: ``subgroups``, ``external``, ``drop``, ``thresholds``)."""
-    from ..stats import report_with_intervals
+    from ..stats import evaluate_items
 
     boot, source = boot_source
-    report, samples = report_with_intervals(y, probs, bundle.classes, threshold, boot)
-    if "bootstrap" in report:
-        report["bootstrap"]["patients_from"] = source if boot.groups is not None else "none (each image its own unit)"
+    report, samples, subgroups = evaluate_items(used, y, probs, bundle.classes, threshold, boot, source,
+                                                args.groups, args.group_column)
     extras: dict[str, Any] = {}
-    if args.groups:
-        extras["subgroups"] = _subgroups(args, used, y, probs, bundle.classes, threshold, boot, report)
+    if subgroups is not None:
+        extras["subgroups"] = subgroups
     if args.external:
         extras.update(_external(args, bundle, y, probs, threshold, report, samples, predict_folder))
     return report, extras
 
 
-def _subgroups(args, used, y, probs, classes, threshold, boot, whole) -> dict[str, Any]:
-    from ..errors import DatasetError
-    from ..stats import subgroup_reports, table_groups
-
-    if boot.resamples == 0:
-        raise DatasetError("Subgroups are flagged against the whole set's interval; use --bootstrap N with N > 0.")
-    values, column, table = table_groups(args.groups, args.group_column, [it.path for it in used])
-    if all(v is None for v in values):
-        raise DatasetError(f"No image of {args.data_dir} is named in {table}; its paths or file names must match.")
-    rows = subgroup_reports(y, probs, classes, values, threshold, boot, whole)
-    return {"source": table, "column": column, "images_without_group": sum(v is None for v in values),
-            "groups": rows}
-
-
 def _external(args, bundle, y, probs, threshold, report, samples, predict_folder) -> dict[str, Any]:
-    from ..stats import Bootstrap, compare_sets, patient_table, resampling_units, threshold_effects
+    from ..stats import compare_sets, evaluate_items, patient_bootstrap, patient_table, threshold_effects
 
     data, p_ext, y_ext, failed = predict_folder(args.external)
     used = [it for it in data.items if it.path not in {p for p, _ in failed}]
-    units, source = resampling_units([it.path for it in used], [it.group for it in used],
-                                     args.patients or patient_table(args.external))
-    boot = Bootstrap(args.bootstrap, args.seed + 1, 0.95, units if len(set(units)) < len(units) else None)
-    from ..stats import report_with_intervals
-
-    ext, ext_samples = report_with_intervals(y_ext, p_ext, bundle.classes, threshold, boot)
-    if "bootstrap" in ext:
-        ext["bootstrap"]["patients_from"] = source if boot.groups is not None else "none (each image its own unit)"
+    boot, source = patient_bootstrap(used, args.bootstrap, args.seed + 1, args.patients or patient_table(args.external))
+    ext, ext_samples, _ = evaluate_items(used, y_ext, p_ext, bundle.classes, threshold, boot, source)
     ext.update(data=str(args.external), skipped=[[str(p), r] for p, r in list(data.skipped) + failed])
     out: dict[str, Any] = {"external": ext, "drop": compare_sets(report, ext, samples, ext_samples)}
     if len(bundle.classes) == 2:
