@@ -61,7 +61,8 @@ def roc_auc(y_true, probs) -> float | None:
     return float(roc_auc_score(y, p, multi_class="ovr", average="macro", labels=list(range(n_classes))))
 
 
-def classification_report(y_true, probs, classes: Sequence[str], threshold: float | None = None) -> dict[str, Any]:
+def classification_report(y_true, probs, classes: Sequence[str], threshold: float | None = None,
+                          bootstrap: "Any | None" = None) -> dict[str, Any]:
     """Classification metrics of predicted probabilities.
 
     Parameters
@@ -75,13 +76,17 @@ def classification_report(y_true, probs, classes: Sequence[str], threshold: floa
     threshold : float, optional
         Two classes only: predict the second class where its probability is at least this (a model's
         stored decision threshold, see :mod:`napari_gradcam.decision`); default the arg-max.
+    bootstrap : napari_gradcam.stats.Bootstrap, optional
+        Add each figure's bootstrap interval (resamples, seed, level, and patients to resample whole).
 
     Returns
     -------
     dict
         ``accuracy``, ``balanced_accuracy``, ``roc_auc`` (float or None), ``sensitivity`` and
         ``specificity`` ({class: float or None}), ``confusion_matrix`` (list of lists, rows = truth,
-        columns = prediction), ``classes``, ``n`` (images) and ``support`` ({class: images}).
+        columns = prediction), ``classes``, ``n`` (images) and ``support`` ({class: images}).  With
+        ``bootstrap``: ``accuracy_ci``, ``balanced_accuracy_ci``, ``roc_auc_ci`` ([low, high] or None),
+        ``sensitivity_ci``, ``specificity_ci`` ({class: [low, high] or None}) and ``bootstrap`` (settings).
 
     Examples
     --------
@@ -111,7 +116,7 @@ def classification_report(y_true, probs, classes: Sequence[str], threshold: floa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # balanced accuracy warns when a class is absent
         bal = float(balanced_accuracy_score(y, pred))
-    return {
+    report = {
         "n": int(y.size),
         "classes": classes,
         "support": {c: int(cm[k].sum()) for k, c in enumerate(classes)},
@@ -123,6 +128,11 @@ def classification_report(y_true, probs, classes: Sequence[str], threshold: floa
         "confusion_matrix": cm.astype(int).tolist(),
         **({"threshold": float(threshold)} if threshold is not None and len(classes) == 2 else {}),
     }
+    if bootstrap is not None and bootstrap.resamples:
+        from .stats import classification_intervals
+
+        report.update(classification_intervals(y, p, classes, threshold, bootstrap)[0])
+    return report
 
 
 def _fmt(v: float | None, pct: bool = False) -> str:
@@ -135,25 +145,46 @@ def _fmt(v: float | None, pct: bool = False) -> str:
 MAX_PRINTED_MATRIX = 20
 
 
+def _ci(report: dict[str, Any], key: str, cls: str | None = None, pct: bool = False) -> str:
+    """`` [low, high]`` of ``report[key + "_ci"]`` (a class's for sensitivity/specificity), or ""."""
+    ci = report.get(f"{key}_ci")
+    if cls is not None:
+        ci = (ci or {}).get(cls)
+    if ci is None:
+        return ""
+    return f" [{_fmt(ci[0], pct).rstrip('%')}, {_fmt(ci[1], pct).rstrip('%')}]"
+
+
+def _boot_line(report: dict[str, Any]) -> list[str]:
+    b = report.get("bootstrap")
+    if not b:
+        return []
+    return [f"[{100 * b['level']:g} % bootstrap intervals: {b['resamples']} resamples of "
+            f"{b['units']} {b['unit']}s, seed {b['seed']}]"]
+
+
 def format_report(report: dict[str, Any]) -> str:
-    """A plain-text table of a :func:`classification_report` (for terminals and logs)."""
+    """A plain-text table of a :func:`classification_report` (for terminals and logs), with the
+    intervals ``[low, high]`` where the report has them."""
     classes = report["classes"]
     w = max(9, *(len(c) for c in classes)) + 2
+    cw = 13 if "sensitivity_ci" not in report else 26
     lines = [
         f"images             {report.get('n', sum(map(sum, report['confusion_matrix'])))}",
-        f"accuracy           {_fmt(report['accuracy'], True)}",
-        f"balanced accuracy  {_fmt(report['balanced_accuracy'], True)}",
-        f"ROC AUC            {_fmt(report['roc_auc'])}",
+        f"accuracy           {_fmt(report['accuracy'], True)}{_ci(report, 'accuracy', pct=True)}",
+        f"balanced accuracy  {_fmt(report['balanced_accuracy'], True)}{_ci(report, 'balanced_accuracy', pct=True)}",
+        f"ROC AUC            {_fmt(report['roc_auc'])}{_ci(report, 'roc_auc')}",
+        *_boot_line(report),
         *([f"decision           {classes[1]} where p >= {report['threshold']:.3f} (the model's threshold)"]
           if report.get("threshold") is not None else []),
         "",
-        f"{'class':<{w}}{'support':>9}{'sensitivity':>13}{'specificity':>13}",
+        f"{'class':<{w}}{'support':>9}{'sensitivity':>{cw}}{'specificity':>{cw}}",
     ]
     support = report.get("support") or {c: sum(r) for c, r in zip(classes, report["confusion_matrix"])}
     for c in classes:
-        lines.append(
-            f"{c:<{w}}{support[c]:>9}{_fmt(report['sensitivity'][c], True):>13}{_fmt(report['specificity'][c], True):>13}"
-        )
+        sens = _fmt(report['sensitivity'][c], True) + _ci(report, "sensitivity", c, True)
+        spec = _fmt(report['specificity'][c], True) + _ci(report, "specificity", c, True)
+        lines.append(f"{c:<{w}}{support[c]:>9}{sens:>{cw}}{spec:>{cw}}")
     if len(classes) > MAX_PRINTED_MATRIX:
         lines += ["", f"confusion matrix: {len(classes)} x {len(classes)}, too large to print; "
                       "it is in the JSON report (--json)"]
@@ -195,7 +226,8 @@ def plot_report(report: dict[str, Any], y_true, probs, path: str | Path) -> Path
     thresh = cm.max() / 2 if cm.size else 0
     for (i, j), v in np.ndenumerate(cm):
         ax1.text(j, i, str(v), ha="center", va="center", color="white" if v > thresh else "black")
-    ax1.set_title(f"accuracy {_fmt(report['accuracy'], True)}, balanced {_fmt(report['balanced_accuracy'], True)}")
+    ax1.set_title(f"accuracy {_fmt(report['accuracy'], True)}{_ci(report, 'accuracy', pct=True)}\n"
+                  f"balanced {_fmt(report['balanced_accuracy'], True)}{_ci(report, 'balanced_accuracy', pct=True)}")
     fig.colorbar(im, ax=ax1, shrink=0.8)
     binary = len(classes) == 2
     for k, c in enumerate(classes):
@@ -211,7 +243,9 @@ def plot_report(report: dict[str, Any], y_true, probs, path: str | Path) -> Path
     ax2.set_ylim(0, 1.01)
     ax2.set_xlabel("false positive rate (1 - specificity)")
     ax2.set_ylabel("true positive rate (sensitivity)")
-    ax2.set_title(f"ROC, AUC {_fmt(report['roc_auc'])}")
+    ax2.set_title(f"ROC, AUC {_fmt(report['roc_auc'])}{_ci(report, 'roc_auc')}"
+                  + (f"\n(95 % bootstrap intervals by {report['bootstrap']['unit']})"
+                     if report.get("bootstrap") else ""))
     if ax2.lines[:-1]:
         ax2.legend(loc="lower right")
     from .outputs import atomic_write

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ._evaluate_stats import add_stats_options
 from ._common import (
     PROG, GradCamError, _expand_paths, _fmt_kw, _image, _load, _tqdm, add_device, add_model_options, add_quiet,
     atomic_write, check_outputs, number_option, shown,
@@ -14,25 +15,52 @@ from ._common import (
 def cmd_evaluate(args) -> int:
     import numpy as np
 
-    from ..data import scan_folder
     from ..decision import decision_threshold
-    from ..errors import DatasetError
-    from ..metrics import classification_report, format_report, plot_report, save_report
-    from ..train import evaluate_model
+    from ..metrics import format_report, plot_report, save_report
+    from ._evaluate_stats import bootstrap_of, evaluate_extras, print_extras
 
     check_outputs([(args.json, "json", "--json"), (args.plot, "plot", "--plot"), (args.predictions, "csv", "--predictions")],
                   inputs=[args.model, args.data_dir, args.csv])
     bundle = _load(args)
-    data = scan_folder(args.data_dir, csv=args.csv, group_pattern=None, classes=bundle.classes)
+    data, probs, y, failed = _predict_folder(args, bundle, args.data_dir, args.csv)
+    threshold = decision_threshold(bundle)
+    used = [it for it in data.items if it.path not in {p for p, _ in failed}]
+    boot = bootstrap_of(args, data, used)
+    report, extras = evaluate_extras(args, bundle, used, y, probs, threshold, boot,
+                                     lambda folder: _predict_folder(args, bundle, folder, None))
+    print(format_report(report))
+    print_extras(report, extras)
+    skipped = list(data.skipped) + failed
+    if skipped:
+        print(shown(f"{len(skipped)} file(s) skipped, e.g. {skipped[0][0]} ({skipped[0][1]})."), file=sys.stderr)
+    if args.json:
+        full = dict(report, model=str(args.model), data=str(args.data_dir),
+                    skipped=[[str(p), r] for p, r in skipped], **extras)
+        save_report(full, args.json)
+    if args.plot:
+        plot_report(report, y, probs, args.plot)
+    if args.predictions:
+        _write_predictions(Path(args.predictions), [it.path for it in used],
+                           probs, bundle.classes, labels=[bundle.classes[i] for i in np.asarray(y)], threshold=threshold)
+    return 0
+
+
+def _predict_folder(args, bundle, folder, csv):
+    """(the scanned data, probabilities (N, K), labels (N,), failed files) of MODEL on ``folder``."""
+    from ..data import scan_folder
+    from ..errors import DatasetError
+    from ..train import evaluate_model
+
+    data = scan_folder(folder, csv=csv, group_pattern=args.group_pattern, classes=bundle.classes)
     if not data.items:
         bad = [f for files in data.unreadable_classes.values() for f in files]
         if bad:
-            raise DatasetError(f"None of the {len(bad)} image file(s) of the model's classes in {args.data_dir} "
+            raise DatasetError(f"None of the {len(bad)} image file(s) of the model's classes in {folder} "
                                f"could be read (e.g. {bad[0][0].name}: {bad[0][1]}).")
         others = sorted({c for c in (_class_of(p, data.root) for p, _ in data.skipped) if c not in bundle.classes})
         names = bundle.classes if len(bundle.classes) <= 10 else f"({len(bundle.classes)} classes)"
         raise DatasetError(
-            f"No readable images of the model's classes {names} were found in {args.data_dir}"
+            f"No readable images of the model's classes {names} were found in {folder}"
             + (f" (it has {', '.join(others[:5])})." if others else ".")
         )
     bar = None if args.quiet else _tqdm(total=len(data), desc="evaluating", unit="img", leave=False)
@@ -45,23 +73,8 @@ def cmd_evaluate(args) -> int:
     if bar is not None:
         bar.close()
     if len(y) == 0:
-        raise DatasetError(f"None of the images in {args.data_dir} could be read.")
-    threshold = decision_threshold(bundle)
-    report = classification_report(y, probs, bundle.classes, threshold=threshold)
-    print(format_report(report))
-    skipped = list(data.skipped) + failed
-    if skipped:
-        print(shown(f"{len(skipped)} file(s) skipped, e.g. {skipped[0][0]} ({skipped[0][1]})."), file=sys.stderr)
-    if args.json:
-        full = dict(report, model=str(args.model), data=str(args.data_dir),
-                    skipped=[[str(p), r] for p, r in skipped])
-        save_report(full, args.json)
-    if args.plot:
-        plot_report(report, y, probs, args.plot)
-    if args.predictions:
-        _write_predictions(Path(args.predictions), [it.path for it in data.items if it.path not in {p for p, _ in failed}],
-                           probs, bundle.classes, labels=[bundle.classes[i] for i in np.asarray(y)], threshold=threshold)
-    return 0
+        raise DatasetError(f"None of the images in {folder} could be read.")
+    return data, probs, y, failed
 
 
 def _class_of(path: Path, root: Path) -> str:
@@ -163,6 +176,7 @@ def register(sub) -> None:
     p.add_argument("--predictions", metavar="PRED.csv", help="also write per-image probabilities")
     p.add_argument("--csv", help="CSV of path,label rows instead of class subfolders")
     p.add_argument("--batch-size", type=number_option("batch_size"), default=64, metavar="N")
+    add_stats_options(p)
     add_device(p)
     add_quiet(p)
     add_model_options(p)

@@ -267,7 +267,7 @@ def cmd_localize(args) -> int:
     report = localize_folder(_load(args), args.images_dir, args.masks_dir, methods=args.method,
                              json_path=args.json, curves=args.curves, target=args.target, progress=progress,
                              device=args.device, tolerance=args.tolerance, level=args.level, shifts=args.shifts,
-                             tolerance_at=args.tolerance_at or None)
+                             tolerance_at=args.tolerance_at or None, bootstrap=args.bootstrap, seed=args.seed)
     if bar is not None:
         bar.close()
     print(report.table())
@@ -405,6 +405,9 @@ def _register_localize(sub) -> None:
                         "0: --tolerance is in each image's own pixels")
     p.add_argument("--level", type=fraction, default=0.5, metavar="F", help="fixed threshold, a fraction of the maximum")
     p.add_argument("--curves", action="store_true", help="also deletion/insertion curves and their AUC (slower)")
+    from ._evaluate_stats import add_bootstrap_options
+
+    add_bootstrap_options(p)
     add_shifts(p)
     add_device(p)
     add_quiet(p)

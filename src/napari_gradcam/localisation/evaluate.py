@@ -76,6 +76,9 @@ def iter_evaluate_localisation(
     layer: str | None = None,
     batch_size: int = 16,
     shifts: int = 1,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    group_pattern: "str | None" = "auto",
 ) -> Generator[tuple[int, int], None, LocalisationReport]:
     """:func:`evaluate_localisation` as a generator: yields ``(done, total)`` after each image and
     returns the :class:`LocalisationReport` (``report = yield from ...``, or a napari
@@ -84,7 +87,10 @@ def iter_evaluate_localisation(
     from ..preprocess import check_image
     from ..validate import check_int, check_number
 
+    from ..stats import Bootstrap
+
     shifts = check_shifts(shifts)
+    Bootstrap(bootstrap, seed)  # checked before the work
     tolerance = check_number(tolerance, "tolerance", 0)
     if not (isinstance(level, str) and level.lower() == "otsu"):
         level = check_number(level, "level", 0, 1)
@@ -126,6 +132,11 @@ def iter_evaluate_localisation(
             report.rows.append(LocalisationRow(name, m, hm.target, source, metrics))
         yield i + 1, total
     report.notes.extend(_closing_notes(resized, report.n_empty == total, tolerance, tolerance_at, sides))
+    if bootstrap and report.rows:
+        from ..stats import bootstrap_settings
+
+        report.settings["bootstrap"] = bootstrap_settings([r.name for r in report.rows], bootstrap, seed,
+                                                          group_pattern=group_pattern)
     return report
 
 
@@ -233,7 +244,9 @@ def evaluate_localisation(
         image's pixels; a size S: it is given at S px and scaled to ``tolerance * max(H, W) / S``),
         level (fixed threshold, default 0.5), steps (20), baseline ("blur"), names (one per image),
         layer (Grad-CAM layer), batch_size, shifts (1; k > 1 averages k x k sub-cell shifts, see
-        :func:`napari_gradcam.engine`).
+        :func:`napari_gradcam.engine`), bootstrap (resamples of the 95 % interval of every mean, default
+        1000; 0: none), seed (0), group_pattern (how image names give patients, who are resampled
+        whole: ``"auto"``, Kermany names, as the trainer's split; None: every image on its own).
 
     Returns
     -------
@@ -275,7 +288,8 @@ def localize_folder(
     device : for loading a model file ("auto", "cpu", "cuda", ...)
     tolerance_at : the pointing tolerance (``tolerance=``, pixels) is given at this image size and scaled
         to each image's larger side (default 224, where Zhang et al. define their 15 px); None: pixels as is
-    **kwargs : tolerance, level, steps, baseline, layer, batch_size (see :func:`evaluate_localisation`)
+    **kwargs : tolerance, level, steps, baseline, layer, batch_size, bootstrap, seed, group_pattern (see
+        :func:`evaluate_localisation`)
 
     Returns
     -------

@@ -77,7 +77,13 @@ class LocalisationReport:
         return len({r.name for r in self.rows})
 
     def summary(self) -> dict[str, dict[str, Any]]:
-        """{method: {metric: mean over images, "n": images}}; pointing means are hit rates in [0, 1]."""
+        """{method: {metric: mean over images, "n": images}}; pointing means are hit rates in [0, 1].
+
+        With ``settings["bootstrap"]`` (``{"resamples": B, "seed": s, "level": 0.95, "group_pattern": ...}``,
+        as :func:`~napari_gradcam.localisation.evaluate_localisation` sets it) each metric also has
+        ``<metric>_ci``: its percentile bootstrap interval ``[low, high]`` (or None), every method
+        resampled with the same draws of patients (see :func:`napari_gradcam.stats.mean_intervals`).
+        """
         out: dict[str, dict[str, Any]] = {}
         for m in self.methods:
             rows = [r for r in self.rows if r.method == m]
@@ -88,6 +94,13 @@ class LocalisationReport:
             for k in keys:
                 stats[k] = _mean(r.metrics.get(k) for r in rows)
             out[m] = stats
+        boot = self.settings.get("bootstrap") or {}
+        if boot.get("resamples") and self.rows:
+            from ..stats import mean_intervals
+
+            cis = mean_intervals([(r.name, r.method, r.metrics) for r in self.rows], boot)
+            for m, ci in cis.items():
+                out[m].update({f"{k}_ci": v for k, v in ci.items()})
         return out
 
     @property
@@ -158,17 +171,21 @@ class LocalisationReport:
         if any("deletion_auc" in s for s in summary.values()):
             cols += [("deletion_auc", "deletion AUC", "f3"), ("insertion_auc", "insertion AUC", "f3")]
 
-        def fmt(v: Any, kind: str) -> str:
-            if v is None:
-                return "-"
+        def num(v: Any, kind: str) -> str:
             if kind == "d":
                 return str(int(v))
             if kind == "pct":
                 return f"{100 * v:.1f}"
             return f"{v:.{kind[1]}f}"
 
+        def fmt(s: dict[str, Any], k: str, kind: str) -> str:
+            v, ci = s.get(k), s.get(f"{k}_ci")
+            if v is None:
+                return "-"
+            return num(v, kind) + (f" [{num(ci[0], kind)}, {num(ci[1], kind)}]" if ci is not None else "")
+
         header = ["method"] + [c[1] for c in cols]
-        body = [[method_title(m)] + [fmt(summary[m].get(k), kind) for k, _, kind in cols]
+        body = [[method_title(m)] + [fmt(summary[m], k, kind) for k, _, kind in cols]
                 for m in self.methods]
         if markdown:
             lines = ["| " + " | ".join(header) + " |",
@@ -181,6 +198,10 @@ class LocalisationReport:
                 return "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(cells))
             lines = [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in body]
         extra = [f"{self.n_evaluated} of {self.n_images} images scored; {self.n_empty} with an empty mask skipped."]
+        boot = self.settings.get("bootstrap") or {}
+        if boot.get("resamples"):
+            extra.append(f"[{100 * boot.get('level', 0.95):g} % bootstrap interval: {boot['resamples']} resamples "
+                         f"of {boot.get('units', 'the')} {boot.get('unit', 'image')}s, seed {boot.get('seed', 0)}]")
         extra += self.notes
         if not markdown:
             return "\n".join(lines + [""] + extra)
