@@ -1,0 +1,193 @@
+"""Concept projections stored in a bundle (P-ClArC): data, not code.
+
+A :class:`Projection` removes one direction from one layer's activations::
+
+    h' = h - v (v^T (h - z))        at every spatial position
+
+``v`` (C,) is a unit concept vector (an artifact's direction), ``z`` (C,) a reference point (the mean
+activation of clean images), so activations of clean images are left where they were along ``v``
+(Anders et al., "Finding and removing Clever Hans", Information Fusion 2022).
+
+In a ``.safetensors`` bundle a projection is two tensors, ``__projection__.<i>.vector`` and
+``__projection__.<i>.reference``, and one JSON entry of the header's ``projections`` list (the layer's
+dotted name and what was unlearned).  Loading parses them as numbers and text and installs a forward
+hook of this module's own code: nothing from the file runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import GradCamError, ModelFileError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+    from .core import ModelBundle
+
+PREFIX = "__projection__."
+METADATA_KEY = "projections"
+
+
+@dataclass
+class Projection:
+    """One layer's concept direction, projected out of its activations.
+
+    Attributes
+    ----------
+    layer : str
+        Dotted name of the module whose output is projected.
+    vector : torch.Tensor
+        (C,) float32, unit norm: the direction removed.
+    reference : torch.Tensor
+        (C,) float32: the point the activations are projected onto (along ``vector``).
+    info : dict
+        JSON-ready description (method, audit folder, cluster ids, box, ...), stored with it.
+    """
+
+    layer: str
+    vector: "torch.Tensor"
+    reference: "torch.Tensor"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        import torch
+
+        v = torch.as_tensor(self.vector, dtype=torch.float32).detach().cpu().flatten()
+        z = torch.as_tensor(self.reference, dtype=torch.float32).detach().cpu().flatten()
+        if v.numel() == 0 or v.shape != z.shape:
+            raise GradCamError(f"A projection needs a vector and a reference point of the same length, not "
+                               f"{v.numel()} and {z.numel()} values.")
+        if not (torch.isfinite(v).all() and torch.isfinite(z).all()):
+            raise GradCamError("A projection's vector and reference point must be finite numbers.")
+        norm = float(v.norm())
+        if not norm > 1e-12:
+            raise GradCamError("A projection's vector must not be zero.")
+        self.vector, self.reference = v / norm, z
+
+    def apply(self, h: "torch.Tensor") -> "torch.Tensor":
+        """``h`` (B, C, ...) with the component along ``vector`` (relative to ``reference``) removed."""
+        if h.ndim < 2 or h.shape[1] != self.vector.numel():
+            raise GradCamError(f"Layer {self.layer!r} gives {tuple(h.shape)} activations, but its stored projection "
+                               f"has {self.vector.numel()} channels.")
+        shape = (1, -1) + (1,) * (h.ndim - 2)
+        v = self.vector.to(device=h.device, dtype=h.dtype).view(shape)
+        z = self.reference.to(device=h.device, dtype=h.dtype).view(shape)
+        return h - v * ((h - z) * v).sum(dim=1, keepdim=True)
+
+    def __call__(self, _module, _inputs, output):  # the forward hook
+        import torch
+
+        if not isinstance(output, torch.Tensor):
+            raise GradCamError(f"Layer {self.layer!r} does not give one tensor; its projection cannot apply.")
+        return self.apply(output)
+
+
+def install(model: "nn.Module", projections: list[Projection]) -> None:
+    """Hook ``projections`` (in order) onto ``model``'s layers, replacing those installed before.
+
+    Earlier projection hooks are found by type on every submodule (not by stored handles), so a
+    deep copy of a model gets its own hooks and never removes the original's.
+    """
+    from .. import models
+
+    for module in model.modules():
+        for key, hook in list(module._forward_hooks.items()):
+            if isinstance(hook, Projection):
+                del module._forward_hooks[key]
+    for p in projections:
+        models.get_module(model, p.layer).register_forward_hook(p)
+
+
+def attach(bundle: "ModelBundle", projections: list[Projection]) -> "ModelBundle":
+    """``bundle`` with ``projections`` recorded and installed on its model; returns it."""
+    bundle.projections = list(projections)
+    install(bundle.model, bundle.projections)
+    return bundle
+
+
+# ----------------------------------------------------------------------------- files
+def to_file(projections: list[Projection]) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
+    """(tensors, header metadata) that store ``projections`` in a ``.safetensors`` bundle."""
+    tensors, entries = {}, []
+    for i, p in enumerate(projections):
+        tensors[f"{PREFIX}{i}.vector"] = p.vector.contiguous()
+        tensors[f"{PREFIX}{i}.reference"] = p.reference.contiguous()
+        entries.append({"layer": p.layer, "info": p.info})
+    return tensors, ({METADATA_KEY: json.dumps(entries)} if entries else {})
+
+
+def take_from_file(name: str, tensors: dict[str, "torch.Tensor"], metadata: dict[str, str]) -> list[Projection]:
+    """The projections stored in a bundle file, removed from ``tensors`` (its other tensors are the weights).
+
+    Raises ModelFileError (one sentence) for damaged entries: text that is not a list of
+    ``{"layer": str, "info": dict}``, a missing or non-finite tensor, lengths that differ.
+    """
+    keys = [k for k in tensors if k.startswith(PREFIX)]
+    raw = metadata.get(METADATA_KEY)
+    if raw is None:
+        if keys:
+            raise ModelFileError(f"{name} holds projection tensors without their description.")
+        return []
+    try:
+        entries = json.loads(raw)
+    except (ValueError, RecursionError):
+        entries = None
+    if not isinstance(entries, list) or not all(_good_entry(e) for e in entries):
+        raise ModelFileError(f"{name} has a damaged projection description (not a list of layer names and info).")
+    out = []
+    for i, e in enumerate(entries):
+        v, z = tensors.pop(f"{PREFIX}{i}.vector", None), tensors.pop(f"{PREFIX}{i}.reference", None)
+        if v is None or z is None or v.ndim != 1 or not v.is_floating_point() or not z.is_floating_point():
+            raise ModelFileError(f"{name} lacks the vector or reference point of projection {i}.")
+        try:
+            out.append(Projection(e["layer"], v, z, e["info"]))
+        except GradCamError as err:
+            raise ModelFileError(f"{name} has a damaged projection {i}: {err}") from None
+    extra = [k for k in tensors if k.startswith(PREFIX)]
+    if extra:
+        raise ModelFileError(f"{name} holds projection tensors no description names ({extra[0]}).")
+    return out
+
+
+def _good_entry(e: Any) -> bool:
+    return (isinstance(e, dict) and isinstance(e.get("layer"), str) and bool(e["layer"])
+            and isinstance(e.get("info"), dict))
+
+
+def check_layers(name: str, model: "nn.Module", projections: list[Projection]) -> None:
+    """ModelFileError when a projection names a layer ``model`` lacks or whose channel count differs."""
+    from .. import models
+
+    for p in projections:
+        try:
+            module = models.get_module(model, p.layer)
+        except GradCamError:
+            raise ModelFileError(f"{name} projects layer {p.layer!r}, which the model does not have.") from None
+        n = _out_channels(module)
+        if n is not None and n != p.vector.numel():
+            raise ModelFileError(f"{name} projects {p.vector.numel()} channels out of layer {p.layer!r}, which "
+                                 f"has {n}.")
+
+
+def _out_channels(module: "nn.Module") -> int | None:
+    for attr in ("out_channels", "num_features", "out_features"):
+        value = getattr(module, attr, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def describe(projections: list[Projection]) -> list[str]:
+    """One line per projection, for ``info`` and notes."""
+    lines = []
+    for p in projections:
+        what = p.info.get("method", "projection")
+        src = p.info.get("audit")
+        cl = p.info.get("clusters")
+        lines.append(f"{what} at {p.layer} ({p.vector.numel()} channels)"
+                     + (f", clusters {cl} of {src}" if src else ""))
+    return lines
