@@ -10,13 +10,14 @@ activation of clean images), so activations of clean images are left where they 
 
 In a ``.safetensors`` bundle a projection is two tensors, ``__projection__.<i>.vector`` and
 ``__projection__.<i>.reference``, and one JSON entry of the header's ``projections`` list (the layer's
-dotted name and what was unlearned).  Loading parses them as numbers and text and installs a forward
+dotted name, the region and its margin, and what was unlearned).  Loading parses them as numbers and text and installs a forward
 hook of this module's own code: nothing from the file runs.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,12 +47,19 @@ class Projection:
         (C,) float32: the point the activations are projected onto (along ``vector``).
     info : dict
         JSON-ready description (method, audit folder, cluster ids, box, ...), stored with it.
+    region : list of float, optional
+        [y0, x0, y1, x1] fractions of the image: project only at the layer's positions in this box,
+        widened by ``margin`` cells of the layer's grid; None: at every position.
+    margin : int
+        Cells of the layer's grid added around ``region`` on each side.
     """
 
     layer: str
     vector: "torch.Tensor"
     reference: "torch.Tensor"
     info: dict[str, Any] = field(default_factory=dict)
+    region: list[float] | None = None
+    margin: int = 1
 
     def __post_init__(self) -> None:
         import torch
@@ -67,16 +75,26 @@ class Projection:
         if not norm > 1e-12:
             raise GradCamError("A projection's vector must not be zero.")
         self.vector, self.reference = v / norm, z
+        self.region = check_region(self.region)
+        if isinstance(self.margin, bool) or not isinstance(self.margin, int) or not 0 <= self.margin <= 64:
+            raise GradCamError(f"A projection's margin must be a whole number of cells in [0, 64], not {self.margin!r}.")
 
     def apply(self, h: "torch.Tensor") -> "torch.Tensor":
-        """``h`` (B, C, ...) with the component along ``vector`` (relative to ``reference``) removed."""
+        """``h`` (B, C, ...) with the component along ``vector`` (relative to ``reference``) removed
+        (inside ``region`` only, when it is set and ``h`` is (B, C, H, W))."""
         if h.ndim < 2 or h.shape[1] != self.vector.numel():
             raise GradCamError(f"Layer {self.layer!r} gives {tuple(h.shape)} activations, but its stored projection "
                                f"has {self.vector.numel()} channels.")
         shape = (1, -1) + (1,) * (h.ndim - 2)
         v = self.vector.to(device=h.device, dtype=h.dtype).view(shape)
         z = self.reference.to(device=h.device, dtype=h.dtype).view(shape)
-        return h - v * ((h - z) * v).sum(dim=1, keepdim=True)
+        correction = v * ((h - z) * v).sum(dim=1, keepdim=True)
+        if self.region is not None and h.ndim == 4:
+            y0, x0, y1, x1 = grid_box(self.region, h.shape[2], h.shape[3], self.margin)
+            mask = h.new_zeros((1, 1, h.shape[2], h.shape[3]))
+            mask[..., y0:y1, x0:x1] = 1
+            correction = correction * mask
+        return h - correction
 
     def __call__(self, _module, _inputs, output):  # the forward hook
         import torch
@@ -84,6 +102,28 @@ class Projection:
         if not isinstance(output, torch.Tensor):
             raise GradCamError(f"Layer {self.layer!r} does not give one tensor; its projection cannot apply.")
         return self.apply(output)
+
+
+def check_region(region: Any) -> list[float] | None:
+    """``region`` as [y0, x0, y1, x1] floats with 0 <= y0 < y1 <= 1 and 0 <= x0 < x1 <= 1 (or None);
+    GradCamError otherwise."""
+    if region is None:
+        return None
+    try:
+        box = [float(v) for v in region]
+    except (TypeError, ValueError):
+        box = []
+    if len(box) != 4 or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
+        raise GradCamError(f"A projection's region must be [y0, x0, y1, x1] fractions with y0 < y1 and x0 < x1 in "
+                           f"[0, 1], not {str(region)[:80]}.")
+    return box
+
+
+def grid_box(region: list[float], h: int, w: int, margin: int = 0) -> tuple[int, int, int, int]:
+    """(y0, x0, y1, x1) cell bounds on an h x w grid of the cells ``region`` touches, widened by ``margin``."""
+    y0, x0 = math.floor(region[0] * h + 1e-9), math.floor(region[1] * w + 1e-9)
+    y1, x1 = max(math.ceil(region[2] * h - 1e-9), y0 + 1), max(math.ceil(region[3] * w - 1e-9), x0 + 1)
+    return max(0, y0 - margin), max(0, x0 - margin), min(h, y1 + margin), min(w, x1 + margin)
 
 
 def install(model: "nn.Module", projections: list[Projection]) -> None:
@@ -116,7 +156,7 @@ def to_file(projections: list[Projection]) -> tuple[dict[str, "torch.Tensor"], d
     for i, p in enumerate(projections):
         tensors[f"{PREFIX}{i}.vector"] = p.vector.contiguous()
         tensors[f"{PREFIX}{i}.reference"] = p.reference.contiguous()
-        entries.append({"layer": p.layer, "info": p.info})
+        entries.append({"layer": p.layer, "region": p.region, "margin": p.margin, "info": p.info})
     return tensors, ({METADATA_KEY: json.dumps(entries)} if entries else {})
 
 
@@ -144,7 +184,7 @@ def take_from_file(name: str, tensors: dict[str, "torch.Tensor"], metadata: dict
         if v is None or z is None or v.ndim != 1 or not v.is_floating_point() or not z.is_floating_point():
             raise ModelFileError(f"{name} lacks the vector or reference point of projection {i}.")
         try:
-            out.append(Projection(e["layer"], v, z, e["info"]))
+            out.append(Projection(e["layer"], v, z, e["info"], e.get("region"), e.get("margin", 1)))
         except GradCamError as err:
             raise ModelFileError(f"{name} has a damaged projection {i}: {err}") from None
     extra = [k for k in tensors if k.startswith(PREFIX)]

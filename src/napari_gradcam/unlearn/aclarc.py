@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from ..errors import GradCamError
-from .findings import box_pixels, read_audit, read_images
+from ..bundle.projection import grid_box
+from .findings import read_audit, read_images
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -106,7 +107,7 @@ def artifact_patches(images: list[np.ndarray], box, in_channels: int, size: int)
 
     from ..preprocess import image_to_tensor
 
-    y0, x0, y1, x1 = box_pixels(box, size)
+    y0, x0, y1, x1 = grid_box(list(box), size, size)
     c = int(in_channels)
     crops = [image_to_tensor(im, c, size, [0.0] * c, [1.0] * c)[:, y0:y1, x0:x1] for im in images]
     return torch.stack(crops).contiguous(), (y0, x0)

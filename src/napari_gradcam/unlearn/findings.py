@@ -184,9 +184,3 @@ def read_images(paths: list[str], limit: int | None = None, seed: int = 0) -> li
                            "the audit's images must still be on disk.")
     return out
 
-
-def box_pixels(box: tuple[float, float, float, float], size: int) -> tuple[int, int, int, int]:
-    """(y0, x0, y1, x1) pixel bounds of a fraction box on a ``size`` x ``size`` grid, at least 1 pixel."""
-    y0, x0 = int(np.floor(box[0] * size)), int(np.floor(box[1] * size))
-    y1, x1 = max(int(np.ceil(box[2] * size)), y0 + 1), max(int(np.ceil(box[3] * size)), x0 + 1)
-    return max(0, y0), max(0, x0), min(size, y1), min(size, x1)

@@ -1,11 +1,13 @@
 """P-ClArC: unlearn a finding without retraining, by projecting its direction out of a layer.
 
-The artifact's concept vector is the difference of the mean (spatially pooled) activations of the
-cluster's members and of the other images of their class, normalised (the "pattern" CAV, which
-follows the artifact's signal rather than a classifier's filter; Pahde et al. 2022).  The bundle gets
-a :class:`~napari_gradcam.bundle.projection.Projection` of that layer: ``h' = h - v v^T (h - z)`` at
-every position, ``z`` the clean images' mean, so clean activations keep their place along ``v`` and
-the artifact's excess is removed (Anders et al., Information Fusion 2022).
+The artifact's concept vector is the difference of the mean activations (pooled over the cells of the
+finding's box) of the cluster's members and of the other images of their class, normalised (the
+"pattern" CAV, which follows the artifact's signal rather than a classifier's filter; Pahde et al.
+2022).  The bundle gets a :class:`~napari_gradcam.bundle.projection.Projection` of that layer:
+``h' = h - v v^T (h - z)``, ``z`` the clean images' mean, so clean activations keep their place along
+``v`` and the artifact's excess is removed (Anders et al., Information Fusion 2022).  It applies at
+the box's cells (widened by a margin) unless ``everywhere``: on our planted-marker test, projecting at
+every position of the last convolutional layer also removed class evidence (see docs/unlearn.md).
 """
 
 from __future__ import annotations
@@ -28,14 +30,16 @@ MAX_IMAGES = 1000
 
 
 def pooled_activations(bundle: "ModelBundle", images: Sequence[np.ndarray], layer: str,
-                       batch_size: int = 32) -> np.ndarray:
-    """Spatially averaged activations of ``layer``: (N, C) float64 for N images (as read, any dtype).
+                       box: Sequence[float] | None = None, batch_size: int = 32) -> np.ndarray:
+    """Activations of ``layer`` averaged over the cells of ``box`` (all cells without): (N, C) float64.
 
-    The layer's output as the bundle computes it (after any projections it already carries).
+    ``images``: N images as read (any dtype); ``box``: [y0, x0, y1, x1] fractions.  The layer's output
+    as the bundle computes it (after any projections it already carries).
     """
     import torch
 
     from .. import models
+    from ..bundle.projection import grid_box
     from ..preprocess import bundle_tensor
 
     module = models.get_module(bundle.model, layer)
@@ -46,7 +50,8 @@ def pooled_activations(bundle: "ModelBundle", images: Sequence[np.ndarray], laye
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise LayerError(f"Layer {layer!r} gives {shape} outputs; P-ClArC projects (B, C, H, W) feature maps "
                              "of a convolutional layer.")
-        grabbed.append(out.detach().float().mean(dim=(2, 3)).cpu())
+        y0, x0, y1, x1 = grid_box(list(box), out.shape[2], out.shape[3]) if box is not None else (0, 0, *out.shape[2:])
+        grabbed.append(out.detach().float()[:, :, y0:y1, x0:x1].mean(dim=(2, 3)).cpu())
 
     handle = module.register_forward_hook(hook)
     bundle.model.eval()
@@ -76,8 +81,16 @@ def concept_direction(members: np.ndarray, others: np.ndarray) -> tuple[np.ndarr
 
 
 def unlearn(bundle: "ModelBundle", audit_dir: "str | os.PathLike", cluster: int | None = None, *,
-            layer: str | None = None, max_images: int = MAX_IMAGES, batch_size: int = 32) -> "ModelBundle":
+            layer: str | None = None, everywhere: bool = False, margin: int = 1, max_images: int = MAX_IMAGES,
+            batch_size: int = 32) -> "ModelBundle":
     """A copy of ``bundle`` that no longer uses the audit's finding(s) (P-ClArC, no retraining).
+
+    The concept vector of a finding is the difference of the mean activations, over the cells of its
+    box, of the cluster's members and of the other images of their class (normalised); the reference
+    point is the others' mean there.  By default the projection applies at the box's cells of the layer
+    (widened by ``margin`` cells): the evidence of the class elsewhere keeps its activations.
+    ``everywhere=True`` projects at every position (Anders et al.'s P-ClArC), which also removes
+    whatever of the class's own evidence lies along the artifact's direction.
 
     Parameters
     ----------
@@ -106,20 +119,20 @@ def unlearn(bundle: "ModelBundle", audit_dir: "str | os.PathLike", cluster: int 
     layer = layer or audit.layer or bundle.target_layer
     _check_classes(bundle, audit)
     out = _copy(bundle)
-    added = []
     for f in audit.findings:
         if not f.others:
             raise GradCamError(f"Cluster {f.id} of {audit.folder} holds every image of class {f.class_name!r}; "
                                "P-ClArC needs clean images of the class to contrast it with.")
-        acts_m = pooled_activations(out, read_images(f.members, max_images), layer, batch_size)
-        acts_o = pooled_activations(out, read_images(f.others, max_images, seed=1), layer, batch_size)
+        acts_m = pooled_activations(out, read_images(f.members, max_images), layer, f.box, batch_size)
+        acts_o = pooled_activations(out, read_images(f.others, max_images, seed=1), layer, f.box, batch_size)
         v, z = concept_direction(acts_m, acts_o)
         info = {**audit.record("p-clarc"), "clusters": [f.id], "classes": [f.class_name], "boxes": [list(f.box)],
                 "n_members": len(acts_m), "n_others": len(acts_o)}
-        added.append(Projection(layer, v, z, info))
-        attach(out, out.projections + added[-1:])  # the next finding's vector is measured after this one
-    out.notes = list(out.notes) + [f"unlearned (P-ClArC) {len(added)} finding(s) of {audit.folder} at {layer} in "
-                                   f"{time.perf_counter() - t0:.1f} s"]
+        region = None if everywhere else list(f.box)
+        # the next finding's vector is measured with this one's projection in place
+        attach(out, out.projections + [Projection(layer, v, z, info, region, int(margin))])
+    out.notes = list(out.notes) + [f"unlearned (P-ClArC) {len(audit.findings)} finding(s) of {audit.folder} at "
+                                   f"{layer} in {time.perf_counter() - t0:.1f} s"]
     return out
 
 
