@@ -95,7 +95,7 @@ def _load(path: Path, request: dict, module: "nn.Module | None") -> ModelBundle:
     if found:
         from .projection import attach, check_layers
 
-        check_layers(shown(path.name), bundle.model, found)
+        check_layers(shown(path.name), bundle, found)  # before the hooks: a wrong length is refused here
         attach(bundle, found)
     return bundle
 

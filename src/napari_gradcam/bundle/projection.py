@@ -198,27 +198,34 @@ def _good_entry(e: Any) -> bool:
             and isinstance(e.get("info"), dict))
 
 
-def check_layers(name: str, model: "nn.Module", projections: list[Projection]) -> None:
-    """ModelFileError when a projection names a layer ``model`` lacks or whose channel count differs."""
+def check_layers(name: str, bundle: "ModelBundle", projections: list[Projection]) -> None:
+    """ModelFileError when a projection names a layer the bundle's model lacks, or one whose output on
+    a blank input is not (1, C, ...) with the projection's C channels (one forward pass, no hooks)."""
+    import torch
+
     from .. import models
 
+    outputs: dict[str, Any] = {}
+    handles = []
     for p in projections:
         try:
-            module = models.get_module(model, p.layer)
+            module = models.get_module(bundle.model, p.layer)
         except GradCamError:
             raise ModelFileError(f"{name} projects layer {p.layer!r}, which the model does not have.") from None
-        n = _out_channels(module)
-        if n is not None and n != p.vector.numel():
-            raise ModelFileError(f"{name} projects {p.vector.numel()} channels out of layer {p.layer!r}, which "
-                                 f"has {n}.")
-
-
-def _out_channels(module: "nn.Module") -> int | None:
-    for attr in ("out_channels", "num_features", "out_features"):
-        value = getattr(module, attr, None)
-        if isinstance(value, int):
-            return value
-    return None
+        handles.append(module.register_forward_hook(lambda _m, _i, out, key=p.layer: outputs.setdefault(key, out)))
+    c, s = bundle.config.in_channels, bundle.config.input_size
+    try:
+        with torch.inference_mode():
+            bundle.model(torch.zeros(1, c, s, s, device=bundle.device))
+    finally:
+        for h in handles:
+            h.remove()
+    for p in projections:
+        out = outputs.get(p.layer)
+        if not isinstance(out, torch.Tensor) or out.ndim < 2 or out.shape[1] != p.vector.numel():
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ModelFileError(f"{name} projects {p.vector.numel()} channels out of layer {p.layer!r}, whose "
+                                 f"output is {shape}.")
 
 
 def describe(projections: list[Projection]) -> list[str]:

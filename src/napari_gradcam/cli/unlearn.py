@@ -20,7 +20,7 @@ def cmd_unlearn(args) -> int:
                   max_images=args.max_images)
     out = save_model(new, args.out)
     if args.recheck:
-        from ..unlearn.recheck import recheck
+        from ..unlearn.proof import recheck
 
         report = recheck(new, args.audit)
         print(json.dumps(report, indent=2))

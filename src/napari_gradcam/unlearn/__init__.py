@@ -5,7 +5,7 @@
 * :mod:`.pclarc`: P-ClArC, the artifact's direction projected out of a layer without retraining
   (:func:`unlearn`, ``napari-gradcam unlearn MODEL AUDIT_DIR[:ID] --out M2.safetensors``); the
   projection is stored in the bundle as data (:mod:`napari_gradcam.bundle.projection`);
-* :mod:`.recheck`: the old findings' removal and insertion tests re-run on the new model;
+* :mod:`.proof`: :func:`recheck`, the old findings' removal and insertion tests re-run on the new model;
 * :mod:`.findings`: reading an audit folder's findings.
 
 Nothing heavy is imported with this package.
@@ -20,11 +20,11 @@ from typing import Any
 
 _LAZY = {
     "unlearn": "pclarc",
-    "recheck": "recheck",
+    "recheck": "proof",
     "read_audit": "findings",
     "build_paste": "aclarc",
     "ArtifactPaste": "aclarc",
-    "difference_interval": "recheck",
+    "difference_interval": "proof",
 }
 
 __all__ = list(_LAZY)
