@@ -93,10 +93,11 @@ def _load(path: Path, request: dict, module: "nn.Module | None") -> ModelBundle:
     _check_agrees(path, config, request)
     bundle = _described(path, config, tensors, module)
     if found:
-        from .projection import attach, check_layers
+        from .projection import attach, check_layers, describe
 
         check_layers(shown(path.name), bundle, found)  # before the hooks: a wrong length is refused here
         attach(bundle, found)
+        bundle.notes = list(bundle.notes) + [f"{path.name} projects out {line}." for line in describe(found)]
     return bundle
 
 

@@ -229,12 +229,10 @@ def check_layers(name: str, bundle: "ModelBundle", projections: list[Projection]
 
 
 def describe(projections: list[Projection]) -> list[str]:
-    """One line per projection, for ``info`` and notes."""
+    """One line per projection (for notes): what, where, from which audit."""
     lines = []
     for p in projections:
-        what = p.info.get("method", "projection")
-        src = p.info.get("audit")
-        cl = p.info.get("clusters")
-        lines.append(f"{what} at {p.layer} ({p.vector.numel()} channels)"
-                     + (f", clusters {cl} of {src}" if src else ""))
+        where = "every position" if p.region is None else "the box " + ", ".join(f"{v:.2f}" for v in p.region)
+        src = f", cluster(s) {p.info.get('clusters')} of {p.info.get('audit')}" if p.info.get("audit") else ""
+        lines.append(f"a direction of {p.layer} ({p.info.get('method', 'projection')}, at {where}{src})")
     return lines
