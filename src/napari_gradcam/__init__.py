@@ -50,6 +50,7 @@ _LAZY = {
     "GradCamWarning": "errors",
     "compare_methods": "compare",
     "MethodComparison": "compare",
+    "unlearn": "unlearn.pclarc",
 }
 
 __all__ = ["__version__", *_LAZY]

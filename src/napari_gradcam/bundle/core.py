@@ -163,12 +163,23 @@ class ModelBundle:
     onnx_graph : bytes or None
         The ONNX model an ``onnx`` bundle was converted from (saved with the bundle, so that loading it
         rebuilds the graph without the ``.onnx`` file).
+    projections : list of Projection
+        Directions removed from layers' activations (P-ClArC), applied on every forward pass.
     """
 
     model: "nn.Module"
     config: ModelConfig
     notes: list[str] = field(default_factory=list, repr=False, compare=False)
     onnx_graph: bytes | None = field(default=None, repr=False, compare=False)
+    #: Concept directions projected out of layers' activations (P-ClArC, :mod:`.projection`); installed as
+    #: forward hooks on ``model`` when the bundle is made, saved with it.
+    projections: list = field(default_factory=list, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.projections:
+            from .projection import install
+
+            install(self.model, self.projections)
 
     # convenient read-only views of the config
     @property

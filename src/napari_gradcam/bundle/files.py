@@ -6,7 +6,7 @@ string metadata::
     {"format": "napari-gradcam", "format_version": "1" or "2", "config": "<JSON of ModelConfig>"}
 
 Version 1 (still written when it suffices, so older releases read those files) knows the registered
-architectures; version 2 adds ``torchvision:NAME``, ``timm:NAME``, ``onnx`` and ``custom`` and the
+architectures; version 3 adds stored projections (:mod:`.projection`); version 2 adds ``torchvision:NAME``, ``timm:NAME``, ``onnx`` and ``custom`` and the
 config's ``origin``.  An ``onnx`` bundle also holds the ONNX model as a uint8 tensor ``__onnx_graph__``
 (and the weights only when they changed since the conversion).  Loading parses JSON, raw tensors and
 protobuf only.  Plain state dicts (``.pt``/``.pth``/``.bin``) load through
@@ -33,7 +33,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
 FORMAT = "napari-gradcam"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: Files with stored projections (P-ClArC) are version 3, so that a release that cannot apply them refuses them.
+PROJECTION_VERSION = 3
 ONNX_KEY = "__onnx_graph__"
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
@@ -56,11 +58,16 @@ def save_model(bundle: ModelBundle, path: str | os.PathLike) -> Path:
     config = asdict(bundle.config)
     if bundle.architecture == "onnx":
         tensors = _with_onnx_graph(bundle, tensors)
-    version = FORMAT_VERSION
+    version = 2  # (3 only with projections, below)
     if bundle.architecture in models.ARCHITECTURES and not config["origin"]:
         version = 1  # readable by releases that know only the registered architectures
         del config["origin"]
     metadata = {"format": FORMAT, "format_version": str(version), "config": json.dumps(config)}
+    if getattr(bundle, "projections", None):  # P-ClArC: tensors + JSON; older releases refuse the file
+        from .projection import to_file
+
+        extra, meta = to_file(bundle.projections)
+        tensors, metadata = {**tensors, **extra}, {**metadata, **meta, "format_version": str(PROJECTION_VERSION)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return path
 

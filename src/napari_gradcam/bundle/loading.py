@@ -76,9 +76,14 @@ def _load(path: Path, request: dict, module: "nn.Module | None") -> ModelBundle:
     if path.suffix.lower() == ".onnx":
         return _from_onnx_file(path, request, module)
     config: ModelConfig | None = None
+    found: list = []
     if files.is_safetensors(path):
         tensors, metadata = files.read_safetensors(path)
         config = files.config_from_metadata(path, metadata)
+        if config is not None:  # P-ClArC projections: numbers and text, hooked by our own code
+            from .projection import take_from_file
+
+            found = take_from_file(shown(path.name), tensors, metadata)
     elif path.suffix == ".safetensors":
         raise ModelFileError(f"{path.name} is not a readable .safetensors file (truncated or corrupted header).")
     else:
@@ -86,6 +91,18 @@ def _load(path: Path, request: dict, module: "nn.Module | None") -> ModelBundle:
     if config is None:
         return _from_bare_weights(path, tensors, request, module)
     _check_agrees(path, config, request)
+    bundle = _described(path, config, tensors, module)
+    if found:
+        from .projection import attach, check_layers, describe
+
+        check_layers(shown(path.name), bundle, found)  # before the hooks: a wrong length is refused here
+        attach(bundle, found)
+        bundle.notes = list(bundle.notes) + [f"{path.name} projects out {line}." for line in describe(found)]
+    return bundle
+
+
+def _described(path: Path, config: ModelConfig, tensors: dict, module: "nn.Module | None") -> ModelBundle:
+    """The bundle a self-describing file holds (``tensors``: its weights)."""
     if module is not None:
         tensors.pop(files.ONNX_KEY, None)
         return _into_module(path, module, config, tensors, config.mean, config.std, [])

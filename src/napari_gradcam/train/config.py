@@ -113,6 +113,12 @@ class TrainConfig:
     erase: float = option(0.0, "hide-and-seek: hide each cell of a grid with probability P while training, so "
                                "that heatmaps cover all of the evidence (try 0.2-0.3)", "augmentation", metavar="P")
     erase_grid: int = option(4, "hide-and-seek grid, N x N cells", "augmentation", metavar="N")
+    unlearn: str | None = option(
+        None, "unlearn an audit's finding by augmentation (A-ClArC): its artifact (the box's content in the "
+              "cluster's members) is pasted into training images of every class, labels kept; AUDIT_DIR:ID for one "
+              "cluster, AUDIT_DIR for every likely shortcut", "augmentation", metavar="AUDIT_DIR[:ID]")
+    unlearn_p: float = option(0.5, "share of training images that get the artifact with --unlearn",
+                              "augmentation", metavar="P")
     bn_batches: int = option(20, "before validation, re-estimate BatchNorm statistics with the epoch's weights over "
                                  "N training batches (0: keep the running averages)", "optimisation", metavar="N")
     # control
@@ -192,6 +198,9 @@ class TrainConfig:
         need(self.max_minutes is None or float(self.max_minutes) >= 0,
              f"max_minutes must be positive (or 0 for no limit), not {self.max_minutes}.")
         need(0 <= float(self.erase) < 1, f"The hide-and-seek probability must be in [0, 1), not {self.erase}.")
+        need(0 < float(self.unlearn_p) <= 1, f"unlearn_p must be in (0, 1], not {self.unlearn_p}.")
+        need(self.unlearn is None or isinstance(self.unlearn, (str, Path)),
+             f"unlearn must be an audit folder (AUDIT_DIR[:ID]), not {type(self.unlearn).__name__}.")
         need(0 <= float(self.label_smoothing) < 1, f"label_smoothing must be in [0, 1), not {self.label_smoothing}.")
 
 
@@ -211,6 +220,7 @@ def _check_numbers(cfg: "TrainConfig") -> None:
     check_number(cfg.val_fraction, "The validation fraction", above=0, below=1)
     for name in ("weight_decay", "warmup_epochs", "min_delta", "rotation", "gamma", "blur"):
         check_number(getattr(cfg, name), name, 0)
+    check_number(cfg.unlearn_p, "unlearn_p", 0, 1)
     for name in ("momentum", "label_smoothing", "translate", "zoom", "brightness", "contrast", "erase"):
         check_number(getattr(cfg, name), name, 0, below=1)
     if cfg.max_minutes is not None:

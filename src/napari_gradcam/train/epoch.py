@@ -77,14 +77,16 @@ class StepParts:
     class_weight: "torch.Tensor | None" = None
     label_smoothing: float = 0.0
 
-    def inputs(self, x: "torch.Tensor") -> "torch.Tensor":
-        """A batch as the network's input: unit range, augmented, normalised, in the memory layout."""
+    def inputs(self, x: "torch.Tensor", y: "torch.Tensor | None" = None) -> "torch.Tensor":
+        """A batch as the network's input: unit range, augmented, normalised, in the memory layout.
+        ``y``: the labels, for an augmentation that uses them (``per_label``: unlearning's artifact paste)."""
         import torch
 
         x = x.to(self.device, non_blocking=True)
         x = x.float().mul_(1.0 / 255.0) if x.dtype == torch.uint8 else x.float()
         if self.augmentation is not None:
-            x = self.augmentation(x, generator=self.aug_generator)
+            labels = {"labels": y} if getattr(self.augmentation, "per_label", False) else {}
+            x = self.augmentation(x, generator=self.aug_generator, **labels)
         x = (x - self.mean) * self.inv_std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
@@ -92,7 +94,7 @@ class StepParts:
         import torch.nn.functional as F
 
         with self.optimisation.autocast():
-            logits = self.model(self.inputs(x))
+            logits = self.model(self.inputs(x, y))
         return F.cross_entropy(logits.float(), y.to(self.device, non_blocking=True), weight=self.class_weight,
                                label_smoothing=self.label_smoothing)
 
@@ -206,8 +208,8 @@ def recalibrate_batchnorm(parts: StepParts, source: Iterator, n_batches: int) ->
     model.train()
     try:
         with torch.no_grad(), parts.optimisation.autocast():
-            for x, _ in source:
-                model(parts.inputs(x))
+            for x, y in source:
+                model(parts.inputs(x, y))
                 used += 1
                 if used >= n_batches:
                     break

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generator
 from ..data import ImageFolderData
 from ..errors import GradCamError, TrainingError
 from ..generators import run_to_end
+from ..unlearn.aclarc import unlearned_record, unlearning_augmentation
 from .checkpoints import CheckpointWriter, check_free_space, prepare_output, read_optimizer_state
 from .config import TrainConfig, jsonable
 from .distributed import Comm, local_device, process_group, world_from_env
@@ -135,7 +136,7 @@ class Trainer:
             self.model, self.optim, self.device,
             torch.tensor(mc.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1),
             1.0 / torch.tensor(mc.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1),
-            make_augmentation(cfg), self.aug_gen, self.channels_last,
+            unlearning_augmentation(cfg, mc, make_augmentation(cfg), self.classes), self.aug_gen, self.channels_last,
             class_weights(self.labels, len(self.classes), self.weighting, self.device), float(cfg.label_smoothing))
 
     def _set_up_policies(self, prev: dict[str, Any]) -> None:
@@ -201,7 +202,7 @@ class Trainer:
             "history": self.history, **self.prep.summary(),
             "n_skipped": len(skipped), "skipped": [[p, why] for p, why in skipped[:100]],
             "device": str(self.device), "world_size": self.comm.world, "torch": torch.__version__,
-            "recipe": self.cfg.recipe(), "finished": reason,
+            "recipe": self.cfg.recipe(), "finished": reason, **unlearned_record(self.parts.augmentation),
             **({"threshold": threshold, "threshold_class": self.classes[1]} if threshold is not None else {}),
             **({"checkpoint_id": stamp} if stamp else {}),
         })
