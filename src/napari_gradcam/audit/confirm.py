@@ -301,6 +301,10 @@ def verdict(removal: dict | None, insertion: dict | None, alpha: float = 0.01,
             fired.append(name)
     if not parts:
         return "not tested", "no test could be run (no control box fits, or no images to test on)"
+    if fired == ["removal"] and insertion and insertion.get("control"):
+        return "likely shortcut", ("removal beyond the control: the model relies on this region, but inserting "
+                                   "it into other classes' images did not move them, so it may hold real signal; "
+                                   + "; ".join(parts))
     if fired:
         return "likely shortcut", f"{' and '.join(fired)} beyond the control; " + "; ".join(parts)
     return "no evidence", "; ".join(parts)

@@ -32,7 +32,7 @@ class ConfirmSettings:
     alpha: float = 0.01
     min_effect: float = 0.2
     min_size: int = 3
-    max_box: float = 0.25
+    max_box: float = 0.3
 
 
 def build_table(source: "AuditSource", classes: list[str], store, settings) -> "pd.DataFrame":

@@ -46,7 +46,7 @@ def cmd_explain_folder(args) -> int:
     check_output(args.out, "folder", "--out")
     bundle = _load(args)
     layer = args.layer[0] if args.layer and len(args.layer) == 1 else args.layer
-    bar = None if args.quiet else _tqdm(desc="explain", unit="img", leave=False)
+    bar = None if getattr(args, "quiet", False) else _tqdm(desc="explain", unit="img", leave=False)
 
     def show(step):
         if bar is not None:
