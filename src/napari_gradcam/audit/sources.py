@@ -150,8 +150,9 @@ def open_source(source, classes: Sequence[str], labels=None) -> AuditSource:
     Parameters
     ----------
     source : folder (class subfolders named like the model's classes give labels; a folder of images has
-        none), a ``.csv`` file of ``path[,label]`` rows (paths relative to the CSV's folder), a list of
-        (H, W[, C]) arrays or an (N, H, W[, C]) stack.
+        none), a ``.csv`` file of ``path[,label]`` rows (paths relative to the CSV's folder), a list (any
+        sequence) of (H, W[, C]) arrays, or an (N, H, W[, C]) stack (numpy, or lazy: dask, zarr), read one
+        image at a time.
     classes : the model's class names (labels must be among them).
     labels : for arrays only: one class name or index (or None) per image.
 
@@ -170,7 +171,8 @@ def open_source(source, classes: Sequence[str], labels=None) -> AuditSource:
             raise DatasetError(f"{shown(path)} is a file; give a folder of images or a CSV of paths.")
         else:
             raise DatasetError(f"No folder or CSV at {shown(path)}.")
-    elif isinstance(source, np.ndarray) and source.ndim in (3, 4) or isinstance(source, (list, tuple)):
+    elif isinstance(source, np.ndarray) and source.ndim in (3, 4) or isinstance(source, Sequence) or \
+            hasattr(source, "__getitem__") and hasattr(source, "__len__") and hasattr(source, "shape"):
         src = _array_source(source, labels, classes)
     else:
         raise DatasetError(f"Cannot audit a {type(source).__name__}; give a folder, a CSV or a list of arrays.")

@@ -2,10 +2,12 @@
 affinity, the number of clusters from the eigengap of the normalised graph Laplacian, a 2-D spectral
 embedding for the picture, and per image how far its evidence lies from the class's main strategy.
 
-The pipeline follows CoRelAy's processors (pooling -> affinity -> embedding -> clustering) with
-scikit-learn's pieces: ``kneighbors_graph`` (no N x N dense matrix), ``SpectralClustering`` with
-``affinity="precomputed_nearest_neighbors"``, and the Laplacian's leading eigenvectors from scipy's
-sparse Lanczos solver.
+The pipeline follows CoRelAy's processors (pooling -> affinity -> embedding -> clustering): maps pooled
+to 16 x 16 and reduced to at most :data:`PCA_DIMS` principal components (scikit-learn's randomized PCA),
+scikit-learn's ``kneighbors_graph`` (no N x N dense matrix), the normalised Laplacian's leading
+eigenvectors (per connected component: dense when small, scipy's sparse Lanczos solver when large), and
+k-means on their normalised rows (Ng, Jordan and Weiss 2001: what ``SpectralClustering`` does, without
+computing the same eigenvectors a second time).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import numpy as np
 
 #: Classes with fewer maps are one cluster (too few neighbours to speak of strategies).
 MIN_TO_CLUSTER = 12
+#: Features for the neighbour search: principal components of the pooled maps.
+PCA_DIMS = 32
 #: Graph components up to this many nodes are decomposed densely, larger ones with Lanczos.
 DENSE_UP_TO = 1500
 
@@ -149,8 +153,6 @@ def find_strategies(maps: np.ndarray, max_clusters: int = 8, n_neighbors: int | 
     ``n_neighbors`` defaults to ``round(sqrt(n))`` between 10 and 30.  Classes with fewer than
     :data:`MIN_TO_CLUSTER` maps are one cluster.
     """
-    from sklearn.cluster import SpectralClustering
-
     n = len(maps)
     features = pooled(maps)
     if n < MIN_TO_CLUSTER:
@@ -159,19 +161,31 @@ def find_strategies(maps: np.ndarray, max_clusters: int = 8, n_neighbors: int | 
                           if n else np.zeros(0, np.float32))
     k_nn = int(n_neighbors or min(30, max(10, round(np.sqrt(n)))))
     k_nn = min(k_nn, n - 1)
-    affinity, dist = knn_affinity(features, k_nn)
+    affinity, _ = knn_affinity(reduced(features, seed), k_nn)
     vals, vecs = laplacian_spectrum(affinity, max_clusters + 1, seed)
     k = eigengap_clusters(vals, max_clusters)
-    if k == 1:
-        labels = np.zeros(n, np.int64)
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "graph is not fully connected": separate strategies, as wanted
-            sc = SpectralClustering(n_clusters=k, affinity="precomputed_nearest_neighbors", n_neighbors=k_nn,
-                                    assign_labels="cluster_qr", random_state=seed)
-            labels = _relabel_by_size(sc.fit_predict(dist))
+    labels = np.zeros(n, np.int64) if k == 1 else _relabel_by_size(spectral_kmeans(vecs[:, :k], k, seed))
     embedding = _embedding(vecs, affinity)
     return Strategies(labels, embedding, vals, atypical_scores(features, labels))
+
+
+def reduced(features: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The features' first :data:`PCA_DIMS` principal components (all of them when there are fewer)."""
+    if features.shape[1] <= PCA_DIMS or len(features) <= PCA_DIMS:
+        return features
+    from sklearn.decomposition import PCA
+
+    return PCA(PCA_DIMS, svd_solver="randomized", random_state=seed).fit_transform(features).astype(np.float32)
+
+
+def spectral_kmeans(vecs: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """(n,) cluster of each row of the (n, k) leading eigenvectors: k-means on the rows scaled to unit length."""
+    from sklearn.cluster import KMeans
+
+    rows = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fewer distinct rows than clusters in degenerate cases
+        return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(rows)
 
 
 def _embedding(vecs: np.ndarray, affinity) -> np.ndarray:
