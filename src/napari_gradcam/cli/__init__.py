@@ -16,13 +16,13 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import GradCamError, ResourceError
-from . import demo, evaluate, explain, methods, train, unlearn
+from . import audit as audit_cli, demo, evaluate, explain, methods, train, unlearn
 from . import models as models_cli
 from ._common import PROG, _err, _Parser, classes_overlay_rgb, overlay_rgb
 
 __all__ = ["main", "build_parser", "overlay_rgb", "classes_overlay_rgb", "PROG"]
 
-_COMMAND_MODULES = (train, evaluate, explain, methods, demo, models_cli, unlearn)
+_COMMAND_MODULES = (train, evaluate, explain, methods, demo, models_cli, audit_cli, unlearn)
 
 _EPILOG = f"""\
 examples:

@@ -17,6 +17,11 @@ from ._common import (
 def cmd_explain(args) -> int:
     import numpy as np
 
+    if os.path.isdir(args.image):  # a folder: one heatmap per image, batched (the audit's pass)
+        from .audit import cmd_explain_folder
+
+        return cmd_explain_folder(args)
+
     from ..engine import explain
     from ..engine.scaling import scale_heatmaps
 

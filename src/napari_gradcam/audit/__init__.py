@@ -1,0 +1,28 @@
+"""Audit a data set: batched explanations over a folder, where the evidence lies, strategies (SpRAy),
+counterfactual confirmation of shortcuts, and the outputs a user keeps.
+
+Modules: :mod:`.sources` (what is read), :mod:`.maps` (the batched pass and its zarr store),
+:mod:`.shares` (frame, cells, outside a mask), :mod:`.spray` (clusters, embedding, atypical scores),
+:mod:`.confirm` (removal and insertion tests), :mod:`.findings` (table and clusters), :mod:`.result`
+(:class:`Audit`), :mod:`.report` (report.html), :mod:`.run` (:func:`iter_audit`, :func:`audit`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "audit": "run", "iter_audit": "run", "AuditEvent": "run", "Audit": "result",
+    "removal_test": "confirm", "insertion_test": "confirm", "ConfirmSettings": "findings",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
