@@ -228,3 +228,15 @@ def test_hannover_patients_come_from_its_manifest():
     assert patient_table(HANNOVER / "COVID") == table  # from the class folder's parent too
     w = resample_weights(len(units), 50, groups=units)
     assert all((w[:, [i for i, u in enumerate(units) if u == g]] == w[:, [units.index(g)]]).all() for g in set(units))
+
+
+def test_many_classes_stay_cheap(monkeypatch):
+    from napari_gradcam.stats import bootstrap as bs
+
+    y, p = _scores(1200, seed=1, k=40)  # about 30 images per class: each class in (nearly) every resample
+    r, _ = report_with_intervals(y, p, [f"c{i}" for i in range(40)], None, Bootstrap(50))
+    assert r["roc_auc_ci"] is not None and "note" not in r["bootstrap"]
+    monkeypatch.setattr(bs, "MAX_AUC_WORK", 50 * 1200 * 39)  # just below 50 resamples x 1200 images x 40 classes
+    r2, _ = report_with_intervals(y, p, [f"c{i}" for i in range(40)], None, Bootstrap(50))
+    assert r2["roc_auc_ci"] is None and "too costly" in r2["bootstrap"]["note"]
+    assert r2["accuracy_ci"] == r["accuracy_ci"] and r2["sensitivity_ci"] == r["sensitivity_ci"]
