@@ -38,7 +38,7 @@ def cmd_evaluate(args) -> int:
                     skipped=[[str(p), r] for p, r in skipped], **extras)
         save_report(full, args.json)
     if args.plot:
-        plot_report(report, y, probs, args.plot)
+        plot_report(report, y, probs, args.plot, bootstrap=boot[0])
     if args.predictions:
         _write_predictions(Path(args.predictions), [it.path for it in used],
                            probs, bundle.classes, labels=[bundle.classes[i] for i in np.asarray(y)], threshold=threshold)

@@ -270,3 +270,29 @@ def figure_value(report: dict[str, Any], key: str, cls: "str | None", suffix: st
 def figure_name(key: str, cls: "str | None") -> str:
     """A figure's name in flags and tables: ``accuracy``, ``sensitivity[PNEUMONIA]``."""
     return key if cls is None else f"{key}[{cls}]"
+
+
+def roc_band(weights: np.ndarray, positive, score, fpr: np.ndarray, level: float = 0.95
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Pointwise interval of the ROC curve: the true positive rate's ``level`` percentile interval at each
+    false positive rate of ``fpr`` (M,) over the resamples; (low (M,), high (M,)) float64.
+
+    Each resample's curve is its weighted cumulative counts of positives and negatives over the scores
+    sorted once (high to low), read at ``fpr`` by linear interpolation.
+    """
+    positive = np.asarray(positive, bool)
+    s = -np.asarray(score, np.float64)
+    order = np.argsort(s, kind="stable")
+    ends = np.r_[np.flatnonzero(s[order][1:] != s[order][:-1]), len(s) - 1]  # last image of each score level
+    w = np.asarray(weights, np.float64)[:, order]
+    pos = positive[order]
+    tp = np.cumsum(w * pos, axis=1)[:, ends]  # ties move together, as scikit-learn's roc_curve
+    fp = np.cumsum(w * ~pos, axis=1)[:, ends]
+    ok = (tp[:, -1] > 0) & (fp[:, -1] > 0)
+    tpr = np.hstack([np.zeros((len(w), 1)), tp / np.where(tp[:, -1:] > 0, tp[:, -1:], 1)])
+    fpr_b = np.hstack([np.zeros((len(w), 1)), fp / np.where(fp[:, -1:] > 0, fp[:, -1:], 1)])
+    curves = np.array([np.interp(fpr, f, t) for f, t, good in zip(fpr_b, tpr, ok) if good])
+    if curves.size == 0:
+        return np.full(len(fpr), np.nan), np.full(len(fpr), np.nan)
+    lo, hi = np.quantile(curves, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return lo, hi
