@@ -91,6 +91,14 @@ def test_evaluate_patients_from_a_manifest(model, phantoms, tmp_path, capsys):
     assert b["units"] == len({"n" + str(len(p.name) % 3) for p in phantoms.glob("normal/*.png")}
                              | {"p" + str(len(p.name) % 3) for p in phantoms.glob("pneumonia/*.png")})
     assert "patients.csv (32 of 32 images named)" == b["patients_from"]
+    # a data CSV's group column gives the patients too (as for training)
+    data_csv = tmp_path / "data.csv"
+    files = sorted(phantoms.glob("*/*.png"))
+    data_csv.write_text("path,label,group\n" + "".join(f"{p},{p.parent.name},g{i // 4}\n" for i, p in enumerate(files)))
+    assert main(["evaluate", str(model), str(tmp_path), "--csv", str(data_csv), "--json", str(rep),
+                 "--bootstrap", "100", "-q"]) == 0
+    b = json.loads(rep.read_text())["bootstrap"]
+    assert b["unit"] == "patient" and b["units"] == 8
 
 
 def test_evaluate_subgroups_from_a_csv_and_an_audit(model, phantoms, tmp_path, capsys):
