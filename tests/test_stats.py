@@ -228,3 +228,33 @@ def test_hannover_patients_come_from_its_manifest():
     assert patient_table(HANNOVER / "COVID") == table  # from the class folder's parent too
     w = resample_weights(len(units), 50, groups=units)
     assert all((w[:, [i for i, u in enumerate(units) if u == g]] == w[:, [units.index(g)]]).all() for g in set(units))
+
+
+def test_many_classes_stay_cheap(monkeypatch):
+    from napari_gradcam.stats import bootstrap as bs
+
+    y, p = _scores(1200, seed=1, k=40)  # about 30 images per class: each class in (nearly) every resample
+    r, _ = report_with_intervals(y, p, [f"c{i}" for i in range(40)], None, Bootstrap(50))
+    assert r["roc_auc_ci"] is not None and "note" not in r["bootstrap"]
+    monkeypatch.setattr(bs, "MAX_AUC_WORK", 50 * 1200 * 39)  # just below 50 resamples x 1200 images x 40 classes
+    r2, _ = report_with_intervals(y, p, [f"c{i}" for i in range(40)], None, Bootstrap(50))
+    assert r2["roc_auc_ci"] is None and "too costly" in r2["bootstrap"]["note"]
+    assert r2["accuracy_ci"] == r["accuracy_ci"] and r2["sensitivity_ci"] == r["sensitivity_ci"]
+
+
+def test_roc_band_is_the_roc_curve_for_one_full_resample_and_holds_it_otherwise():
+    from sklearn.metrics import roc_curve
+
+    from napari_gradcam.stats.bootstrap import roc_band
+
+    y, p = _scores(400, seed=5)
+    q = np.round(p[:, 1], 2)  # ties
+    grid = np.linspace(0, 1, 51)
+    fpr, tpr, _ = roc_curve(y, q, drop_intermediate=False)
+    lo, hi = roc_band(np.ones((1, 400)), y == 1, q, grid)
+    assert lo == pytest.approx(np.interp(grid, fpr, tpr)) and hi == pytest.approx(lo)
+    lo, hi = roc_band(resample_weights(400, 400, seed=3), y == 1, q, grid)
+    curve = np.interp(grid, fpr, tpr)
+    assert ((lo <= curve + 1e-12) & (curve <= hi + 1e-12)).all()
+    rising = (curve > 0.05) & (curve < 0.95)  # where the curve is neither at 0 nor at 1, the band has a width
+    assert rising.sum() >= 3 and ((hi - lo)[rising] > 0.02).all()

@@ -91,6 +91,14 @@ def test_evaluate_patients_from_a_manifest(model, phantoms, tmp_path, capsys):
     assert b["units"] == len({"n" + str(len(p.name) % 3) for p in phantoms.glob("normal/*.png")}
                              | {"p" + str(len(p.name) % 3) for p in phantoms.glob("pneumonia/*.png")})
     assert "patients.csv (32 of 32 images named)" == b["patients_from"]
+    # a data CSV's group column gives the patients too (as for training)
+    data_csv = tmp_path / "data.csv"
+    files = sorted(phantoms.glob("*/*.png"))
+    data_csv.write_text("path,label,group\n" + "".join(f"{p},{p.parent.name},g{i // 4}\n" for i, p in enumerate(files)))
+    assert main(["evaluate", str(model), str(tmp_path), "--csv", str(data_csv), "--json", str(rep),
+                 "--bootstrap", "100", "-q"]) == 0
+    b = json.loads(rep.read_text())["bootstrap"]
+    assert b["unit"] == "patient" and b["units"] == 8
 
 
 def test_evaluate_subgroups_from_a_csv_and_an_audit(model, phantoms, tmp_path, capsys):
@@ -155,7 +163,8 @@ def test_evaluate_internal_vs_external(model, phantoms, external, tmp_path, caps
         assert 0 <= bal["threshold"] <= 1
         # no threshold brings sensitivity and specificity closer on that set
         stored = t["stored"]
-        assert abs(bal["sensitivity"] - bal["specificity"]) <= abs(stored["sensitivity"] - stored["specificity"]) + 1e-12
+        gap = abs(stored["sensitivity"] - stored["specificity"])
+        assert abs(bal["sensitivity"] - bal["specificity"]) <= gap + 1e-12
 
 
 def test_localize_intervals(model, tmp_path, capsys):
@@ -196,4 +205,5 @@ def test_core_generator_gives_the_cli_report(model, phantoms, tmp_path):
     cli = json.loads(rep.read_text())
     for key in ("accuracy", "accuracy_ci", "roc_auc_ci", "sensitivity_ci", "bootstrap"):
         assert json.loads(json.dumps(result["report"][key])) == cli[key]  # the same resamples, the same figures
-    assert [g["accuracy_ci"] for g in result["subgroups"]["groups"]] == [g["accuracy_ci"] for g in cli["subgroups"]["groups"]]
+    ours, theirs = result["subgroups"]["groups"], cli["subgroups"]["groups"]
+    assert [g["accuracy_ci"] for g in ours] == [g["accuracy_ci"] for g in theirs]

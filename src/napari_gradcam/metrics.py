@@ -204,10 +204,13 @@ def save_report(report: dict[str, Any], path: str | Path) -> Path:
     return atomic_write_text(path, json.dumps(report, indent=2) + "\n")
 
 
-def plot_report(report: dict[str, Any], y_true, probs, path: str | Path) -> Path:
+def plot_report(report: dict[str, Any], y_true, probs, path: str | Path, bootstrap: "Any | None" = None) -> Path:
     """Save a PNG with the confusion matrix (left) and ROC curves (right; one per class, one-vs-rest).
 
-    The format follows the extension (.png, .pdf, .svg, .jpg); the file is written atomically.
+    The titles carry the report's intervals where it has them; with ``bootstrap``
+    (:class:`napari_gradcam.stats.Bootstrap`, the resampling of the report) each ROC curve gets its
+    pointwise 95 % band. The format follows the extension (.png, .pdf, .svg, .jpg); the file is
+    written atomically.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -237,7 +240,13 @@ def plot_report(report: dict[str, Any], y_true, probs, path: str | Path) -> Path
         if pos.all() or not pos.any():
             continue
         fpr, tpr, _ = roc_curve(pos.astype(int), p[:, k])
-        ax2.plot(fpr, tpr, label=c if not binary else f"{c} vs {classes[0]}")
+        line, = ax2.plot(fpr, tpr, label=c if not binary else f"{c} vs {classes[0]}")
+        if bootstrap is not None and bootstrap.resamples:
+            from .stats.bootstrap import roc_band
+
+            grid = np.linspace(0, 1, 101)
+            lo, hi = roc_band(bootstrap.weights(len(y)), pos, p[:, k], grid, bootstrap.level)
+            ax2.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
     ax2.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
     ax2.set_xlim(0, 1)
     ax2.set_ylim(0, 1.01)

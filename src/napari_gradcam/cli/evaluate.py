@@ -38,7 +38,7 @@ def cmd_evaluate(args) -> int:
                     skipped=[[str(p), r] for p, r in skipped], **extras)
         save_report(full, args.json)
     if args.plot:
-        plot_report(report, y, probs, args.plot)
+        plot_report(report, y, probs, args.plot, bootstrap=boot[0])
     if args.predictions:
         _write_predictions(Path(args.predictions), [it.path for it in used],
                            probs, bundle.classes, labels=[bundle.classes[i] for i in np.asarray(y)], threshold=threshold)
@@ -165,9 +165,13 @@ def register(sub) -> None:
         "evaluate", help="accuracy, balanced accuracy, ROC AUC, sensitivity, specificity on a labelled folder",
         description="Evaluate MODEL on DATA_DIR (one subfolder per class, named like the model's classes). Prints "
                     "a table; --json writes the report (keys: accuracy, balanced_accuracy, roc_auc, sensitivity, "
-                    "specificity, confusion_matrix, classes), --plot a PNG of the confusion matrix and ROC curves.",
+                    "specificity, confusion_matrix, classes, and each figure's 95 %% bootstrap interval as "
+                    "<key>_ci), --plot a PNG of the confusion matrix and ROC curves. --groups adds every figure "
+                    "per subgroup, --external a second data set side by side (see docs/evaluation.md).",
         epilog=f"""examples:
   {PROG} evaluate pneumonia.safetensors chest_xray/test --json report.json --plot report.png
+  {PROG} evaluate pneumonia.safetensors test/ --groups sites.csv --group-column site
+  {PROG} evaluate pneumonia.safetensors val/ --external other_hospital/ --bootstrap 2000
 """, **_fmt_kw())
     p.add_argument("model", metavar="MODEL", help="a .safetensors model bundle")
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder with one subfolder per class")

@@ -28,12 +28,15 @@ import numpy as np
 from ..errors import GradCamError
 
 __all__ = ["DEFAULT_RESAMPLES", "Bootstrap", "resample_weights", "percentile_interval", "intervals",
-           "confusion_matrices",
+           "confusion_counts", "MAX_AUC_WORK",
            "classification_intervals", "figure_keys", "figure_name", "figure_value",
            "classification_samples", "roc_auc_samples", "weighted_mean_samples"]
 
 #: Resamples drawn by default (``--bootstrap``).
 DEFAULT_RESAMPLES = 1000
+#: Most (resamples x images x classes) the ROC AUC's interval is computed for (a few seconds); beyond it
+#: (e.g. 1,000 classes) ``roc_auc_ci`` is None and the report's ``bootstrap`` says why.
+MAX_AUC_WORK = 2 * 10**9
 
 
 @dataclass(frozen=True)
@@ -118,13 +121,26 @@ def percentile_interval(samples: np.ndarray, level: float = 0.95) -> "list[float
     return [float(lo), float(hi)]
 
 
-def confusion_matrices(weights: np.ndarray, y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """(B, K, K) float64 weighted confusion matrices (rows = truth, columns = prediction) of B resamples:
-    ``weights`` (B, N) @ the one-hot (N, K*K) of each image's (true, predicted) cell."""
-    cell = np.asarray(y, np.int64) * n_classes + np.asarray(pred, np.int64)
-    onehot = np.zeros((cell.size, n_classes * n_classes))
-    onehot[np.arange(cell.size), cell] = 1.0
-    return (np.asarray(weights, np.float64) @ onehot).reshape(-1, n_classes, n_classes)
+def confusion_counts(weights: np.ndarray, y: np.ndarray, pred: np.ndarray, n_classes: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The weighted confusion counts of B resamples without the (K, K) matrices: (true positives (B, K),
+    support = row sums (B, K), predicted = column sums (B, K), total (B,)), float64.
+
+    Each is ``weights`` (B, N) times a sparse one-hot (N, K), so the cost is O(B N) for any K.
+    """
+    from scipy.sparse import csr_matrix
+
+    y = np.asarray(y, np.int64)
+    pred = np.asarray(pred, np.int64)
+    w = np.asarray(weights, np.float64)
+    n = y.size
+
+    def per_class(cls: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        onehot = csr_matrix((keep.astype(np.float64), (np.arange(n), cls)), shape=(n, n_classes))
+        return np.asarray((onehot.T @ w.T).T)
+
+    ones = np.ones(n, bool)
+    return per_class(y, y == pred), per_class(y, ones), per_class(pred, ones), w.sum(1)
 
 
 def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -163,6 +179,11 @@ def _binary_auc(w: np.ndarray, positive: np.ndarray, score: np.ndarray) -> np.nd
     return _divide(num, wpos.sum(0) * wneg.sum(0))
 
 
+def auc_affordable(shape: tuple[int, int], n_classes: int) -> bool:
+    """Whether the ROC AUC of (B, N) resamples of ``n_classes`` classes stays within :data:`MAX_AUC_WORK`."""
+    return shape[0] * shape[1] * (n_classes if n_classes > 2 else 1) <= MAX_AUC_WORK
+
+
 def classification_samples(weights: np.ndarray, y, probs, pred, classes: Sequence[str]) -> dict[str, Any]:
     """Every classification figure of each resample: {"accuracy", "balanced_accuracy", "roc_auc": (B,),
     "sensitivity", "specificity": {class: (B,)}}, float64 with NaN where undefined.
@@ -171,19 +192,16 @@ def classification_samples(weights: np.ndarray, y, probs, pred, classes: Sequenc
     mean recall over the classes present in the resample, as scikit-learn computes it.
     """
     k = len(classes)
-    cm = confusion_matrices(weights, y, pred, k)
-    total = cm.sum((1, 2))
-    tp = np.diagonal(cm, axis1=1, axis2=2)
-    support = cm.sum(2)
-    called = cm.sum(1)
+    tp, support, called, total = confusion_counts(weights, y, pred, k)
     recall = _divide(tp, support)
     spec = _divide(total[:, None] - support - called + tp, total[:, None] - support)
     with np.errstate(invalid="ignore"):
-        balanced = np.nanmean(np.where(support > 0, recall, np.nan), axis=1) if k else np.full(len(cm), np.nan)
+        balanced = np.nanmean(np.where(support > 0, recall, np.nan), axis=1)
     return {
         "accuracy": _divide(tp.sum(1), total),
         "balanced_accuracy": balanced,
-        "roc_auc": roc_auc_samples(weights, y, probs),
+        "roc_auc": (roc_auc_samples(weights, y, probs) if auc_affordable(np.shape(weights), k)
+                    else np.full(len(total), np.nan)),
         "sensitivity": {c: recall[:, i] for i, c in enumerate(classes)},
         "specificity": {c: spec[:, i] for i, c in enumerate(classes)},
     }
@@ -227,6 +245,9 @@ def classification_intervals(y, probs, classes: Sequence[str], threshold: "float
     samples = classification_samples(w, y, p, predicted_classes(p, threshold), classes)
     ci = {f"{k}_ci": v for k, v in intervals(samples, boot.level).items()}
     ci["bootstrap"] = boot.settings(len(y))
+    if not auc_affordable(w.shape, len(classes)):
+        ci["bootstrap"]["note"] = (f"No interval for the ROC AUC: {len(classes)} classes x {len(y)} images x "
+                                   f"{boot.resamples} resamples is too costly; use fewer resamples.")
     return ci, samples
 
 
@@ -249,3 +270,29 @@ def figure_value(report: dict[str, Any], key: str, cls: "str | None", suffix: st
 def figure_name(key: str, cls: "str | None") -> str:
     """A figure's name in flags and tables: ``accuracy``, ``sensitivity[PNEUMONIA]``."""
     return key if cls is None else f"{key}[{cls}]"
+
+
+def roc_band(weights: np.ndarray, positive, score, fpr: np.ndarray, level: float = 0.95
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Pointwise interval of the ROC curve: the true positive rate's ``level`` percentile interval at each
+    false positive rate of ``fpr`` (M,) over the resamples; (low (M,), high (M,)) float64.
+
+    Each resample's curve is its weighted cumulative counts of positives and negatives over the scores
+    sorted once (high to low), read at ``fpr`` by linear interpolation.
+    """
+    positive = np.asarray(positive, bool)
+    s = -np.asarray(score, np.float64)
+    order = np.argsort(s, kind="stable")
+    ends = np.r_[np.flatnonzero(s[order][1:] != s[order][:-1]), len(s) - 1]  # last image of each score level
+    w = np.asarray(weights, np.float64)[:, order]
+    pos = positive[order]
+    tp = np.cumsum(w * pos, axis=1)[:, ends]  # ties move together, as scikit-learn's roc_curve
+    fp = np.cumsum(w * ~pos, axis=1)[:, ends]
+    ok = (tp[:, -1] > 0) & (fp[:, -1] > 0)
+    tpr = np.hstack([np.zeros((len(w), 1)), tp / np.where(tp[:, -1:] > 0, tp[:, -1:], 1)])
+    fpr_b = np.hstack([np.zeros((len(w), 1)), fp / np.where(fp[:, -1:] > 0, fp[:, -1:], 1)])
+    curves = np.array([np.interp(fpr, f, t) for f, t, good in zip(fpr_b, tpr, ok) if good])
+    if curves.size == 0:
+        return np.full(len(fpr), np.nan), np.full(len(fpr), np.nan)
+    lo, hi = np.quantile(curves, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return lo, hi
