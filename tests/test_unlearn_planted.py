@@ -18,7 +18,7 @@ import unlearn_helpers as H
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread_module")
 
-EPOCHS = 8
+EPOCHS = 6
 
 
 def _train_args(data, out, *extra):
