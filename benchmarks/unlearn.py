@@ -6,8 +6,9 @@ only.  A ``simple_cnn`` is trained through the project's trainer (``napari_gradc
 ``napari-gradcam train``); an audit folder names the marked films as a cluster with the marker's box.  Then:
 
 * A-ClArC: the same recipe retrained with ``unlearn=AUDIT:ID`` (the marker pasted into every class);
-* P-ClArC: ``ng.unlearn(model, AUDIT:ID)`` (projection at the box's cells of the audit's layer), and the
-  classic variant projecting at every position (``everywhere=True``).
+* P-ClArC: ``ng.unlearn(model, AUDIT:ID)`` (projection at the box's cells of the audit's layer, the last
+  convolutional block), the classic variant projecting at every position (``everywhere=True``), and the
+  projection at the box's cells of an early layer (``layer="features.block2"``, 12 x 12 cells at 48 px).
 
 For each model: insertion (the marker pasted from marked training films into clean held-out "clear" films:
 predictions moved to "lesion") and its control (the same films' content from the opposite corner), removal
@@ -56,7 +57,7 @@ def row(name: str, f: dict, seconds: float | None, before: dict | None) -> str:
     ratio = f"{ins['moved'] / before['ins']['moved']:.2f}" if before and before["ins"]["moved"] else "-"
     dacc = f"{100 * (f['acc'] - before['acc']):+.1f}" if before else ""
     took = f"{seconds:.1f}" if seconds is not None else "-"
-    return (f"{name:<22} {ins['rate']:>6.3f} [{lo:.3f}, {hi:.3f}] {ins['control']['rate']:>7.3f} {ratio:>6} "
+    return (f"{name:<26} {ins['rate']:>6.3f} [{lo:.3f}, {hi:.3f}] {ins['control']['rate']:>7.3f} {ratio:>6} "
             f"{rem['rate']:>7.3f} {rem['control']['rate']:>7.3f} {f['acc']:>6.3f} {dacc:>6} {took:>7}")
 
 
@@ -73,15 +74,19 @@ def run_seed(work: Path, args, seed: int) -> None:
     t0 = time.perf_counter()
     p_all = ng.unlearn(model, f"{audit}:3", everywhere=True)
     t_pall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    p_early = ng.unlearn(model, f"{audit}:3", layer=args.early_layer)
+    t_early = time.perf_counter() - t0
     a_model, t_a = fit(data, work / "a.safetensors", args.epochs, seed, unlearn=f"{audit}:3", unlearn_p=0.5)
     print(f"\nseed {seed}: {args.n_train} training films per class ({args.share:.0%} of 'lesion' marked), "
           f"{args.n_test} clean held-out films per class, simple_cnn 48 px, {args.epochs} epochs")
-    print(f"{'model':<22} {'insertion [95% CI]':>24} {'control':>7} {'ratio':>6} {'removal':>7} {'control':>7} "
+    print(f"{'model':<26} {'insertion [95% CI]':>24} {'control':>7} {'ratio':>6} {'removal':>7} {'control':>7} "
           f"{'acc':>6} {'d acc':>6} {'time s':>7}")
     print(row("original", before, t_train, None))
     print(row("A-ClArC (retrained)", figures(a_model, data, donors, recipients), t_a, before))
     print(row("P-ClArC (box)", figures(p_box, data, donors, recipients), t_p, before))
     print(row("P-ClArC (everywhere)", figures(p_all, data, donors, recipients), t_pall, before))
+    print(row(f"P-ClArC ({args.early_layer})", figures(p_early, data, donors, recipients), t_early, before))
 
 
 def main() -> None:
@@ -92,6 +97,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--early-layer", default="features.block2", help="an early layer for a third P-ClArC row")
     args = ap.parse_args()
     for seed in [int(s) for s in args.seeds.split(",")]:
         with tempfile.TemporaryDirectory() as tmp:

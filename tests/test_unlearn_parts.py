@@ -93,12 +93,10 @@ def test_the_bundle_applies_its_projection_on_predict_and_explain(tiny):
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():  # ... exactly as projecting the layer's output by hand does
         feats = models.get_module(tiny.model, tiny.target_layer)
-        grabbed = []
         h = feats.register_forward_hook(lambda m, i, o: new.projections[0].apply(o))
         expected = tiny.model(x)
         h.remove()
         assert torch.allclose(new.model(x), expected, atol=1e-5)
-        del grabbed
     assert np.allclose(ng.predict(tiny, imgs), p0)  # the original is untouched
     m0 = ng.explain(tiny, imgs[0], method="gradcam").data
     m1 = ng.explain(new, imgs[0], method="gradcam").data

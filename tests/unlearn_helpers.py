@@ -1,8 +1,8 @@
 """Planted-shortcut data, hand-made audit folders and a small counterfactual tester for the unlearning tests.
 
 The data: 48 px films of two classes, "clear" and "lesion" (a faint blob); a side-letter marker (the
-artifact: a bright "L" on a dark label) in the top-left corner of a share of the lesion films only, so that it is a shortcut.  The audit
-folder follows the audit's output contract (``images.csv`` + ``findings.json``), written by hand for a
+artifact: a bright "L" on a dark label) in the top-left corner of a share of the lesion films only, so
+that it is a shortcut.  The audit folder follows the audit's output contract (``images.csv`` + ``findings.json``), written by hand for a
 cluster whose members and box we know.  The tester pastes / fills boxes and counts moved predictions, as
 ``napari_gradcam.audit.confirm``'s tests do (which the lead wires in at merge).
 """

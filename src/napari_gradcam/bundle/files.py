@@ -3,12 +3,13 @@
 Bundle format (``.safetensors``): the model's ``state_dict`` tensors, and in the safetensors header's
 string metadata::
 
-    {"format": "napari-gradcam", "format_version": "1" or "2", "config": "<JSON of ModelConfig>"}
+    {"format": "napari-gradcam", "format_version": "1", "2" or "3", "config": "<JSON of ModelConfig>"}
 
 Version 1 (still written when it suffices, so older releases read those files) knows the registered
-architectures; version 3 adds stored projections (:mod:`.projection`); version 2 adds ``torchvision:NAME``, ``timm:NAME``, ``onnx`` and ``custom`` and the
-config's ``origin``.  An ``onnx`` bundle also holds the ONNX model as a uint8 tensor ``__onnx_graph__``
-(and the weights only when they changed since the conversion).  Loading parses JSON, raw tensors and
+architectures; version 2 adds ``torchvision:NAME``, ``timm:NAME``, ``onnx`` and ``custom`` and the
+config's ``origin``; version 3 (written only then) adds stored projections (:mod:`.projection`, the
+``projections`` entry and ``__projection__.*`` tensors).  An ``onnx`` bundle also holds the ONNX model
+as a uint8 tensor ``__onnx_graph__`` (and the weights only when they changed since the conversion).  Loading parses JSON, raw tensors and
 protobuf only.  Plain state dicts (``.pt``/``.pth``/``.bin``) load through
 ``torch.load(weights_only=True)``; ``.onnx`` files convert with onnx2torch.
 """

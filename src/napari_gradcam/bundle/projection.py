@@ -2,7 +2,7 @@
 
 A :class:`Projection` removes one direction from one layer's activations::
 
-    h' = h - v (v^T (h - z))        at every spatial position
+    h' = h - v (v^T (h - z))        at every spatial position, or at those of a region (a box)
 
 ``v`` (C,) is a unit concept vector (an artifact's direction), ``z`` (C,) a reference point (the mean
 activation of clean images), so activations of clean images are left where they were along ``v``
@@ -10,8 +10,8 @@ activation of clean images), so activations of clean images are left where they 
 
 In a ``.safetensors`` bundle a projection is two tensors, ``__projection__.<i>.vector`` and
 ``__projection__.<i>.reference``, and one JSON entry of the header's ``projections`` list (the layer's
-dotted name, the region and its margin, and what was unlearned).  Loading parses them as numbers and text and installs a forward
-hook of this module's own code: nothing from the file runs.
+dotted name, the region and its margin, and what was unlearned).  Loading parses them as numbers and
+text and installs a forward hook of this module's own code: nothing from the file runs.
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ class Projection:
         self.vector, self.reference = v / norm, z
         self.region = check_region(self.region)
         if isinstance(self.margin, bool) or not isinstance(self.margin, int) or not 0 <= self.margin <= 64:
-            raise GradCamError(f"A projection's margin must be a whole number of cells in [0, 64], not {self.margin!r}.")
+            raise GradCamError(f"A projection's margin must be a whole number of cells in [0, 64], "
+                               f"not {self.margin!r}.")
 
     def apply(self, h: "torch.Tensor") -> "torch.Tensor":
         """``h`` (B, C, ...) with the component along ``vector`` (relative to ``reference``) removed

@@ -48,18 +48,21 @@ def register(sub) -> None:
         epilog=f"""examples:
   {PROG} unlearn model.safetensors audit/:3 --out model_p.safetensors
   {PROG} unlearn model.safetensors audit/ --out model_p.safetensors --recheck
+  {PROG} unlearn model.safetensors audit/:3 --out model_p.safetensors --layer features.block2
 """, **_fmt_kw())
     p.add_argument("model", metavar="MODEL", help="the audited model file")
     p.add_argument("audit", metavar="AUDIT_DIR[:ID]", help="the audit folder, optionally with a cluster id")
     p.add_argument("--out", required=True, metavar="MODEL.safetensors", help="where to write the new model")
-    p.add_argument("--layer", metavar="NAME", help="project at this layer (default: the audit's explained layer)")
+    p.add_argument("--layer", metavar="NAME", help="project at this layer (default: the audit's explained layer); an early block whose cells see "
+                        "a small neighbourhood (features.block2, layer2) keeps the artifact inside its box, "
+                        "try it when --recheck still finds the shortcut")
     p.add_argument("--everywhere", action="store_true",
                    help="project at every position of the layer (Anders et al.'s P-ClArC) instead of only at the "
                         "finding's box; removes more of the class's own evidence")
     p.add_argument("--margin", type=int_type(0, 64, name="--margin"), default=1, metavar="CELLS",
-                   help="cells of the layer's grid added around the box (default 1)")
+                   help="cells of the layer's grid added around the box")
     p.add_argument("--max-images", type=int_type(2, name="--max-images"), default=1000, metavar="N",
-                   help="at most N members and N other images per finding for the concept vector (default 1000)")
+                   help="at most N members and N other images per finding for the concept vector")
     p.add_argument("--recheck", action="store_true",
                    help="re-run the findings' removal and insertion tests on the new model and print them as JSON")
     add_device(p)

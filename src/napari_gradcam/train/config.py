@@ -117,8 +117,9 @@ class TrainConfig:
         None, "unlearn an audit's finding by augmentation (A-ClArC): its artifact (the box's content in the "
               "cluster's members) is pasted into training images of every class, labels kept; AUDIT_DIR:ID for one "
               "cluster, AUDIT_DIR for every likely shortcut", "augmentation", metavar="AUDIT_DIR[:ID]")
-    unlearn_p: float = option(0.5, "share of training images that get the artifact with --unlearn",
-                              "augmentation", metavar="P")
+    unlearn_p: float = option(0.5, "with --unlearn, the share of every class's training images that carry the "
+                                   "artifact (at least the finding's own share of its class)", "augmentation",
+                              metavar="P")
     bn_batches: int = option(20, "before validation, re-estimate BatchNorm statistics with the epoch's weights over "
                                  "N training batches (0: keep the running averages)", "optimisation", metavar="N")
     # control
