@@ -47,6 +47,7 @@ _LAZY = {
     "GradCamWarning": "errors",
     "compare_methods": "compare",
     "MethodComparison": "compare",
+    "audit": "audit", "iter_audit": "audit", "Audit": "audit",
 }
 
 __all__ = ["__version__", *_LAZY]
