@@ -126,3 +126,17 @@ def test_explain_folder_matches_explain(clean, tmp_path):
         heat = tifffile.imread(f)
         assert heat.shape == img.shape[:2]
         np.testing.assert_allclose(heat, ref.data, atol=1e-4)
+
+
+def test_explain_folder_refuses_single_image_options(clean, tmp_path, capsys):
+    from napari_gradcam.cli import main
+
+    data, b = clean
+    model = tmp_path / "m.safetensors"
+    ng.save_model(b, model)
+    assert main(["explain", str(model), str(data), "--out", str(tmp_path / "h"), "--target", "lesion"]) == 2
+    assert "--target" in capsys.readouterr().err
+    assert main(["explain", str(model), str(data), "--out", str(tmp_path / "h"), "--method",
+                 "integrated-gradients"]) == 2
+    assert "keeps its sign" in capsys.readouterr().err
+    assert not (tmp_path / "h").exists()
