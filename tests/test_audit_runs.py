@@ -55,6 +55,8 @@ def test_resume_after_interruption_gives_the_same_outputs(clean, tmp_path):
 
     state = zarr.open_group(str(tmp_path / ".cut.partial" / "maps.zarr"), mode="r")["state"][:]
     assert (state > 0).sum() == 48
+    with pytest.raises(ng.OutputError, match="interrupted audit"):  # not silently started again
+        audit(b, data, out=tmp_path / "cut", batch_size=16)
     events = list(_events(iter_audit(b, data, out=tmp_path / "cut", batch_size=16, resume=True)))
     first = next(e for e in events if e.kind == "explain")
     assert first.done == 48  # the resumed run starts where the first stopped

@@ -107,11 +107,11 @@ class BatchResult:
 
 def _read_batch(source: AuditSource, indices, settings: PassSettings):
     """(images read, their positions in ``indices``, masks, status per index)."""
+    from ..preprocess import check_image
+
     images, ok, masks, status = [], [], [], []
     for j, i in enumerate(indices):
         try:
-            from ..preprocess import check_image
-
             img = check_image(source.read(int(i)))
             mask = None
             if settings.masks is not None:

@@ -71,6 +71,9 @@ def _work_folder(out: Path | None, resume: bool, overwrite: bool) -> Path:
     work = out.parent / f".{out.name}.partial"
     if out.exists() and not (resume or overwrite):
         raise OutputError(f"{shown(out)} exists; pass --resume to continue or reuse it, or --overwrite to replace it.")
+    if (work / "maps.zarr").exists() and not (resume or overwrite):
+        raise OutputError(f"An interrupted audit of {shown(out)} is in {shown(work)}; pass --resume to continue it "
+                          "or --overwrite to start again.")
     if overwrite and work.exists():
         shutil.rmtree(work)
     if resume and not (work / "maps.zarr").exists() and (out / "maps.zarr").is_dir():
