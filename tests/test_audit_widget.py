@@ -63,6 +63,13 @@ def test_audit_widget_layers_table_and_scatter(make_napari_viewer, qtbot, stack,
 
     w._on_pick(Pick())
     assert viewer.dims.current_step[0] == 17
-    w.run(layer)  # a second run replaces the layers
+    masks = np.zeros(stack.shape, np.uint8)
+    masks[:, :, :20] = 1
+    viewer.add_labels(masks, name="lungs")
+    w.reset_choices()
+    w.mask_layer.value = "lungs"
+    w.run(layer)  # a second run, with a Labels layer's masks, replaces the layers
     wait(qtbot, w)
     assert [lyr.name for lyr in viewer.layers].count("audit images") == 1
+    outside = w.audit.table["outside_mask_share"]
+    assert outside.notna().all() and (outside >= 0).all() and (outside <= 1).all()

