@@ -14,6 +14,7 @@ from ..errors import DatasetError, OutputError, shown
 from .findings import ConfirmSettings, build_table, class_stats, cluster_classes, confirm_cluster
 from .maps import MapStore, PassSettings, pass_fingerprint, run_pass
 from .result import Audit
+from .shares import evidence_box
 from .sources import AuditSource, open_source
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -187,10 +188,14 @@ def _analyse(bundle, src: AuditSource, store: MapStore, settings: PassSettings, 
             c.update(removal=None, insertion=None, verdict="not tested", reason="confirmation was switched off")
         yield AuditEvent("confirm", j + 1, len(clusters), f"tested cluster {c['id']} ({c['class']})")
     _store_means(store, class_means, clusters, embedding)
+    stats = class_stats(table, classes)
+    for k, c in enumerate(classes):  # where the class's mean map concentrates, and how much
+        if stats[c]["n"]:
+            stats[c].update(box=evidence_box(class_means[k]), peak_cell_share=float(class_means[k].max()))
     order = sorted(clusters, key=lambda c: (c["verdict"] != "likely shortcut", -c["distance_from_main"]))
     findings = {"version": 1, "model": bundle.config.architecture, "method": settings.method,
                 "layer": "+".join(settings.layers) or "input", "classes": classes, "source": src.description,
-                "class_stats": class_stats(table, classes),
+                "class_stats": stats,
                 "clusters": [{k: v for k, v in c.items() if not k.startswith("_")} for c in order],
                 "skipped": [{"path": p, "reason": r} for p, r in src.skipped]
                 + [{"path": p, "reason": s} for p, s in zip(table["path"], table["status"]) if s != "ok"]}
