@@ -288,6 +288,8 @@ def test_csv_and_flat_folder_sources(tiny, tmp_path):
     csv.write_text("path,label\n" + f"{root}/a/a0.png,a\n{root}/b/b0.png,\n{root}/b/b1.png,b\n")
     src = open_source(csv, b.classes)
     assert [e.label for e in src.entries] == [0, None, 1]
+    with pytest.raises(DatasetError, match="class folders"):
+        open_source(root, b.classes, labels=["a"])
     flat = open_source(root / "a", b.classes)
     assert all(e.label is None for e in flat.entries) and len(flat.entries) == 7  # broken.png listed, read later
     assert any("notes.txt" in p for p, _ in flat.skipped)
