@@ -51,3 +51,24 @@ def test_two_workers_equal_one_process(folder, tmp_path, torch_one_thread):
     f2 = json.loads((tmp_path / "two" / "findings.json").read_text())
     f1.pop("model"), f2.pop("model")
     assert f1 == f2
+
+
+def test_an_existing_scheduler(folder, tmp_path, torch_one_thread):
+    """``--scheduler ADDRESS`` runs the pass on a cluster that is already up (here an in-process one)."""
+    import torch
+    from distributed import LocalCluster
+
+    from napari_gradcam.audit import Audit, audit
+    from napari_gradcam.cli import main
+
+    torch.manual_seed(1)
+    b = ng.build_model("simple_cnn", classes=["a", "b"], in_channels=1, input_size=32)
+    model = tmp_path / "m.safetensors"
+    ng.save_model(b, model)
+    one = audit(model, folder, batch_size=8, confirm=False)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        assert main(["audit", str(model), str(folder), "--out", str(tmp_path / "s"), "--batch-size", "8",
+                     "--scheduler", cluster.scheduler_address, "--no-confirm", "-q"]) == 0
+    np.testing.assert_array_equal(Audit.load(tmp_path / "s").maps("probs"), one.maps("probs"))
+    assert main(["audit", str(model), str(folder), "--out", str(tmp_path / "t"), "--workers", "2", "--scheduler",
+                 "tcp://127.0.0.1:1", "-q"]) == 2

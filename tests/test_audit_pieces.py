@@ -288,6 +288,28 @@ def test_csv_and_flat_folder_sources(tiny, tmp_path):
     csv.write_text("path,label\n" + f"{root}/a/a0.png,a\n{root}/b/b0.png,\n{root}/b/b1.png,b\n")
     src = open_source(csv, b.classes)
     assert [e.label for e in src.entries] == [0, None, 1]
+    with pytest.raises(DatasetError, match="class folders"):
+        open_source(root, b.classes, labels=["a"])
     flat = open_source(root / "a", b.classes)
     assert all(e.label is None for e in flat.entries) and len(flat.entries) == 7  # broken.png listed, read later
     assert any("notes.txt" in p for p, _ in flat.skipped)
+
+
+def test_mask_stack_for_arrays(tiny):
+    b = tiny[0]
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 255, (6, 32, 32), dtype=np.uint8)
+    masks = np.zeros((6, 32, 32), np.uint8)
+    masks[:, :, :16] = 2  # a Labels layer's values: the left half
+    masks[3] = 1  # all inside
+    a = ng_audit(b, images, masks=masks, confirm=False)
+    g = a.maps("grid")
+    left = g[:, :, :16].sum(axis=(1, 2))
+    np.testing.assert_allclose(a.table["outside_mask_share"].to_numpy()[[0, 1, 2, 4, 5]], 1 - left[[0, 1, 2, 4, 5]],
+                               atol=1e-5)
+    assert a.table["outside_mask_share"].iloc[3] == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(DatasetError, match="one mask per image"):
+        ng_audit(b, images, masks=masks[:3])
+    bad = [np.zeros((8, 8), np.uint8)] * 6
+    a = ng_audit(b, images, masks=bad, confirm=False)
+    assert (a.table["status"].str.contains("the mask is 8x8")).all()

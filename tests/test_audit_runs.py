@@ -55,6 +55,8 @@ def test_resume_after_interruption_gives_the_same_outputs(clean, tmp_path):
 
     state = zarr.open_group(str(tmp_path / ".cut.partial" / "maps.zarr"), mode="r")["state"][:]
     assert (state > 0).sum() == 48
+    with pytest.raises(ng.OutputError, match="interrupted audit"):  # not silently started again
+        audit(b, data, out=tmp_path / "cut", batch_size=16)
     events = list(_events(iter_audit(b, data, out=tmp_path / "cut", batch_size=16, resume=True)))
     first = next(e for e in events if e.kind == "explain")
     assert first.done == 48  # the resumed run starts where the first stopped
@@ -126,3 +128,17 @@ def test_explain_folder_matches_explain(clean, tmp_path):
         heat = tifffile.imread(f)
         assert heat.shape == img.shape[:2]
         np.testing.assert_allclose(heat, ref.data, atol=1e-4)
+
+
+def test_explain_folder_refuses_single_image_options(clean, tmp_path, capsys):
+    from napari_gradcam.cli import main
+
+    data, b = clean
+    model = tmp_path / "m.safetensors"
+    ng.save_model(b, model)
+    assert main(["explain", str(model), str(data), "--out", str(tmp_path / "h"), "--target", "lesion"]) == 2
+    assert "--target" in capsys.readouterr().err
+    assert main(["explain", str(model), str(data), "--out", str(tmp_path / "h"), "--method",
+                 "integrated-gradients"]) == 2
+    assert "keeps its sign" in capsys.readouterr().err
+    assert not (tmp_path / "h").exists()

@@ -51,6 +51,7 @@ _LAZY = {
     "compare_methods": "compare",
     "MethodComparison": "compare",
     "unlearn": "unlearn.pclarc",
+    "audit": "audit", "iter_audit": "audit", "Audit": "audit",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -10,6 +10,8 @@ Modules: :mod:`.sources` (what is read), :mod:`.maps` (the batched pass and its 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 _LAZY = {
@@ -26,3 +28,17 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _CallableModule(types.ModuleType):
+    """``napari_gradcam.audit`` is both this package and the function: once the package is imported,
+    Python sets it as the attribute ``audit`` of ``napari_gradcam``, so ``ng.audit(model, source)`` must
+    work on the module too."""
+
+    def __call__(self, *args, **kwargs):
+        from .run import audit as run_audit
+
+        return run_audit(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

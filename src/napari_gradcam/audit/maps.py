@@ -33,7 +33,8 @@ ARRAYS = ("probs", "layer_maps", "grid", "frame", "cells", "outside", "state")
 class PassSettings:
     """What the pass computes.  method, layers: the engine's (canonical name, dotted layer names);
     grid: side of the common grid G; cells: side of the coarse share grid (G a multiple of it);
-    frame: the frame's share of the image side; masks: a folder of masks (same relative names) or None."""
+    frame: the frame's share of the image side; masks: a folder of masks (same relative names),
+    ``"arrays:<sha256>"`` for the stack attached to the source, or None."""
 
     method: str
     layers: tuple[str, ...]
@@ -107,14 +108,16 @@ class BatchResult:
 
 def _read_batch(source: AuditSource, indices, settings: PassSettings):
     """(images read, their positions in ``indices``, masks, status per index)."""
+    from ..preprocess import check_image
+
     images, ok, masks, status = [], [], [], []
     for j, i in enumerate(indices):
         try:
-            from ..preprocess import check_image
-
             img = check_image(source.read(int(i)))
             mask = None
-            if settings.masks is not None:
+            if source.masks is not None:
+                mask = read_mask(source.masks, None, img.shape[:2], int(i))
+            elif settings.masks is not None:
                 mask = read_mask(settings.masks, source.entries[int(i)].rel, img.shape[:2])
         except GradCamError as e:
             status.append(str(e).rstrip(".") or type(e).__name__)

@@ -105,6 +105,20 @@ def thumbnail(a: "Audit", row: int, box, size: int = 96) -> str:
     return _png_array(rgb)
 
 
+def mean_map_thumbnail(mean: np.ndarray, box, size: int = 96) -> str:
+    """A cluster's mean map (inferno, scaled to its peak) with its box in cyan."""
+    from matplotlib import colormaps
+    from skimage.transform import resize
+
+    m = resize(mean / (mean.max() or 1.0), (size, size), order=1)
+    rgb = (colormaps["inferno"](np.clip(m, 0, 1))[..., :3] * 255).astype(np.uint8)
+    r0, c0 = int(box[0] * size), int(box[1] * size)
+    r1, c1 = max(r0 + 1, int(box[2] * size) - 1), max(c0 + 1, int(box[3] * size) - 1)
+    rgb[[r0, r1], c0:c1 + 1] = (0, 255, 255)
+    rgb[r0:r1 + 1, [c0, c1]] = (0, 255, 255)
+    return _png_array(rgb)
+
+
 def _test_text(name: str, result: dict | None, key: str) -> str:
     if not result:
         return f"<li>{name}: not run</li>"
@@ -119,10 +133,11 @@ def _verdict_class(v: str) -> str:
     return {"likely shortcut": "shortcut", "no evidence": "none"}.get(v, "untested")
 
 
-def _cluster_section(a: "Audit", c: dict, index: dict[str, int]) -> str:
+def _cluster_section(a: "Audit", c: dict, index: dict[str, int], mean: np.ndarray | None) -> str:
     rows = [index[p] for p in c["members"] if p in index]
     pick = rows if len(rows) <= THUMBS else [rows[i] for i in np.linspace(0, len(rows) - 1, THUMBS).astype(int)]
-    thumbs = []
+    thumbs = [] if mean is None else [f'<img src="{mean_map_thumbnail(mean, c["box"])}" title="the cluster\'s '
+                                      f'mean map" style="border:2px solid #0aa">']
     for r in pick:
         try:
             thumbs.append(f'<img src="{thumbnail(a, r, c["box"])}" title="{html.escape(str(a.table["path"].iloc[r]))}">')
@@ -142,6 +157,9 @@ def render_report(a: "Audit") -> str:
     """The page's HTML."""
     f = a.findings
     index = {p: i for i, p in enumerate(a.table["path"])}
+    stored = a.maps("cluster_means")
+    ids = sorted(c["id"] for c in f["clusters"])  # cluster_means is in id order
+    means = {cid: stored[k] for k, cid in enumerate(ids) if k < len(stored)}
     n_ok = int((a.table["status"] == "ok").sum())
     rows = "".join(
         f'<tr class="{_verdict_class(c["verdict"])}"><td><a href="#c{c["id"]}">{c["id"]}</a></td>'
@@ -161,7 +179,8 @@ def render_report(a: "Audit") -> str:
             f"<img src='{class_means_png(a)}'><table><tr><th>class</th><th>images</th><th>frame share (median, 10-90 %)"
             f"</th><th>outside the mask</th></tr>{stats}</table>"
             f"<h2>Strategies (spectral embedding of the maps)</h2><img src='{embedding_png(a)}'>"
-            f"<h2>Clusters</h2>{''.join(_cluster_section(a, c, index) for c in f['clusters'])}"
+            f"<h2>Clusters</h2><p>Each gallery starts with the cluster's mean map (framed), then members with "
+            f"their maps; the box in cyan.</p>{''.join(_cluster_section(a, c, index, means.get(c['id'])) for c in f['clusters'])}"
             f"<h2>Skipped</h2><table><tr><th>path</th><th>reason</th></tr>{skipped}</table></body></html>")
 
 

@@ -14,6 +14,7 @@ from ..errors import DatasetError, OutputError, shown
 from .findings import ConfirmSettings, build_table, class_stats, cluster_classes, confirm_cluster
 from .maps import MapStore, PassSettings, pass_fingerprint, run_pass
 from .result import Audit
+from .shares import evidence_box
 from .sources import AuditSource, open_source
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,6 +65,29 @@ def _check_channels(bundle: "ModelBundle", source: AuditSource) -> None:
         return
 
 
+def _attach_masks(src: AuditSource, masks) -> str | None:
+    """Check ``masks`` (a folder, or for in-memory images a stack of one mask per image, e.g. a Labels
+    layer's data) and attach a stack to ``src``; returns what the pass records (the folder, or
+    ``"arrays:<sha256>"``)."""
+    import hashlib
+
+    if masks is None:
+        return None
+    if isinstance(masks, (str, Path)):
+        if not Path(masks).is_dir():
+            raise DatasetError(f"No masks folder at {shown(masks)}.")
+        return str(masks)
+    if src.arrays is None:
+        raise DatasetError("Masks for images read from files are a folder with the images' relative names.")
+    if len(masks) != len(src):
+        raise DatasetError(f"{len(masks)} masks were given for {len(src)} images; give one mask per image.")
+    src.masks = masks
+    h = hashlib.sha256()
+    for i in range(len(masks)):
+        h.update(np.ascontiguousarray(np.asarray(masks[i]) > 0).tobytes())
+    return f"arrays:{h.hexdigest()}"
+
+
 def _work_folder(out: Path | None, resume: bool, overwrite: bool) -> Path:
     """Where the pass's store lives while it runs: beside ``out`` (kept for --resume) or a temporary folder."""
     if out is None:
@@ -71,6 +95,9 @@ def _work_folder(out: Path | None, resume: bool, overwrite: bool) -> Path:
     work = out.parent / f".{out.name}.partial"
     if out.exists() and not (resume or overwrite):
         raise OutputError(f"{shown(out)} exists; pass --resume to continue or reuse it, or --overwrite to replace it.")
+    if (work / "maps.zarr").exists() and not (resume or overwrite):
+        raise OutputError(f"An interrupted audit of {shown(out)} is in {shown(work)}; pass --resume to continue it "
+                          "or --overwrite to start again.")
     if overwrite and work.exists():
         shutil.rmtree(work)
     if resume and not (work / "maps.zarr").exists() and (out / "maps.zarr").is_dir():
@@ -112,13 +139,9 @@ def iter_audit(model, source, *, method: str = "gradcam", layer=None, masks=None
     batch_size = check_int(batch_size, "batch_size", 1)
     max_clusters = check_int(max_clusters, "max_clusters", 1)
     src = open_source(source, bundle.classes, labels)
-    if masks is not None and isinstance(masks, (str, Path)) and not Path(masks).is_dir():
-        raise DatasetError(f"No masks folder at {shown(masks)}.")
+    mask_key = _attach_masks(src, masks)
     _check_channels(bundle, src)
-    settings = PassSettings(spec.name, layers, grid, cells, frame, str(masks) if isinstance(masks, (str, Path))
-                            else None)
-    if masks is not None and not isinstance(masks, (str, Path)):
-        raise DatasetError("masks must be a folder of mask images with the images' relative names.")
+    settings = PassSettings(spec.name, layers, grid, cells, frame, mask_key)
     out = Path(out) if out is not None else None
     work = _work_folder(out, resume, overwrite)
     store = MapStore(work / "maps.zarr", len(src), bundle.n_classes, settings,
@@ -165,10 +188,14 @@ def _analyse(bundle, src: AuditSource, store: MapStore, settings: PassSettings, 
             c.update(removal=None, insertion=None, verdict="not tested", reason="confirmation was switched off")
         yield AuditEvent("confirm", j + 1, len(clusters), f"tested cluster {c['id']} ({c['class']})")
     _store_means(store, class_means, clusters, embedding)
+    stats = class_stats(table, classes)
+    for k, c in enumerate(classes):  # where the class's mean map concentrates, and how much
+        if stats[c]["n"]:
+            stats[c].update(box=evidence_box(class_means[k]), peak_cell_share=float(class_means[k].max()))
     order = sorted(clusters, key=lambda c: (c["verdict"] != "likely shortcut", -c["distance_from_main"]))
     findings = {"version": 1, "model": bundle.config.architecture, "method": settings.method,
                 "layer": "+".join(settings.layers) or "input", "classes": classes, "source": src.description,
-                "class_stats": class_stats(table, classes),
+                "class_stats": stats,
                 "clusters": [{k: v for k, v in c.items() if not k.startswith("_")} for c in order],
                 "skipped": [{"path": p, "reason": r} for p, r in src.skipped]
                 + [{"path": p, "reason": s} for p, s in zip(table["path"], table["status"]) if s != "ok"]}
@@ -199,7 +226,8 @@ def audit(model, source, *, method: str = "gradcam", layer=None, masks=None, **o
     source : a folder (class subfolders named like the model's classes give labels; a flat folder has
         none), a CSV of ``path[,label]`` rows, or a list / (N, H, W[, C]) stack of arrays (``labels=``).
     method, layer : the explanation (any CAM-family or attribution method; default the model's layer).
-    masks : a folder of masks with the images' relative names (the share of evidence outside them).
+    masks : a folder of masks with the images' relative names (the share of evidence outside them), or
+        for in-memory images a stack of one mask per image (a Labels layer's data).
     options : out (write the audit folder there), resume, overwrite, batch_size, max_clusters, grid, cells,
         frame, confirm, confirm_settings (:class:`~.findings.ConfirmSettings`), workers / scheduler
         (dask.distributed), seed, labels, model_name (for the report).  See :func:`iter_audit`.

@@ -63,4 +63,4 @@ def evidence_box(mean_map: np.ndarray, level: float = 0.5) -> list[float]:
     regions, _ = ndimage.label(mean_map >= level * mean_map.max())
     peak = np.unravel_index(int(np.argmax(mean_map)), mean_map.shape)
     rows, cols = np.nonzero(regions == regions[peak])
-    return [rows.min() / g, cols.min() / g, (rows.max() + 1) / g, (cols.max() + 1) / g]
+    return [float(rows.min() / g), float(cols.min() / g), float((rows.max() + 1) / g), float((cols.max() + 1) / g)]

@@ -42,6 +42,7 @@ class AuditSource:
     description: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
     arrays: Sequence | None = None
+    masks: Sequence | None = None  # one mask per in-memory image (a Labels layer's data), or None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -162,6 +163,9 @@ def open_source(source, classes: Sequence[str], labels=None) -> AuditSource:
         The source does not exist, names classes the model does not have, or holds no image; one sentence.
     """
     if isinstance(source, (str, os.PathLike)):
+        if labels is not None:
+            raise DatasetError("Labels of files come from their class folders or the CSV's label column, "
+                               "not from labels=.")
         path = Path(source)
         if path.is_file() and path.suffix.lower() == ".csv":
             src = _csv_source(path, classes)

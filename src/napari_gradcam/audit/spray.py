@@ -30,7 +30,7 @@ class Strategies:
     """The clusters of one class's maps.
 
     labels : (n,) int64 cluster of each map, 0..k-1, the largest cluster 0
-    embedding : (n, 2) float32 spectral coordinates
+    embedding : (n, 2) float32 spectral coordinates (:func:`regularised_embedding`)
     eigenvalues : (m,) float64 smallest eigenvalues of the normalised Laplacian (ascending)
     atypical : (n,) float32 distance of each map from the main cluster's mean, in units of the main
         cluster's median distance (1: a typical member of the main strategy)
@@ -165,7 +165,7 @@ def find_strategies(maps: np.ndarray, max_clusters: int = 8, n_neighbors: int | 
     vals, vecs = laplacian_spectrum(affinity, max_clusters + 1, seed)
     k = eigengap_clusters(vals, max_clusters)
     labels = np.zeros(n, np.int64) if k == 1 else _relabel_by_size(spectral_kmeans(vecs[:, :k], k, seed))
-    embedding = _embedding(vecs, affinity)
+    embedding = regularised_embedding(affinity, seed)
     return Strategies(labels, embedding, vals, atypical_scores(features, labels))
 
 
@@ -188,11 +188,27 @@ def spectral_kmeans(vecs: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
         return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(rows)
 
 
-def _embedding(vecs: np.ndarray, affinity) -> np.ndarray:
-    """(n, 2) spectral coordinates: the two leading non-trivial eigenvectors of the random-walk Laplacian."""
-    deg = np.asarray(affinity.sum(axis=1)).ravel()
-    rw = vecs / np.sqrt(np.where(deg > 0, deg, 1.0))[:, None]
-    coords = rw[:, 1:3] if rw.shape[1] >= 3 else np.zeros((len(rw), 2))
+def regularised_embedding(affinity, seed: int = 0) -> np.ndarray:
+    """(n, 2) coordinates for the picture: the two leading non-trivial eigenvectors of the regularised
+    normalised affinity ``D_t^-1/2 (A + t/n 11^T) D_t^-1/2`` (t the mean degree, ``D_t = D + t``; Qin and
+    Rohe 2013), scaled by ``D_t^-1/2``.  The rank-one term joins separate components, so each cluster
+    spreads out instead of collapsing onto its indicator vector; it is applied implicitly (no N x N matrix)."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    a = csr_matrix(affinity)
+    n = a.shape[0]
+    deg = np.asarray(a.sum(axis=1)).ravel()
+    tau = float(deg.mean())
+    s = 1.0 / np.sqrt(deg + tau)
+    if n <= DENSE_UP_TO:
+        vals, vecs = np.linalg.eigh(s[:, None] * (a.toarray() + tau / n) * s[None, :])
+    else:
+        op = LinearOperator((n, n), dtype=np.float64,
+                            matvec=lambda x: s * (a @ (s * np.ravel(x))) + tau / n * s * float(s @ np.ravel(x)))
+        vals, vecs = eigsh(op, k=3, which="LA", v0=np.random.default_rng(seed).uniform(-1, 1, n), tol=1e-6)
+    order = np.argsort(-vals)
+    coords = (vecs[:, order[1:3]] * s[:, None]) if n > 2 else np.zeros((n, 2))
     for j in range(coords.shape[1]):  # a fixed sign: the largest entry positive
         if coords[np.argmax(np.abs(coords[:, j])), j] < 0:
             coords[:, j] *= -1

@@ -43,7 +43,18 @@ def cmd_explain_folder(args) -> int:
     from ..generators import run_to_end
     from ..outputs import check_output
 
-    check_output(args.out, "folder", "--out")
+    from ..engine.methods import get_method
+    from ..errors import ParameterError
+
+    given = [flag for flag, on in (("--target", args.target is not None), ("--overlay", args.overlay is not None),
+                                   ("--shifts", args.shifts != 1), ("--smooth", bool(args.smooth))) if on]
+    if given:
+        raise ParameterError(f"With a folder, explain writes each image's predicted-class map; {', '.join(given)} "
+                             "apply to one image.")
+    if get_method(args.method).signed:
+        raise ParameterError(f"With a folder, explain writes class evidence maps in [0, 1]; "
+                             f"{get_method(args.method).title} keeps its sign: explain one image at a time.")
+    check_output(args.out, "folder", "--out", inputs=[args.model, args.image])
     bundle = _load(args)
     layer = args.layer[0] if args.layer and len(args.layer) == 1 else args.layer
     bar = None if getattr(args, "quiet", False) else _tqdm(desc="explain", unit="img", leave=False)

@@ -313,7 +313,8 @@ def _register_explain(sub) -> None:
   {PROG} explain m.safetensors scan.png --method gradcam --smooth aug eigen --out smooth.tif
 """, **_fmt_kw())
     p.add_argument("model", metavar="MODEL", help="a .safetensors model bundle")
-    p.add_argument("image", metavar="IMAGE", help="an image file (PNG, JPEG, TIFF, ...)")
+    p.add_argument("image", metavar="IMAGE", help="an image file (PNG, JPEG, TIFF, ...), or a folder: one heatmap "
+                                                  "TIFF per image (the predicted class's, batched) under --out DIR")
     p.add_argument("--method", default="gradcam", choices=method_names(), metavar="METHOD",
                    help="any method of 'napari-gradcam methods' (%(choices)s); cam needs a global-pooling head; "
                         "layercam-fine fuses the last three stages (best for small findings); pixel attributions "
