@@ -110,7 +110,7 @@ class PasteTester:
     def __init__(self, control_box=CONTROL_BOX):
         self.control_box = control_box
 
-    def insertion_test(self, bundle, donors, recipients, box, class_index, *, control_box=None) -> dict:
+    def insertion_test(self, bundle, donors, recipients, box, class_index, *, control_box=None, content=None) -> dict:
         """Paste donor i's box into recipient i at the same place (cycling donors); count predictions moved to
         ``class_index``; the control pastes the donors' content of a box of the same size elsewhere."""
         def run(b):

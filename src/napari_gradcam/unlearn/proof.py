@@ -80,13 +80,24 @@ def recheck(new_bundle, old_audit_dir: "str | os.PathLike", cluster: int | None 
     for f in audit.findings:
         k = new_bundle.class_index(f.class_name)
         members = read_images(f.members, max_images)
-        removal = tester.removal_test(new_bundle, members, list(f.box), k)
+        removal = tester.removal_test(new_bundle, members, list(f.box), k, **_as_before(f.raw.get("removal")))
         insertion = None
         if f.rest:
             insertion = tester.insertion_test(new_bundle, members, read_images(f.rest, max_images, seed=1),
-                                              list(f.box), k)
+                                              list(f.box), k, **_as_before(f.raw.get("insertion")))
         out.append(_verdict(f, removal, insertion))
     return {"audit": str(audit.folder), "findings": out, "all_gone": all(r["gone"] for r in out)}
+
+
+def _as_before(result: dict | None) -> dict[str, Any]:
+    """The options an old test ran with (its control box, the insertion's content), so the new model is
+    tested as the old one was."""
+    if not result:
+        return {}
+    kw = {"control_box": result["control"]["box"]} if (result.get("control") or {}).get("box") else {}
+    if result.get("content"):
+        kw["content"] = result["content"]
+    return kw
 
 
 def _verdict(f, removal: dict, insertion: dict | None) -> dict[str, Any]:
