@@ -123,6 +123,27 @@ def test_report_is_one_self_contained_page(planted):
     assert "likely shortcut" in html
 
 
+def test_compare_says_whether_a_finding_is_gone(planted, tmp_path, capsys):
+    """audit NEW --compare OLD:ID re-runs the old finding's tests on the new model: the same model still uses
+    the stamp; after P-ClArC at an early block (where the stamp stays in its box) it is gone."""
+    data, stamped, model, out = planted
+    f = json.loads((out / "findings.json").read_text())
+    cid = _stamp_cluster(f, stamped)[0]["id"]
+    again = tmp_path / "again"
+    assert main(["audit", str(model), str(data), "--out", str(again), "--compare", f"{out}:{cid}", "-q"]) == 0
+    (same,) = json.loads((again / "findings.json").read_text())["comparison"]["findings"]
+    assert same["id"] == cid and not same["gone"] and "still used" in same["reason"]
+    assert "re-checked on this model" in (again / "report.html").read_text()
+    m2 = tmp_path / "m2.safetensors"
+    assert main(["unlearn", str(model), f"{out}:{cid}", "--out", str(m2), "--layer", "features.block2", "-q"]) == 0
+    after = tmp_path / "after"
+    assert main(["audit", str(m2), str(data), "--out", str(after), "--compare", f"{out}:{cid}", "--no-confirm",
+                 "-q"]) == 0
+    (gone,) = json.loads((after / "findings.json").read_text())["comparison"]["findings"]
+    assert gone["gone"], gone["reason"]
+    assert "gone" in capsys.readouterr().out
+
+
 def test_existing_output_is_refused_without_resume_or_overwrite(planted, capsys):
     data, _, model, out = planted
     assert main(["audit", str(model), str(data), "--out", str(out), "-q"]) == 2

@@ -30,7 +30,7 @@ def iter_explain_folder(bundle: "ModelBundle", folder, out, method: str = "gradc
     (path, reason) of the images that could not be explained."""
     import torch
 
-    from ..engine.layers import resolve_layers
+    from ..engine.layer_choice import resolve_layers
     from ..engine.methods import get_method
     from ..outputs import atomic_write, tiff_writer
     from ..preprocess import resize_maps

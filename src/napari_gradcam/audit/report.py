@@ -153,6 +153,18 @@ def _cluster_section(a: "Audit", c: dict, index: dict[str, int], mean: np.ndarra
             + f'</ul><p class="reason">{html.escape(c["reason"])}</p><div class="gallery">{"".join(thumbs)}</div>')
 
 
+def comparison_section(comparison: dict | None) -> str:
+    """An earlier audit's findings re-checked on this model (``audit --compare``): gone or still used."""
+    if not comparison:
+        return ""
+    rows = "".join(
+        f'<tr class="{"none" if r["gone"] else "shortcut"}"><td>{r["id"]}</td><td>{html.escape(r["class"])}</td>'
+        f'<td>{"gone" if r["gone"] else "still used"}</td><td class="reason">{html.escape(r["reason"])}</td></tr>'
+        for r in comparison["findings"])
+    return (f"<h2>Findings of {html.escape(str(comparison['audit']))}, re-checked on this model</h2>"
+            f"<table><tr><th>finding</th><th>class</th><th>now</th><th>why</th></tr>{rows}</table>")
+
+
 def render_report(a: "Audit") -> str:
     """The page's HTML."""
     f = a.findings
@@ -173,7 +185,7 @@ def render_report(a: "Audit") -> str:
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Audit</title><style>{_CSS}</style></head><body>"
             f"<h1>Data set audit</h1><p>model {html.escape(str(f['model']))}, {html.escape(f['method'])} at "
             f"{html.escape(f['layer'])}; {html.escape(str(f['source']))}: {n_ok} image(s) explained, "
-            f"{len(f['skipped'])} skipped.</p>"
+            f"{len(f['skipped'])} skipped.</p>{comparison_section(f.get('comparison'))}"
             f"<h2>Verdicts</h2><table><tr><th>cluster</th><th>class</th><th>size</th><th>verdict</th><th>why</th></tr>"
             f"{rows}</table><h2>Where the evidence lies, per predicted class</h2>"
             f"<img src='{class_means_png(a)}'><table><tr><th>class</th><th>images</th><th>frame share (median, 10-90 %)"

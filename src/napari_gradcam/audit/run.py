@@ -129,7 +129,7 @@ def iter_audit(model, source, *, method: str = "gradcam", layer=None, masks=None
                scheduler: str | None = None, seed: int = 0,
                model_name: str | None = None) -> Generator[AuditEvent, None, Audit]:
     """Audit a data set step by step: ``audit = yield from iter_audit(...)``; see :func:`audit`."""
-    from ..engine.layers import resolve_layers
+    from ..engine.layer_choice import resolve_layers
     from ..engine.methods import get_method
     from ..validate import check_int
 

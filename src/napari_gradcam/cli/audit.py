@@ -34,7 +34,22 @@ def cmd_audit(args) -> int:
     for c in short:
         print(f"  {shown(args.out)}:{c['id']}  {c['class']}, {c['size']} image(s), box {[round(v, 2) for v in c['box']]}: "
               f"{c['reason']}")
+    if args.compare:
+        _compare(bundle, args.compare, args.out)
     return 0
+
+
+def _compare(bundle, old: str, out: str) -> None:
+    """Re-run an old audit's findings on this model; written into DIR's findings.json and report."""
+    from ..audit.result import Audit
+    from ..unlearn.proof import recheck
+
+    comparison = recheck(bundle, old)
+    audit = Audit.load(out)
+    audit.findings["comparison"] = comparison
+    audit.save(out)
+    for r in comparison["findings"]:
+        print(f"  old finding {r['id']} ({r['class']}): {'gone' if r['gone'] else 'STILL USED'}; {r['reason']}")
 
 
 def cmd_explain_folder(args) -> int:
@@ -134,6 +149,8 @@ def register(sub) -> None:
     p.add_argument("--fill", default="harmonic", choices=("harmonic", "biharmonic", "median"),
                    help="how removal fills a region: harmonic (smooth, bounded by its surroundings), biharmonic "
                         "inpainting (scikit-image) or the median of its surroundings")
+    p.add_argument("--compare", metavar="OLD_DIR[:ID]",
+                   help="re-run an earlier audit's findings (removal and insertion) on this model and say which are gone")
     p.add_argument("--no-confirm", action="store_true", help="skip the removal and insertion tests")
     run = p.add_mutually_exclusive_group()
     run.add_argument("--resume", action="store_true", help="continue an interrupted audit (or reuse DIR's maps)")

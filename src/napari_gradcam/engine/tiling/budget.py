@@ -244,7 +244,7 @@ def check_time(bundle: "ModelBundle", method, layers, targets, shape: tuple[int,
     ``max_minutes`` (default :data:`TIME_BUDGET_MINUTES`; 0 or ``force=True``: no limit).  Returns the
     estimate in seconds, or None when the plan was not timed (forced, no limit, or at most
     :data:`UNTIMED_TILES` tiles)."""
-    from ..validate import check_number
+    from ...validate import check_number
 
     minutes = TIME_BUDGET_MINUTES if max_minutes is None else check_number(max_minutes, "max_minutes", 0)
     H, W = int(shape[0]), int(shape[1])
