@@ -325,3 +325,50 @@ def test_torch_placeholders_never_reach_a_message(tmp_path):
         ng.load_model(path, architecture="simple_cnn", classes=["a", "b"])
     assert "%" not in str(e.value)
     assert str(e.value) == "old.pt is not a readable PyTorch weights file (storage has wrong byte size; the file is damaged)."
+
+
+# ----------------------------------------------------------------------------- lazy stores
+@pytest.fixture(scope="module")
+def vast_store(tmp_path_factory):
+    """A zarr store declaring 10^6 x 10^6 pixels (no chunk written: a few bytes on disk)."""
+    zarr = pytest.importorskip("zarr")
+    path = tmp_path_factory.mktemp("vast") / "vast.zarr"
+    z = zarr.open(str(path), mode="w", shape=(1_000_000, 1_000_000), chunks=(4096, 4096), dtype="uint8")
+    z[:4096, :4096] = 7  # one chunk with data
+    return path
+
+
+def test_a_vast_lazy_store_is_costed_before_its_value_range_is_read(vast_store, tiny_bundle, files, capsys):
+    """The value-range pass over 10^12 pixels would run for a long time in silence: the plan's estimate
+    (the tiles and that pass) is refused in one sentence instead, before any block but one is read."""
+    import dask.array as da
+
+    from napari_gradcam.engine import iter_tiled_heatmaps
+
+    image = da.from_zarr(str(vast_store))
+    with pytest.raises(TimeBudgetError, match=r"1000000 x 1000000 image .* reading the image's value range"):
+        next(iter_tiled_heatmaps(tiny_bundle, image, tile=32, overlap=0, classes="all"))
+    root, model, _, _, _ = files
+    cli_error(capsys, ["tile", model, vast_store, "--tile", "32", "--overlap", "0", "--out", root / "vast", "-q"],
+              "1000000 x 1000000 image", "add --force")
+
+
+def test_a_forced_long_scan_is_announced_with_its_estimate(vast_store, tiny_bundle):
+    """Forced, the pass still does not start in silence: a note gives its estimate first (raised here as an
+    error so that the pass does not run), and ``value_range_`` skips it."""
+    import warnings
+
+    import dask.array as da
+
+    from napari_gradcam.engine import iter_tiled_heatmaps
+    from napari_gradcam.errors import GradCamWarning
+
+    image = da.from_zarr(str(vast_store))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GradCamWarning)
+        with pytest.raises(GradCamWarning, match=r"Reading the value range of the 1000000 x 1000000 image first "
+                                                 r"takes about .*give value_range_ to skip it"):
+            next(iter_tiled_heatmaps(tiny_bundle, image, tile=32, overlap=0, force=True))
+        t = next(iter_tiled_heatmaps(tiny_bundle, image[:64, :64], tile=32, overlap=0, value_range_=(0, 255),
+                                     force=True), None)
+    assert t == (0, 4)  # no note: the range was given, so no pass over the image runs

@@ -191,6 +191,25 @@ def value_range(arr: np.ndarray) -> tuple[float, float]:
     return float(vals.min()), float(vals.max())
 
 
+def seconds_to_scan(image) -> float:
+    """Estimated seconds of one pass over a lazy (dask) image, such as the value-range scan of tiled
+    heatmaps: the time to read one block (and take its range), times the number of blocks.  0 for an
+    image in memory.  Reads one block."""
+    import time
+
+    if not hasattr(image, "numblocks"):
+        return 0.0
+    n_blocks = int(np.prod(image.numblocks, dtype=np.float64))
+    first = image.blocks[(0,) * image.ndim]
+    start = time.perf_counter()
+    block = np.asarray(first)
+    if block.size:
+        finite = block if block.dtype.kind in "biu" else block[np.isfinite(block)]
+        if finite.size:
+            finite.min(), finite.max()
+    return (time.perf_counter() - start) * n_blocks
+
+
 def to_unit(arr: np.ndarray, vrange: tuple[float, float] | None = None) -> np.ndarray:
     """Scale intensities to [0, 1] float32 (see module rules); shape unchanged, alpha dropped.
 

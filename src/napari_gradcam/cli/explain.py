@@ -9,8 +9,8 @@ from pathlib import Path
 
 from ._common import (
     PROG, _fmt_kw, _image, _load, _tqdm, add_device, add_model_options, add_quiet, add_shifts, atomic_write_many,
-    check_colormap, check_outputs, classes_overlay_rgb, fraction, image_writer, number_option, overlay_rgb,
-    safe_file_names, shown, tiff_writer,
+    check_colormap, check_outputs, classes_overlay_rgb, dask_progress, fraction, image_writer, number_option,
+    overlay_rgb, safe_file_names, shown, tiff_writer,
 )
 
 
@@ -109,12 +109,14 @@ def cmd_tile(args) -> int:
                               method=args.method, batch_size=args.batch_size, mode=args.mode, force=args.force,
                               max_minutes=args.max_minutes)
     try:
-        res = _run_with_bar(gen, args.quiet)
+        with dask_progress(args.quiet):  # a lazy image's value-range pass: progress, never minutes of silence
+            res = _run_with_bar(gen, args.quiet)
     except TimeBudgetError as e:  # the same estimate, with the command line's remedy
         raise TimeBudgetError(f"{e.summary}; use a larger --tile or a smaller --overlap, or add --force to run "
                               "it anyway.", seconds=e.seconds, budget_seconds=e.budget_seconds, tiles=e.tiles,
                               summary=e.summary) from None
-    res = _write_tiled_outputs(res, image, out, planned, args.image)
+    with dask_progress(args.quiet):
+        res = _write_tiled_outputs(res, image, out, planned, args.image)
     how = "each pixel counted once, by the nearest of the non-overlapping tiles" if res.mode == "tiles" else \
         "by a tile centred at each pixel"
     print(f"class breakdown (share of the image where the class dominates, {how}; tiles of {res.tile} px):")

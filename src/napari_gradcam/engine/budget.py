@@ -45,6 +45,8 @@ OVERHEAD = 32 << 20
 TIME_BUDGET_MINUTES = 10.0
 #: Plans of at most this many tiles are never timed (they cannot take long enough to matter).
 UNTIMED_TILES = 64
+#: A value-range pass over a lazy image estimated to take longer than this is announced before it starts.
+SCAN_NOTE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -238,26 +240,38 @@ def seconds_per_tile(bundle: "ModelBundle", method, layers, targets, batch_size:
 
 
 def check_time(bundle: "ModelBundle", method, layers, targets, shape: tuple[int, ...], tile: int, stride: int,
-               batch_size: int, max_minutes: float | None = None, force: bool = False) -> float | None:
+               batch_size: int, max_minutes: float | None = None, force: bool = False,
+               scan=None) -> float | None:
     """Refuse (TimeBudgetError, one sentence naming the estimate) a tiled run of an image of ``shape``
-    whose time, estimated from a measured tile (:func:`seconds_per_tile`) times the tile count, exceeds
-    ``max_minutes`` (default :data:`TIME_BUDGET_MINUTES`; 0 or ``force=True``: no limit).  Returns the
-    estimate in seconds, or None when the plan was not timed (forced, no limit, or at most
-    :data:`UNTIMED_TILES` tiles)."""
+    whose time, estimated from a measured tile (:func:`seconds_per_tile`) times the tile count, plus one
+    pass over ``scan`` (a lazy image whose value range is still to be read:
+    :func:`~napari_gradcam.preprocess.seconds_to_scan`), exceeds ``max_minutes`` (default
+    :data:`TIME_BUDGET_MINUTES`; 0 or ``force=True``: no limit).  A scan of more than
+    :data:`SCAN_NOTE_SECONDS` that is allowed to run is announced (GradCamWarning) with its estimate.
+    Returns the estimate in seconds, or None when the plan was not timed (forced, no limit, or at most
+    :data:`UNTIMED_TILES` tiles and no scan)."""
+    from ..preprocess import seconds_to_scan
     from ..validate import check_number
 
     minutes = TIME_BUDGET_MINUTES if max_minutes is None else check_number(max_minutes, "max_minutes", 0)
     H, W = int(shape[0]), int(shape[1])
     tiles = _starts(max(H, tile), tile, stride) * _starts(max(W, tile), tile, stride)
+    scan_s = seconds_to_scan(scan) if scan is not None else 0.0
     estimate = None
-    if not (force or minutes == 0 or tiles <= UNTIMED_TILES):
-        estimate = tiles * seconds_per_tile(bundle, method, layers, targets, batch_size)
+    if not (force or minutes == 0 or (tiles <= UNTIMED_TILES and scan is None)):
+        estimate = scan_s + tiles * (seconds_per_tile(bundle, method, layers, targets, batch_size)
+                                     if tiles > UNTIMED_TILES else 0.0)
     if estimate is None or estimate <= 60.0 * minutes or not math.isfinite(estimate):
         _note_work_ratio(tiles, (H, W), tile, stride, bundle.input_size)
+        if scan_s > SCAN_NOTE_SECONDS:
+            warnings.warn(f"Reading the value range of the {H} x {W} image first takes about {format_duration(scan_s)} "
+                          "(one pass over its blocks); give value_range_ to skip it.", GradCamWarning, stacklevel=4)
         return estimate
     budget = 60.0 * minutes
+    read = f", {format_duration(scan_s)} of it reading the image's value range" if scan_s >= 1 else ""
     summary = (f"Tiled heatmaps of a {H} x {W} image ({tiles:,} tiles of {tile} px) would take about "
-               f"{format_duration(estimate)} (measured on one tile), beyond the budget of {format_duration(budget)}")
+               f"{format_duration(estimate)} (measured on one tile{read}), beyond the budget of "
+               f"{format_duration(budget)}")
     raise TimeBudgetError(
         f"{summary}; use larger tiles or less overlap, or pass force=True (or a larger max_minutes) to run it "
         "anyway.", seconds=estimate, budget_seconds=budget, tiles=tiles, summary=summary)
