@@ -372,3 +372,36 @@ def test_a_forced_long_scan_is_announced_with_its_estimate(vast_store, tiny_bund
         t = next(iter_tiled_heatmaps(tiny_bundle, image[:64, :64], tile=32, overlap=0, value_range_=(0, 255),
                                      force=True), None)
     assert t == (0, 4)  # no note: the range was given, so no pass over the image runs
+
+
+def _declaring_tiff(path, size):
+    """A 16 x 16 TIFF whose header is rewritten to declare ``size`` x ``size`` pixels (a few hundred bytes)."""
+    import tifffile
+
+    tifffile.imwrite(path, np.zeros((16, 16), np.uint8))
+    with tifffile.TiffFile(path, mode="r+b") as tf:
+        tf.pages[0].tags["ImageWidth"].overwrite(size)
+        tf.pages[0].tags["ImageLength"].overwrite(size)
+    return path
+
+
+def test_hostile_files_on_the_command_line_are_one_sentence(files, tmp_path, capsys):
+    """Inputs of our own: an empty file, a truncated PNG, a folder where a file is expected, a TIFF that
+    declares 200,000 x 200,000 pixels (read whole, and lazily by tile), text named .png."""
+    root, model, image, _, _ = files
+    (tmp_path / "empty.png").write_bytes(b"")
+    png = image.read_bytes()
+    (tmp_path / "cut.png").write_bytes(png[: len(png) // 2])
+    (tmp_path / "folder.png").mkdir()
+    (tmp_path / "text.png").write_text("hello")
+    huge = _declaring_tiff(tmp_path / "huge.tif", 200_000)
+    before = snapshot(tmp_path)
+    out = tmp_path / "o"
+    for name, words in [("empty.png", "empty.png"), ("cut.png", "truncated"), ("folder.png", "No image file"),
+                        ("text.png", "text.png"), ("huge.tif", "declares 200000 x 200000 pixels")]:
+        cli_error(capsys, ["explain", model, tmp_path / name, "--out", out / "h.tif"], words)
+        cli_error(capsys, ["predict", model, tmp_path / name, "-q"], name)
+    cli_error(capsys, ["tile", model, huge, "--out", out, "-q"], "A block of huge.tif", "could not be read")
+    cli_error(capsys, ["explain", tmp_path / "folder.png", image, "--out", out / "h.tif"], "folder")
+    cli_error(capsys, ["info", tmp_path / "empty.png"], "empty")
+    assert snapshot(tmp_path) == before

@@ -158,7 +158,43 @@ def _large_image(path: str):
     if p.suffix.lower() == ".zarr" or (p.is_dir() and any((p / n).exists() for n in (".zarray", "zarr.json"))):
         return _lazy_zarr(p)
     image = open_image_lazy(p)
-    return image if isinstance(image, np.ndarray) else da.from_zarr(image)
+    return image if isinstance(image, np.ndarray) else _checked_blocks(image, p.name)
+
+
+class _CheckedReader:
+    """A lazy array (zarr) whose unreadable blocks (a TIFF that declares more than it holds, a damaged
+    chunk) raise one sentence naming the file, when the tiling reads them, instead of the reader's own
+    exception."""
+
+    def __init__(self, arr, name: str) -> None:
+        import numpy as np
+
+        self._arr, self._name = arr, name
+        self.shape, self.dtype, self.ndim = tuple(arr.shape), np.dtype(arr.dtype), len(arr.shape)
+
+    def __getitem__(self, key):
+        import numpy as np
+
+        from ..errors import ImageError
+
+        try:
+            return np.asarray(self._arr[key])
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any reader failure is a problem of the user's file
+            rows = key[0] if isinstance(key, tuple) and key and isinstance(key[0], slice) else None
+            where = f" (rows {rows.start or 0}-{rows.stop})" if rows is not None else ""
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise ImageError(f"A block of {shown(self._name)}{where} could not be read ({type(e).__name__}: "
+                             f"{first}); the file may be damaged or declare more than it holds.") from None
+
+
+def _checked_blocks(arr, name: str):
+    """``arr`` (zarr) as a dask array of its own chunks, read through :class:`_CheckedReader`."""
+    import dask.array as da
+
+    chunks = getattr(arr, "chunks", None) or "auto"
+    return da.from_array(_CheckedReader(arr, name), chunks=chunks, name=False)
 
 
 def _lazy_zarr(path: Path):
@@ -178,7 +214,7 @@ def _lazy_zarr(path: Path):
         if not arrays:
             raise ImageError(f"The zarr group {path.name} holds no array.")
         node = arrays.get("0", next(iter(arrays.values())))
-    return da.from_zarr(node)
+    return _checked_blocks(node, path.name)
 
 
 def _write_tiled_outputs(res, image, out: Path, planned: dict[str, Path], image_name: str):
