@@ -91,7 +91,7 @@ def cmd_tile(args) -> int:
     import numpy as np
 
     from ..engine import iter_tiled_heatmaps
-    from ..engine.budget import check_result_fits
+    from ..engine.budget import check_result_fits, check_whole_run
     from ..errors import TimeBudgetError
 
     (out,) = check_outputs([(args.out, "folder", "--out")], inputs=[args.model, args.image])
@@ -109,6 +109,9 @@ def cmd_tile(args) -> int:
                               method=args.method, batch_size=args.batch_size, mode=args.mode, force=args.force,
                               max_minutes=args.max_minutes)
     try:
+        if not isinstance(image, np.ndarray) and args.mode == "tiles" and not args.force:
+            # every chunk of a lazy result is computed below to be written: the whole run is costed now
+            check_whole_run(bundle, image, args.tile, args.overlap, args.method, args.batch_size, args.max_minutes)
         with dask_progress(args.quiet):  # a lazy image's value-range pass: progress, never minutes of silence
             res = _run_with_bar(gen, args.quiet)
     except TimeBudgetError as e:  # the same estimate, with the command line's remedy
