@@ -202,7 +202,7 @@ def test_patterns_keep_their_meaning_and_bad_ones_are_one_sentence(capsys, files
     from napari_gradcam.errors import DatasetError
 
     assert group_of(Path("person12_bacteria_3.jpeg"), PATIENT_PATTERN) == "person12"
-    assert group_of(Path("NORMAL2-IM-0115-0001.jpeg"), "auto" and PATIENT_PATTERN) == "NORMAL2-IM-0115"
+    assert group_of(Path("NORMAL2-IM-0115-0001.jpeg"), PATIENT_PATTERN) == "NORMAL2-IM-0115"
     assert group_of(Path("p7_scan.png"), r"p(\d+)_") == "7"
     assert compile_pattern("(a+)+$").search("aaa").group(1) == "aaa"
     for bad, words in [("(a", "not a regular expression"), (r"(a)\1", "backreferences")]:
@@ -410,3 +410,19 @@ def test_hostile_files_on_the_command_line_are_one_sentence(files, tmp_path, cap
     cli_error(capsys, ["explain", tmp_path / "folder.png", image, "--out", out / "h.tif"], "folder")
     cli_error(capsys, ["info", tmp_path / "empty.png"], "empty")
     assert snapshot(tmp_path) == before
+
+
+def test_without_re2_nested_quantifiers_are_refused(monkeypatch):
+    """Where google-re2 is missing, Python's re runs the pattern, and the shapes that backtrack
+    exponentially are refused in one sentence; the default Kermany pattern still works."""
+    from pathlib import Path
+
+    from napari_gradcam.data import PATIENT_PATTERN, compile_pattern, group_of
+    from napari_gradcam.errors import DatasetError
+
+    monkeypatch.setitem(sys.modules, "re2", None)  # import re2 -> ImportError
+    for bad in (CATASTROPHIC, "(a|aa)*", "(x*y?){2,}"):
+        with pytest.raises(DatasetError, match="repeats a group that itself repeats"):
+            compile_pattern(bad)
+    assert type(compile_pattern(PATIENT_PATTERN)).__module__ == "re"
+    assert group_of(Path("person3_virus_9.jpeg"), PATIENT_PATTERN) == "person3"
