@@ -55,7 +55,7 @@ def test_the_estimate_comes_from_a_real_measured_tile(tiny_bundle):
     from napari_gradcam.engine import iter_tiled_heatmaps
 
     gen = iter_tiled_heatmaps(tiny_bundle, np.zeros((1024, 1024), np.uint8), tile=8, overlap=0.95, max_minutes=0.01)
-    with pytest.raises(TimeBudgetError, match=r"1,034,289 tiles of 8 px\) would take about .* beyond the budget of 1 s"):
+    with pytest.raises(TimeBudgetError, match=r"1,034,289 tiles of 8 px\) would take about .* budget of 1 s"):
         next(gen)
 
 
@@ -100,7 +100,8 @@ def test_tile_refuses_a_plan_of_hours_naming_force(files, capsys, monkeypatch):
     (["compare", "{model}", "{image}", "--steps", "1000000000"], ["--steps", "between 1 and 1,000"]),
     (["info", "{model}", "--input-size", "0"], ["--input-size", "between 16 and 4,096, not 0"]),
     (["convert", "{model}", "--out", "{root}/c.safetensors", "--input-size", "100000"], ["--input-size"]),
-    (["tile", "{model}", "{image}", "--out", "{root}/t2", "--overlap", "0.99"], ["--overlap", "Overlap must be between 0 and 0.95, not 0.99"]),
+    (["tile", "{model}", "{image}", "--out", "{root}/t2", "--overlap", "0.99"],
+     ["--overlap", "Overlap must be between 0 and 0.95, not 0.99"]),
     (["tile", "{model}", "{image}", "--out", "{root}/t2", "--tile", "100000"], ["--tile", "between 1 and 16,384"]),
     (["tile", "{model}", "{image}", "--out", "{root}/t2", "--batch-size", "10000000"], ["--batch-size", "4,096"]),
     (["tile", "{model}", "{image}", "--out", "{root}/t2", "--max-minutes", "-1"], ["--max-minutes", "0 or more"]),
@@ -111,7 +112,8 @@ def test_tile_refuses_a_plan_of_hours_naming_force(files, capsys, monkeypatch):
     (["explain", "{model}", "{image}", "--out", "{root}/h.tif", "--mean", "nan"], ["--mean", "finite"]),
     (["localize", "{model}", "{data}", "{data}", "--tolerance", "1e300"], ["--tolerance", "between 0 and"]),
     (["train", "{data}", "--out", "{root}/n.safetensors", "--epochs", "1000000000"], ["--epochs", "at most 100,000"]),
-    (["train", "{data}", "--out", "{root}/n.safetensors", "--batch-size", "1000000"], ["--batch-size", "at most 4,096"]),
+    (["train", "{data}", "--out", "{root}/n.safetensors", "--batch-size", "1000000"],
+     ["--batch-size", "at most 4,096"]),
     (["train", "{data}", "--out", "{root}/n.safetensors", "--image-size", "100000"], ["--image-size", "at most"]),
     (["train", "{data}", "--out", "{root}/n.safetensors", "--rotation", "1e9"], ["--rotation", "at most 180"]),
     (["train", "{data}", "--out", "{root}/n.safetensors", "--workers", "100000"], ["--workers", "at most 256"]),
@@ -324,7 +326,8 @@ def test_torch_placeholders_never_reach_a_message(tmp_path):
     with pytest.raises(ModelFileError) as e:
         ng.load_model(path, architecture="simple_cnn", classes=["a", "b"])
     assert "%" not in str(e.value)
-    assert str(e.value) == "old.pt is not a readable PyTorch weights file (storage has wrong byte size; the file is damaged)."
+    assert str(e.value) == ("old.pt is not a readable PyTorch weights file (storage has wrong byte size; the file "
+                            "is damaged).")
 
 
 # ----------------------------------------------------------------------------- lazy stores
@@ -426,3 +429,16 @@ def test_without_re2_nested_quantifiers_are_refused(monkeypatch):
             compile_pattern(bad)
     assert type(compile_pattern(PATIENT_PATTERN)).__module__ == "re"
     assert group_of(Path("person3_virus_9.jpeg"), PATIENT_PATTERN) == "person3"
+
+
+def test_an_input_size_of_0_is_refused_not_read_as_the_default(tmp_path):
+    import torch
+
+    import napari_gradcam as ng
+    from napari_gradcam.errors import ModelFileError
+
+    path = tmp_path / "w.pt"
+    torch.save(ng.build_model("simple_cnn", ["a", "b"], 1, 64).model.state_dict(), path)
+    with pytest.raises(ModelFileError, match="input_size must be between 16 and 4096 pixels, not 0"):
+        ng.load_model(path, architecture="simple_cnn", classes=["a", "b"], input_size=0)
+    assert ng.load_model(path, architecture="simple_cnn", classes=["a", "b"]).input_size == 224

@@ -81,8 +81,8 @@ def float_type(minimum: float | None = None, maximum: float | None = None, above
         if above is not None and not value > above:
             raise argparse.ArgumentTypeError(f"must be greater than {above:g}, not {value:g}")
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            raise argparse.ArgumentTypeError(f"{what + ' ' if what else ''}must be {_range_text(minimum, maximum, value)}, "
-                                             f"not {value:g}")
+            quantity = f"{what} " if what else ""
+            raise argparse.ArgumentTypeError(f"{quantity}must be {_range_text(minimum, maximum, value)}, not {value:g}")
         return value
 
     parse.__name__ = name
