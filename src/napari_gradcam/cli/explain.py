@@ -392,6 +392,7 @@ def _register_tile(sub) -> None:
         epilog=f"""examples:
   {PROG} tile m.safetensors mosaic.tif --tile 512 --overlap 0.5 --out mosaic_heatmaps/
   {PROG} tile m.safetensors slide.png --tile 256 --classes 2 --out top2/
+  {PROG} tile m.safetensors slide.png --tile 32 --overlap 0.9 --out fine/ --force    # even if over --max-minutes
 """, **_fmt_kw())
     p.add_argument("model", metavar="MODEL", help="a .safetensors model bundle")
     p.add_argument("image", metavar="IMAGE", help="a (large) image file")
