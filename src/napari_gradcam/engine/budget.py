@@ -23,7 +23,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import GradCamWarning, ResourceError, TimeBudgetError
+from ..errors import GradCamError, GradCamWarning, ResourceError, TimeBudgetError
 from ..resources import available_memory, format_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -235,6 +235,8 @@ def seconds_per_tile(bundle: "ModelBundle", method, layers, targets, batch_size:
         first = timed(1)
         n = min(int(batch_size), 8)
         return first if n <= 1 else min(first, timed(n))
+    except GradCamError:  # a method that refuses a blank input: the run itself will say what it says
+        return 0.0
     finally:
         bundle.model.train(was)
 
