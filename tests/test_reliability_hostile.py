@@ -442,3 +442,18 @@ def test_an_input_size_of_0_is_refused_not_read_as_the_default(tmp_path):
     with pytest.raises(ModelFileError, match="input_size must be between 16 and 4096 pixels, not 0"):
         ng.load_model(path, architecture="simple_cnn", classes=["a", "b"], input_size=0)
     assert ng.load_model(path, architecture="simple_cnn", classes=["a", "b"]).input_size == 224
+
+
+def test_a_lazy_image_in_one_giant_block_is_refused_before_reading_it(tiny_bundle, monkeypatch):
+    """Each pass reads a block whole: a 20,000 x 20,000 image stored as one block (400 MB) on a machine
+    with 100 MB available (50 MB for a block) is one sentence, not a 400 MB read."""
+    import dask.array as da
+
+    import napari_gradcam.resources as resources
+    from napari_gradcam import tiled_heatmaps
+
+    monkeypatch.setattr(resources, "available_memory", lambda: 100_000_000)
+    image = da.zeros((20_000, 20_000), dtype=np.uint8, chunks=20_000)
+    with pytest.raises(ResourceError, match=r"blocks of 20000 x 20000 values \(400.0 MB each, read whole\), more "
+                                            r"than can be read now \(50.0 MB\); store it with smaller chunks"):
+        tiled_heatmaps(tiny_bundle, image, tile=512)
