@@ -185,7 +185,8 @@ def _inflated(path: Path):
     from .resources import format_bytes
 
     meta = read_file_meta_info(path)
-    if meta.get("TransferSyntaxUID") != uid.DeflatedExplicitVRLittleEndian or "FileMetaInformationGroupLength" not in meta:
+    deflated = meta.get("TransferSyntaxUID") == uid.DeflatedExplicitVRLittleEndian
+    if not deflated or "FileMetaInformationGroupLength" not in meta:
         return path
     start = 128 + 4 + 12 + int(meta.FileMetaInformationGroupLength)  # preamble, DICM, the group length element
     cap = int(_decode_budget())

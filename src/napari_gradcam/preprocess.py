@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .bundle import ModelBundle
 
 MAX_PIXELS = 1 << 28  # ~268 Mpx: larger single images must go through tiled_heatmaps (lazily)
+#: One block of a lazy image may take at most this share of the memory available (each pass reads blocks whole).
+BLOCK_MEMORY_SHARE = 0.5
 
 _LUMA = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)  # as skimage.color.rgb2gray
 
@@ -189,6 +191,41 @@ def value_range(arr: np.ndarray) -> tuple[float, float]:
         raise ImageError("The image has no finite values (all NaN or infinite).")
     vals = arr[finite]
     return float(vals.min()), float(vals.max())
+
+
+def seconds_to_scan(image) -> float:
+    """Estimated seconds of one pass over a lazy (dask) image, such as the value-range scan of tiled
+    heatmaps: the time to read one block (and take its range), times the number of blocks.  0 for an
+    image in memory.  Reads one block."""
+    import time
+
+    if not hasattr(image, "numblocks"):
+        return 0.0
+    _check_block_size(image)
+    n_blocks = int(np.prod(image.numblocks, dtype=np.float64))
+    first = image.blocks[(0,) * image.ndim]
+    start = time.perf_counter()
+    block = np.asarray(first)
+    if block.size:
+        finite = block if block.dtype.kind in "biu" else block[np.isfinite(block)]
+        if finite.size:
+            finite.min(), finite.max()
+    return (time.perf_counter() - start) * n_blocks
+
+
+def _check_block_size(image) -> None:
+    """ResourceError when one block of a lazy image (read whole by every pass) exceeds
+    :data:`BLOCK_MEMORY_SHARE` of the memory available."""
+    from .errors import ResourceError
+    from .resources import available_memory, format_bytes
+
+    size = tuple(int(max(c)) for c in image.chunks)
+    need = int(np.prod(size, dtype=np.float64)) * np.dtype(image.dtype).itemsize
+    budget = BLOCK_MEMORY_SHARE * available_memory()
+    if need > budget:
+        raise ResourceError(f"The image is stored in blocks of {' x '.join(map(str, size))} values "
+                            f"({format_bytes(need)} each, read whole), more than can be read now "
+                            f"({format_bytes(budget)}); store it with smaller chunks (e.g. dask's rechunk).")
 
 
 def to_unit(arr: np.ndarray, vrange: tuple[float, float] | None = None) -> np.ndarray:

@@ -230,8 +230,8 @@ def _bare_description(path: Path, tensors: dict, request: dict) -> ModelConfig:
         from ..tv_models import input_size_from_weights
 
         size = input_size_from_weights(canonical.split(":", 1)[1], tensors)
-    config = ModelConfig(canonical, [str(k) for k in classes], int(c), int(size or 224), [0.5] * int(c),
-                         [0.25] * int(c))
+    size = 224 if size is None else size  # 0 is refused by validate(), never read as "the default"
+    config = ModelConfig(canonical, [str(k) for k in classes], int(c), int(size), [0.5] * int(c), [0.25] * int(c))
     config.validate()
     return config
 
@@ -241,7 +241,8 @@ def _from_bare_weights(path: Path, tensors: dict, request: dict, module: "nn.Mod
         if not request["classes"]:
             raise ModelFileError(f"{path.name} holds bare weights; give the class names with module=.")
         c = int(request["in_channels"] or _module_channels(module))
-        config = ModelConfig("custom", [str(k) for k in request["classes"]], c, int(request["input_size"] or 224))
+        size = request["input_size"]
+        config = ModelConfig("custom", [str(k) for k in request["classes"]], c, int(224 if size is None else size))
         mean, std, notes = request["mean"], request["std"], []
         if mean is None or std is None:
             mean, std = (IMAGENET_MEAN, IMAGENET_STD) if c == 3 else ([0.449], [0.226])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 from pathlib import Path
@@ -80,8 +81,8 @@ def float_type(minimum: float | None = None, maximum: float | None = None, above
         if above is not None and not value > above:
             raise argparse.ArgumentTypeError(f"must be greater than {above:g}, not {value:g}")
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            raise argparse.ArgumentTypeError(f"{what + ' ' if what else ''}must be {_range_text(minimum, maximum, value)}, "
-                                             f"not {value:g}")
+            quantity = f"{what} " if what else ""
+            raise argparse.ArgumentTypeError(f"{quantity}must be {_range_text(minimum, maximum, value)}, not {value:g}")
         return value
 
     parse.__name__ = name
@@ -233,6 +234,19 @@ def _tqdm(**kw):
     from tqdm import tqdm
 
     return tqdm(file=sys.stderr, dynamic_ncols=True, **kw)
+
+
+@contextlib.contextmanager
+def dask_progress(quiet: bool = False):
+    """A progress bar on stderr for every dask computation inside (the value-range pass over a lazy image,
+    the lazy heatmaps' chunks) that lasts more than 2 s; nothing when ``quiet``."""
+    if quiet:
+        yield
+        return
+    from dask.diagnostics import ProgressBar
+
+    with ProgressBar(minimum=2.0, out=sys.stderr):
+        yield
 
 
 def _expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[tuple[Path, str]]]:

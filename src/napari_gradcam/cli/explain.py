@@ -9,8 +9,8 @@ from pathlib import Path
 
 from ._common import (
     PROG, _fmt_kw, _image, _load, _tqdm, add_device, add_model_options, add_quiet, add_shifts, atomic_write_many,
-    check_colormap, check_outputs, classes_overlay_rgb, fraction, image_writer, number_option, overlay_rgb,
-    safe_file_names, shown, tiff_writer,
+    check_colormap, check_outputs, classes_overlay_rgb, dask_progress, fraction, image_writer, number_option,
+    overlay_rgb, safe_file_names, shown, tiff_writer,
 )
 
 
@@ -96,7 +96,7 @@ def cmd_tile(args) -> int:
     import numpy as np
 
     from ..engine import iter_tiled_heatmaps
-    from ..engine.tiling.budget import check_result_fits
+    from ..engine.tiling.budget import check_result_fits, check_whole_run
     from ..errors import TimeBudgetError
 
     (out,) = check_outputs([(args.out, "folder", "--out")], inputs=[args.model, args.image])
@@ -114,12 +114,17 @@ def cmd_tile(args) -> int:
                               method=args.method, batch_size=args.batch_size, mode=args.mode, force=args.force,
                               max_minutes=args.max_minutes)
     try:
-        res = _run_with_bar(gen, args.quiet)
+        if not isinstance(image, np.ndarray) and args.mode == "tiles" and not args.force:
+            # every chunk of a lazy result is computed below to be written: the whole run is costed now
+            check_whole_run(bundle, image, args.tile, args.overlap, args.method, args.batch_size, args.max_minutes)
+        with dask_progress(args.quiet):  # a lazy image's value-range pass: progress, never minutes of silence
+            res = _run_with_bar(gen, args.quiet)
     except TimeBudgetError as e:  # the same estimate, with the command line's remedy
         raise TimeBudgetError(f"{e.summary}; use a larger --tile or a smaller --overlap, or add --force to run "
                               "it anyway.", seconds=e.seconds, budget_seconds=e.budget_seconds, tiles=e.tiles,
                               summary=e.summary) from None
-    res = _write_tiled_outputs(res, image, out, planned, args.image)
+    with dask_progress(args.quiet):
+        res = _write_tiled_outputs(res, image, out, planned, args.image)
     how = "each pixel counted once, by the nearest of the non-overlapping tiles" if res.mode == "tiles" else \
         "by a tile centred at each pixel"
     print(f"class breakdown (share of the image where the class dominates, {how}; tiles of {res.tile} px):")
@@ -161,7 +166,43 @@ def _large_image(path: str):
     if p.suffix.lower() == ".zarr" or (p.is_dir() and any((p / n).exists() for n in (".zarray", "zarr.json"))):
         return _lazy_zarr(p)
     image = open_image_lazy(p)
-    return image if isinstance(image, np.ndarray) else da.from_zarr(image)
+    return image if isinstance(image, np.ndarray) else _checked_blocks(image, p.name)
+
+
+class _CheckedReader:
+    """A lazy array (zarr) whose unreadable blocks (a TIFF that declares more than it holds, a damaged
+    chunk) raise one sentence naming the file, when the tiling reads them, instead of the reader's own
+    exception."""
+
+    def __init__(self, arr, name: str) -> None:
+        import numpy as np
+
+        self._arr, self._name = arr, name
+        self.shape, self.dtype, self.ndim = tuple(arr.shape), np.dtype(arr.dtype), len(arr.shape)
+
+    def __getitem__(self, key):
+        import numpy as np
+
+        from ..errors import ImageError
+
+        try:
+            return np.asarray(self._arr[key])
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any reader failure is a problem of the user's file
+            rows = key[0] if isinstance(key, tuple) and key and isinstance(key[0], slice) else None
+            where = f" (rows {rows.start or 0}-{rows.stop})" if rows is not None else ""
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise ImageError(f"A block of {shown(self._name)}{where} could not be read ({type(e).__name__}: "
+                             f"{first}); the file may be damaged or declare more than it holds.") from None
+
+
+def _checked_blocks(arr, name: str):
+    """``arr`` (zarr) as a dask array of its own chunks, read through :class:`_CheckedReader`."""
+    import dask.array as da
+
+    chunks = getattr(arr, "chunks", None) or "auto"
+    return da.from_array(_CheckedReader(arr, name), chunks=chunks, name=False)
 
 
 def _lazy_zarr(path: Path):
@@ -181,7 +222,7 @@ def _lazy_zarr(path: Path):
         if not arrays:
             raise ImageError(f"The zarr group {path.name} holds no array.")
         node = arrays.get("0", next(iter(arrays.values())))
-    return da.from_zarr(node)
+    return _checked_blocks(node, path.name)
 
 
 def _write_tiled_outputs(res, image, out: Path, planned: dict[str, Path], image_name: str):
@@ -357,6 +398,7 @@ def _register_tile(sub) -> None:
         epilog=f"""examples:
   {PROG} tile m.safetensors mosaic.tif --tile 512 --overlap 0.5 --out mosaic_heatmaps/
   {PROG} tile m.safetensors slide.png --tile 256 --classes 2 --out top2/
+  {PROG} tile m.safetensors slide.png --tile 32 --overlap 0.9 --out fine/ --force    # even if over --max-minutes
 """, **_fmt_kw())
     p.add_argument("model", metavar="MODEL", help="a .safetensors model bundle")
     p.add_argument("image", metavar="IMAGE", help="a (large) image file")

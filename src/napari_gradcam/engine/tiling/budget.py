@@ -23,7 +23,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ...errors import GradCamWarning, ResourceError, TimeBudgetError
+from ...errors import GradCamError, GradCamWarning, ResourceError, TimeBudgetError
 from ...resources import available_memory, format_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,6 +45,8 @@ OVERHEAD = 32 << 20
 TIME_BUDGET_MINUTES = 10.0
 #: Plans of at most this many tiles are never timed (they cannot take long enough to matter).
 UNTIMED_TILES = 64
+#: A value-range pass over a lazy image estimated to take longer than this is announced before it starts.
+SCAN_NOTE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -233,35 +235,76 @@ def seconds_per_tile(bundle: "ModelBundle", method, layers, targets, batch_size:
         first = timed(1)
         n = min(int(batch_size), 8)
         return first if n <= 1 else min(first, timed(n))
+    except GradCamError:  # a method that refuses a blank input: the run itself will say what it says
+        return 0.0
     finally:
         bundle.model.train(was)
 
 
 def check_time(bundle: "ModelBundle", method, layers, targets, shape: tuple[int, ...], tile: int, stride: int,
-               batch_size: int, max_minutes: float | None = None, force: bool = False) -> float | None:
+               batch_size: int, max_minutes: float | None = None, force: bool = False,
+               scan=None, lazy: bool = False) -> float | None:
     """Refuse (TimeBudgetError, one sentence naming the estimate) a tiled run of an image of ``shape``
-    whose time, estimated from a measured tile (:func:`seconds_per_tile`) times the tile count, exceeds
-    ``max_minutes`` (default :data:`TIME_BUDGET_MINUTES`; 0 or ``force=True``: no limit).  Returns the
-    estimate in seconds, or None when the plan was not timed (forced, no limit, or at most
-    :data:`UNTIMED_TILES` tiles)."""
+    whose time exceeds ``max_minutes`` (default :data:`TIME_BUDGET_MINUTES`; 0 or ``force=True``: no
+    limit), before any of it runs.  The estimate is the tile count times one measured tile
+    (:func:`seconds_per_tile`; left out when ``lazy``: a lazy result computes its chunks on demand), plus
+    one pass over ``scan`` (a lazy image whose value range is read first:
+    :func:`~napari_gradcam.preprocess.seconds_to_scan`).  A scan of more than :data:`SCAN_NOTE_SECONDS`
+    that is allowed to run is announced (GradCamWarning) with its estimate.  Returns the estimate in
+    seconds, or None when nothing was timed (forced, no limit, or a small plan and no scan)."""
     from ...validate import check_number
 
     minutes = TIME_BUDGET_MINUTES if max_minutes is None else check_number(max_minutes, "max_minutes", 0)
     H, W = int(shape[0]), int(shape[1])
     tiles = _starts(max(H, tile), tile, stride) * _starts(max(W, tile), tile, stride)
-    estimate = None
-    if not (force or minutes == 0 or tiles <= UNTIMED_TILES):
-        estimate = tiles * seconds_per_tile(bundle, method, layers, targets, batch_size)
+    timed_tiles = 0 if lazy or tiles <= UNTIMED_TILES else tiles
+    estimate = scan_s = None
+    if not (force or minutes == 0) and (timed_tiles or scan is not None):
+        scan_s = _scan_seconds(scan)
+        per_tile = seconds_per_tile(bundle, method, layers, targets, batch_size) if timed_tiles else 0.0
+        estimate = scan_s + timed_tiles * per_tile
     if estimate is None or estimate <= 60.0 * minutes or not math.isfinite(estimate):
         _note_work_ratio(tiles, (H, W), tile, stride, bundle.input_size)
+        scan_s = _scan_seconds(scan) if scan_s is None and scan is not None else scan_s
+        if scan_s is not None and scan_s > SCAN_NOTE_SECONDS:
+            warnings.warn(f"Reading the value range of the {H} x {W} image first takes about {format_duration(scan_s)} "
+                          "(one pass over its blocks); give value_range_ to skip it.", GradCamWarning, stacklevel=4)
         return estimate
     budget = 60.0 * minutes
-    summary = (f"Tiled heatmaps of a {H} x {W} image ({tiles:,} tiles of {tile} px) would take about "
-               f"{format_duration(estimate)} (measured on one tile), beyond the budget of {format_duration(budget)}")
+    read = f", {format_duration(scan_s)} of it reading the image's value range" if scan_s >= 1 else ""
+    what = f"({tiles:,} tiles of {tile} px)" if timed_tiles else f"({tiles:,} tiles of {tile} px, computed on demand)"
+    summary = (f"Tiled heatmaps of a {H} x {W} image {what} would take about {format_duration(estimate)} "
+               f"(measured on {'one tile' if timed_tiles else 'one block'}{read}), beyond the budget of "
+               f"{format_duration(budget)}")
     raise TimeBudgetError(
         f"{summary}; use larger tiles or less overlap, or pass force=True (or a larger max_minutes) to run it "
         "anyway.", seconds=estimate, budget_seconds=budget, tiles=tiles, summary=summary)
 
 
+def check_whole_run(bundle: "ModelBundle", image, tile: int | None, overlap: float, method: str,
+                    batch_size: int, max_minutes: float | None = None) -> float | None:
+    """:func:`check_time` for computing every tile of a lazy image's heatmaps now (the command line
+    writes them all), the value-range pass included, before anything is read but one block.  Arguments
+    as :func:`~napari_gradcam.engine.tiling.iter_tiled_heatmaps` takes them (out-of-range ones are left
+    to its own sentences); the cost of every class is counted."""
+    from ..layer_choice import resolve_layers
+    from ..methods import get_method
+    from .plan import default_tile
+
+    tile = default_tile(bundle) if tile is None else int(tile)
+    if not (8 <= tile and 0 <= float(overlap) <= 0.95):
+        return None
+    spec = get_method(method)
+    stride = max(1, int(round(tile * (1 - float(overlap)))))
+    return check_time(bundle, spec, resolve_layers(bundle, spec, None), list(range(bundle.n_classes)),
+                      tuple(image.shape), tile, stride, batch_size, max_minutes, scan=image)
+
+
+def _scan_seconds(scan) -> float:
+    from ...preprocess import seconds_to_scan
+
+    return seconds_to_scan(scan) if scan is not None else 0.0
+
+
 __all__ = ["TilingCost", "tiling_cost", "check_tiling", "check_result_fits", "map_cells", "check_fullconv",
-           "check_time", "seconds_per_tile", "format_duration", "TIME_BUDGET_MINUTES"]
+           "check_time", "check_whole_run", "seconds_per_tile", "format_duration", "TIME_BUDGET_MINUTES"]

@@ -147,8 +147,10 @@ def iter_tiled_heatmaps(
         image, is_dask = _as_lazy(image, shape, max(int(chunk), tile), topk), True
     _check_cost(bundle, mode, shape, dtype.itemsize, tile, stride, batch_size, len(targets),
                 is_dask and not (H <= chunk and W <= chunk), chunk)
-    if mode == "tiles":
-        check_time(bundle, spec, layers, targets, shape, tile, stride, batch_size, max_minutes, check_bool(force, "force"))
+    if mode == "tiles":  # the value-range pass and the tiles run now (a lazy result's tiles run on demand)
+        check_time(bundle, spec, layers, targets, shape, tile, stride, batch_size, max_minutes,
+                   check_bool(force, "force"), scan=image if is_dask and value_range_ is None else None,
+                   lazy=is_dask and not (H <= chunk and W <= chunk))
     if not is_dask and not isinstance(image, np.ndarray):
         image = np.asarray(image)  # a small zarr / h5py array
     plan = _Plan(tile, stride, method, layers, targets, _intensity_range(image, is_dask, value_range_), batch_size)
