@@ -72,11 +72,13 @@ def cmd_explain_folder(args) -> int:
     check_output(args.out, "folder", "--out", inputs=[args.model, args.image])
     bundle = _load(args)
     layer = args.layer[0] if args.layer and len(args.layer) == 1 else args.layer
-    bar = None if getattr(args, "quiet", False) else _tqdm(desc="explain", unit="img", leave=False)
+    bar = None  # opened at the first step, once the folder has been read (an error gets a line of its own)
 
     def show(step):
+        nonlocal bar
+        if bar is None and not getattr(args, "quiet", False):
+            bar = _tqdm(desc="explain", unit="img", leave=False, total=step[1])
         if bar is not None:
-            bar.total = step[1]
             bar.update(step[0] - bar.n)
 
     try:
