@@ -52,7 +52,7 @@ def _resolve_targets(bundle: "ModelBundle", target) -> tuple[list | None, bool]:
     return [bundle.class_index(target)], False
 
 
-def check_output(bundle: "ModelBundle", out: "MapOutput", method: str, layer: str | None, x) -> None:
+def check_finite_output(bundle: "ModelBundle", out: "MapOutput", method: str, layer: str | None, x) -> None:
     """NumericalError for NaN or infinite logits or maps (naming the model, the method and the layer)."""
     check_logits(bundle, out.logits, x)
     check_maps(bundle, out.maps, method, layer, x)
@@ -70,7 +70,7 @@ class _Run:
     def compute(self, x: "torch.Tensor", targets) -> MapOutput:
         """The method's output for a batch; NaN scores or maps are refused, naming the layer."""
         out = self.spec.compute(self.bundle, x, targets, self.layers, **self.options)
-        check_output(self.bundle, out, self.spec.name, "+".join(self.layers) or None, x)
+        check_finite_output(self.bundle, out, self.spec.name, "+".join(self.layers) or None, x)
         return out
 
     def maps(self, x: "torch.Tensor", targets) -> "torch.Tensor":
@@ -237,9 +237,9 @@ def explain(
     Heatmap, or a list of Heatmap (one per class) when ``target`` is a list or "all"; for a batch, a
     list with that result for each image (``target=None``: each image's own predicted class).
     ``Heatmap.coarse`` is the map on its grid with its placement on the image (``scale``, ``offset``);
-    ``Heatmap.data`` (computed when first read) is (H, W) float32 in [0, 1] at the image's own size; for signed methods
-    (``Method.signed``: integrated gradients, occlusion, guided backprop, guided Grad-CAM) in [-1, 1],
-    divided by the largest absolute value.  Pixel attributions ignore ``layer`` (guided Grad-CAM uses
+    ``Heatmap.data`` (computed when first read) is (H, W) float32 in [0, 1] at the image's own size;
+    for signed methods (``Method.signed``: integrated gradients, occlusion, guided backprop, guided
+    Grad-CAM) in [-1, 1], divided by the largest absolute value.  Pixel attributions ignore ``layer`` (guided Grad-CAM uses
     it for its Grad-CAM part) and report ``Heatmap.layer == "input"`` (``layers == ()``).
     """
     check_bundle(bundle, "explain")
