@@ -191,6 +191,13 @@ def _heatmaps(bundle: "ModelBundle", run: _Run, out: MapOutput, b: int, grid: "t
     return results
 
 
+def _image_heatmaps(run: _Run, x: "torch.Tensor", out: MapOutput, b: int, hw: tuple[int, int], targets,
+                    shifts: int, smooth: frozenset[str]) -> list[Heatmap]:
+    """Image ``b``'s heatmaps, one per target: its maps on their grid (:func:`_grid_maps`), placed."""
+    grid = _grid_maps(run, x, out, b, targets, shifts, smooth, hw)
+    return _heatmaps(run.bundle, run, out, b, grid, hw, shifts, smooth, targets)
+
+
 def explain(
     bundle: "ModelBundle",
     image,
@@ -251,12 +258,9 @@ def explain(
     x = bundle_tensor(bundle, images).to(bundle.device)
     bundle.model.eval()
     out = run.compute(x, targets)
-    results = []
-    for b, img in enumerate(images):
-        hw = tuple(img.shape[:2])
-        grid = _grid_maps(run, x, out, b, targets, shifts, chosen, hw)
-        maps = _heatmaps(bundle, run, out, b, grid, hw, shifts, chosen, targets)
-        results.append(maps if many else maps[0])
+    per_image = [_image_heatmaps(run, x, out, b, tuple(img.shape[:2]), targets, shifts, chosen)
+                 for b, img in enumerate(images)]
+    results = per_image if many else [maps[0] for maps in per_image]
     return results if batched else results[0]
 
 
