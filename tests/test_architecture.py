@@ -224,3 +224,21 @@ def test_a_new_cam_method_is_one_weight_function(monkeypatch, tiny_bundle):
         assert a.method == "toycam" and a.layers == b.layers and a.target == b.target
         np.testing.assert_allclose(a.coarse, b.coarse, atol=1e-6)
         np.testing.assert_allclose(a.raw, b.raw, atol=1e-6)
+
+
+def test_methods_are_listed_in_one_order_whichever_family_is_imported_first():
+    """Menus, --help and compare_methods list the methods in the registry's order: the families' order,
+    not the order in which some other module happened to import them."""
+    code = ("import importlib, sys\n"
+            "importlib.import_module(sys.argv[1])\n"
+            "import napari_gradcam as ng\n"
+            "print(' '.join(m['name'] for m in ng.list_methods()))\n")
+    orders = {subprocess.run([sys.executable, "-c", code, first], capture_output=True, text=True,
+                             timeout=120).stdout.strip()
+              for first in ("napari_gradcam.engine.methods.perturbation.ablation",
+                            "napari_gradcam.engine.methods.gradient.family", "napari_gradcam.engine.tiling",
+                            "napari_gradcam.engine.methods.attribution")}
+    assert len(orders) == 1
+    names = orders.pop().split()
+    assert names[:3] == ["cam", "gradcam", "gradcam++"] and names.index("scorecam") < names.index("ablationcam")
+    assert names.index("ablationcam") < names.index("saliency") and names[-1] == "guided-gradcam"

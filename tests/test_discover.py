@@ -91,3 +91,28 @@ def test_wrap_model_checks_the_output_shape():
         ng.wrap_model(FcNet(), ["a", "b", "c"], input_size=16)
     with pytest.raises(GradCamError, match="torch.nn.Module"):
         ng.wrap_model(lambda x: x, ["a", "b"])
+
+
+def test_one_probing_pass_answers_every_question_about_layers():
+    """The default layer, the stages, the CAM head and the spatial layers all come from ONE forward pass of
+    the model (introspect.probe), cached; swapping a module in makes a new probe."""
+    import torch
+
+    from napari_gradcam.introspect import cam_features, spatial_layers, stage_outputs
+
+    torch.manual_seed(0)
+    model = build_network("resnet18", 3, 1)
+    passes = []
+    model.register_forward_pre_hook(lambda _m, args: passes.append(tuple(args[0].shape)))
+    assert default_target_layer(model, 1, 64) == "layer4"
+    assert stage_outputs(model, 1, 64) == ["layer2", "layer3", "layer4"]
+    assert find_cam_head(model, "layer4", 1, 64) == ARCHITECTURES["resnet18"].cam
+    assert cam_features(model, 1, 64) == ARCHITECTURES["resnet18"].cam  # the outermost layer feeding the head
+    assert spatial_layers(model, 1, 64, max_depth=1)[-1] == "layer4" and "avgpool" not in spatial_layers(model, 1, 64)
+    assert passes == [(1, 1, 64, 64)]
+    assert default_target_layer(model, 1, 32) == "layer3" and len(passes) == 2  # another geometry: its own pass
+    # at 32 px layer4 is a 1 x 1 map: no default layer, still the CAM head's features
+    assert find_cam_head(model, "layer4", 1, 32) == ARCHITECTURES["resnet18"].cam
+    model.fc = torch.nn.Linear(512, 3)
+    default_target_layer(model, 1, 64)
+    assert len(passes) == 3  # a module swapped in: probed again

@@ -9,7 +9,7 @@ from ..numerics import check_maps
 from ..preprocess import bundle_tensor, check_image
 from ..validate import check_bundle, check_int
 from .hooks import StopForward, capture
-from .layer_choice import default_layer, layer_names
+from .layer_choice import bundle_target_layer, layer_names
 from .result import FeatureMaps
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,7 +30,7 @@ def feature_maps(bundle: "ModelBundle", image, layer=None, n: int = 36) -> Featu
 
     check_bundle(bundle, "feature_maps")
     img = check_image(image)
-    names = layer_names(bundle, layer) if layer not in (None, "") else [default_layer(bundle)]
+    names = layer_names(bundle, layer) if layer not in (None, "") else [bundle_target_layer(bundle)]
     if len(names) != 1:
         raise GradCamError(f"Feature maps show one layer at a time, not {len(names)}.")
     layer = names[0]

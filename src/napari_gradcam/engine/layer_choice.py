@@ -30,7 +30,7 @@ def fine_layers(bundle: "ModelBundle", n: int = FINE_STAGES) -> list[str]:
     return stage_outputs(bundle.model, bundle.in_channels, bundle.input_size, n)
 
 
-def default_layer(bundle: "ModelBundle") -> str:
+def bundle_target_layer(bundle: "ModelBundle") -> str:
     """The bundle's target layer, or the one found from the module when the bundle has none."""
     if bundle.target_layer:
         return bundle.target_layer
@@ -90,7 +90,7 @@ def resolve_layers(bundle: "ModelBundle", spec: "Method", layer) -> list[str]:
                              f"use Grad-CAM to explain {' + '.join(names)}.")
         return [fixed]
     if not given:
-        names = spec.default_layers(bundle) if spec.default_layers is not None else [default_layer(bundle)]
+        names = spec.default_layers(bundle) if spec.default_layers is not None else [bundle_target_layer(bundle)]
     else:
         names = layer_names(bundle, layer)
     if not names:

@@ -52,7 +52,7 @@ def _resolve_targets(bundle: "ModelBundle", target) -> tuple[list | None, bool]:
     return [bundle.class_index(target)], False
 
 
-def check_output(bundle: "ModelBundle", out: "MapOutput", method: str, layer: str | None, x) -> None:
+def check_finite_output(bundle: "ModelBundle", out: "MapOutput", method: str, layer: str | None, x) -> None:
     """NumericalError for NaN or infinite logits or maps (naming the model, the method and the layer)."""
     check_logits(bundle, out.logits, x)
     check_maps(bundle, out.maps, method, layer, x)
@@ -70,7 +70,7 @@ class _Run:
     def compute(self, x: "torch.Tensor", targets) -> MapOutput:
         """The method's output for a batch; NaN scores or maps are refused, naming the layer."""
         out = self.spec.compute(self.bundle, x, targets, self.layers, **self.options)
-        check_output(self.bundle, out, self.spec.name, "+".join(self.layers) or None, x)
+        check_finite_output(self.bundle, out, self.spec.name, "+".join(self.layers) or None, x)
         return out
 
     def maps(self, x: "torch.Tensor", targets) -> "torch.Tensor":
@@ -191,6 +191,13 @@ def _heatmaps(bundle: "ModelBundle", run: _Run, out: MapOutput, b: int, grid: "t
     return results
 
 
+def _image_heatmaps(run: _Run, x: "torch.Tensor", out: MapOutput, b: int, hw: tuple[int, int], targets,
+                    shifts: int, smooth: frozenset[str]) -> list[Heatmap]:
+    """Image ``b``'s heatmaps, one per target: its maps on their grid (:func:`_grid_maps`), placed."""
+    grid = _grid_maps(run, x, out, b, targets, shifts, smooth, hw)
+    return _heatmaps(run.bundle, run, out, b, grid, hw, shifts, smooth, targets)
+
+
 def explain(
     bundle: "ModelBundle",
     image,
@@ -237,9 +244,9 @@ def explain(
     Heatmap, or a list of Heatmap (one per class) when ``target`` is a list or "all"; for a batch, a
     list with that result for each image (``target=None``: each image's own predicted class).
     ``Heatmap.coarse`` is the map on its grid with its placement on the image (``scale``, ``offset``);
-    ``Heatmap.data`` (computed when first read) is (H, W) float32 in [0, 1] at the image's own size; for signed methods
-    (``Method.signed``: integrated gradients, occlusion, guided backprop, guided Grad-CAM) in [-1, 1],
-    divided by the largest absolute value.  Pixel attributions ignore ``layer`` (guided Grad-CAM uses
+    ``Heatmap.data`` (computed when first read) is (H, W) float32 in [0, 1] at the image's own size;
+    for signed methods (``Method.signed``: integrated gradients, occlusion, guided backprop, guided
+    Grad-CAM) in [-1, 1], divided by the largest absolute value.  Pixel attributions ignore ``layer`` (guided Grad-CAM uses
     it for its Grad-CAM part) and report ``Heatmap.layer == "input"`` (``layers == ()``).
     """
     check_bundle(bundle, "explain")
@@ -251,12 +258,9 @@ def explain(
     x = bundle_tensor(bundle, images).to(bundle.device)
     bundle.model.eval()
     out = run.compute(x, targets)
-    results = []
-    for b, img in enumerate(images):
-        hw = tuple(img.shape[:2])
-        grid = _grid_maps(run, x, out, b, targets, shifts, chosen, hw)
-        maps = _heatmaps(bundle, run, out, b, grid, hw, shifts, chosen, targets)
-        results.append(maps if many else maps[0])
+    per_image = [_image_heatmaps(run, x, out, b, tuple(img.shape[:2]), targets, shifts, chosen)
+                 for b, img in enumerate(images)]
+    results = per_image if many else [maps[0] for maps in per_image]
     return results if batched else results[0]
 
 

@@ -10,12 +10,12 @@ other's insides to learn about a model.
 * :mod:`.discover`: the default layer, the resolution stages, the CAM head, the spatial layers.
 """
 
-from .discover import CamHead, default_target_layer, find_cam_head, spatial_layers, stage_outputs
+from .discover import CamHead, cam_features, default_target_layer, find_cam_head, spatial_layers, stage_outputs
 from .layout import Layout, layout_of, to_spatial
 from .modules import adapt_first_conv, first_conv_name, get_module, head_name, replace_head, set_module
 
 __all__ = [
-    "CamHead", "Layout", "adapt_first_conv", "default_target_layer", "find_cam_head", "first_conv_name",
+    "CamHead", "Layout", "adapt_first_conv", "cam_features", "default_target_layer", "find_cam_head", "first_conv_name",
     "get_module", "head_name", "layout_of", "replace_head", "set_module", "spatial_layers", "stage_outputs",
     "to_spatial",
 ]

@@ -24,7 +24,7 @@ from .probe import CamHead, SpatialCall, model_map
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-__all__ = ["CamHead", "SpatialCall", "default_target_layer", "find_cam_head", "spatial_layers", "stage_outputs"]
+__all__ = ["CamHead", "SpatialCall", "cam_features", "default_target_layer", "find_cam_head", "spatial_layers", "stage_outputs"]
 
 
 def default_target_layer(model: "nn.Module", in_channels: int, input_size: int) -> str:
@@ -72,6 +72,15 @@ def find_cam_head(model: "nn.Module", layer: str, in_channels: int, input_size: 
     input equals the spatial mean of ``layer``'s output (or of its ReLU) on a random image.
     """
     return model_map(model, in_channels, input_size).cam_heads.get(layer)
+
+
+def cam_features(model: "nn.Module", in_channels: int, input_size: int, prefer=()) -> CamHead | None:
+    """The CAM head of the model, or None: on the first layer of ``prefer`` that feeds a global-average-pooling
+    + linear head (:func:`find_cam_head`), else on the last such layer (the outermost module returning that
+    map: ``layer4`` rather than ``layer4.1``), whatever its grid (a 1 x 1 map of a small input too)."""
+    heads = model_map(model, in_channels, input_size).cam_heads
+    chosen = next((heads[name] for name in prefer if name in heads), None)
+    return chosen if chosen is not None or not heads else list(heads.values())[-1]
 
 
 def spatial_layers(model: "nn.Module", in_channels: int, input_size: int, max_depth: int | None = None) -> list[str]:

@@ -11,7 +11,8 @@ no tensors:
   the head, less pooling/identity/dropout layers and the insides of a pooling attention (the default
   layer is the last of them);
 * ``cam_heads``: the layers whose spatial mean (or the mean of their ReLU) is exactly the input of the
-  last ``nn.Linear`` that returns the logits (a global-average-pooling + linear head: CAM).
+  last ``nn.Linear`` that returns the logits (a global-average-pooling + linear head: CAM), in the order
+  their calls finished (a container after its last child); pooling, identity and dropout layers left out.
 
 The map is cached per model object, input geometry and module structure (a module swapped in after a
 probe gives a new probe), so a bundle pays for the pass once.
@@ -193,25 +194,33 @@ def _spatial(calls: list[_Recorded]) -> tuple[SpatialCall, ...]:
 def _cam_heads(calls: list[_Recorded], logits) -> dict[str, CamHead]:
     """{layer: CamHead} for every layer whose spatial mean (of its ReLU, or not) is the input of the last
     ``nn.Linear`` returning the logits (compared on the probe's values, so dropout and flattening in
-    between do not matter)."""
+    between do not matter; NaN equal to NaN, so a model whose weights overflow still shows its head and
+    its maps are refused for their values, not for their shape)."""
     import torch
     from torch import nn
 
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
         return {}
-    heads = [c for c in calls if isinstance(c.module, nn.Linear) and c.output.shape == logits.shape
-             and torch.allclose(c.output.detach().float(), logits.detach().float(), rtol=1e-4, atol=1e-5)]
+
+    def same(a, b) -> bool:
+        return a.shape == b.shape and torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5, equal_nan=True)
+
+    heads = [c for c in calls if isinstance(c.module, nn.Linear) and same(c.output.detach(), logits.detach())]
     if not heads:
         return {}
     head = heads[-1]
     pooled_in = head.input.detach().float().reshape(1, -1)
-    last = {c.name: c.output for c in calls if layout_of(c.output) is not None}
+    last: dict[str, Any] = {}
+    for c in calls:  # each module's last call, in the order those finished (a 1 x 1 map counts)
+        if layout_of(c.output, min_cells=1) is not None and not _passes_maps_on(c.module):
+            last.pop(c.name, None)
+            last[c.name] = c.output
     found = {}
     for name, out in last.items():
-        act = to_spatial(out.detach(), layout_of(out)).float()
+        act = to_spatial(out.detach(), layout_of(out, min_cells=1)).float()
         for relu in (False, True):
             pooled = (act.relu() if relu else act).mean(dim=(2, 3)).reshape(1, -1)
-            if pooled.shape == pooled_in.shape and torch.allclose(pooled, pooled_in, rtol=1e-4, atol=1e-5):
+            if same(pooled, pooled_in):
                 found[name] = CamHead(name, head.name, relu)
                 break
     return found

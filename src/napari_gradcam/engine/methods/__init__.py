@@ -9,13 +9,15 @@
 * :mod:`.perturbation`: Score-CAM and Ablation-CAM.
 * :mod:`.attribution`: pixel attributions (captum).
 
-A family module registers its methods when imported; the registry imports them all on first use.
+A family module registers its methods when imported; importing this package imports them in the order
+of :data:`.registry.METHOD_MODULES` (first ``register`` first listed), whichever module is asked for first.
 """
 
 from .registry import (
     MapOutput, Method, applicable_layer, canonical_method, get_method, list_methods, method_names, method_title,
     register, target_scores,
 )
+from . import cam, gradient, perturbation, attribution  # noqa: E402,F401,I001 - registers, in the listed order
 
 __all__ = ["MapOutput", "Method", "applicable_layer", "canonical_method", "get_method", "list_methods",
            "method_names", "method_title", "register", "target_scores"]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ...errors import GradCamError, LayerError
 from ...introspect import CamHead, get_module
-from ...introspect.discover import default_target_layer, find_cam_head
+from ...introspect.discover import cam_features, default_target_layer
 from ..hooks import capture
 from .registry import MapOutput, Method, register
 
@@ -22,13 +22,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def cam_head(bundle: "ModelBundle") -> CamHead:
-    """Where the GAP + linear head is (found from the module: :func:`napari_gradcam.introspect.find_cam_head`
-    on the default layer), or a LayerError naming Grad-CAM as the alternative."""
+    """Where the GAP + linear head is, found from the module (:func:`napari_gradcam.introspect.cam_features`:
+    on the bundle's target layer or the default layer where they feed it), or a LayerError naming
+    Grad-CAM as the alternative."""
     try:
-        layer = default_target_layer(bundle.model, bundle.in_channels, bundle.input_size)
+        default = default_target_layer(bundle.model, bundle.in_channels, bundle.input_size)
     except LayerError:
-        layer = ""
-    head = find_cam_head(bundle.model, layer, bundle.in_channels, bundle.input_size)
+        default = ""
+    prefer = [name for name in (bundle.target_layer, default) if name]
+    head = cam_features(bundle.model, bundle.in_channels, bundle.input_size, prefer)
     if head is None:
         raise LayerError(
             f"CAM needs a global-average-pooling + linear head, which this {bundle.architecture} model does not "

@@ -28,8 +28,8 @@ from ...errors import GradCamError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-# modules whose import registers methods, in the order they are listed
-_METHOD_MODULES = ("cam", "gradient", "perturbation", "attribution")
+#: modules whose import registers methods, in the order they are listed
+METHOD_MODULES = ("cam", "gradient", "perturbation", "attribution")
 
 
 @dataclass
@@ -119,7 +119,7 @@ _LOADED: list[bool] = []
 def _load_all() -> None:
     """Import the family modules once (each registers its methods)."""
     if not _LOADED:
-        for mod in _METHOD_MODULES:
+        for mod in METHOD_MODULES:
             importlib.import_module(f"{__package__}.{mod}")
         _LOADED.append(True)
 

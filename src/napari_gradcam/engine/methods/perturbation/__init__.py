@@ -9,9 +9,9 @@ changes (no gradients).
 Importing the package registers both methods.
 """
 
+from .scorecam import PRECISIONS, masked_scores, score_cam_maps  # noqa: I001 - registered first, listed first
 from .ablation import ablated_scores, ablation_cam_maps
 from .passes import _forward, layer_output
-from .scorecam import PRECISIONS, masked_scores, score_cam_maps
 
 __all__ = ["PRECISIONS", "_forward", "ablated_scores", "ablation_cam_maps", "layer_output", "masked_scores",
            "score_cam_maps"]

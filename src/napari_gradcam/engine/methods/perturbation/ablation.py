@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from ..registry import MapOutput, Method, register
 from . import model_cut
 from .model_cut import batched, close_logits, inference_copy
-from .passes import _channel_axis, _chunk, _forward, _spatial, _targets_for, _weighted_maps, layer_output, one_layer
+from .passes import _channel_axis, _chunk, layer_output, one_layer, per_image_maps
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -101,19 +101,13 @@ def ablation_cam_maps(bundle: "ModelBundle", x: "torch.Tensor", targets, layer: 
     """Ablation-CAM maps (B, T, h, w) for a batch (each image's own ablations)."""
     import torch
 
-    model = bundle.model
-    logits, output = _forward(model, x, layer)
-    acts = _spatial(output)
-    indices = _targets_for(logits[0], targets)
-    maps = []
-    for b in range(x.shape[0]):
-        scores, _how = ablated_scores(model, x[b: b + 1], layer, output[b: b + 1], logits[b])
-        wanted = indices if targets is not None or b == 0 else _targets_for(logits[b], None)
+    def weights(b, logits, output, _acts, wanted):
+        scores, _how = ablated_scores(bundle.model, x[b: b + 1], layer, output[b: b + 1], logits[b])
         original = logits[b, wanted]
         safe = torch.where(original.abs() > 1e-12, original, torch.full_like(original, 1e-12))
-        weights = (original[:, None] - scores[:, wanted].T) / safe[:, None]
-        maps.append(_weighted_maps(acts[b], weights))
-    return MapOutput(logits, torch.stack(maps), indices)
+        return (original[:, None] - scores[:, wanted].T) / safe[:, None]
+
+    return per_image_maps(bundle, x, targets, layer, weights)
 
 
 def _ablation_compute(bundle, x, targets, layers, **_options) -> MapOutput:

@@ -15,10 +15,13 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from ....errors import GradCamError, LayerError
 from ....introspect.layout import describe, layout_of, to_spatial
+from ..registry import MapOutput
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
+
+    from ....bundle import ModelBundle
 
 
 @contextmanager
@@ -98,3 +101,21 @@ def one_layer(title: str, layers: Sequence[str]) -> str:
     if len(layers) != 1:
         raise LayerError(f"{title} is computed at one layer; {len(layers)} were given.")
     return layers[0]
+
+
+def per_image_maps(bundle: "ModelBundle", x: "torch.Tensor", targets, layer: str,
+                   weights_of: "Callable[..., torch.Tensor]") -> MapOutput:
+    """The family's loop: one hooked pass of the batch, then for each image its channel weights
+    ``weights_of(b, logits, output, acts, wanted) -> (T, K)`` (b the image, logits (B, n), output the
+    layer's output in its layout, acts (B, K, h, w), wanted its T classes) and its maps
+    ``ReLU(sum_k w_k A_k)`` (B, T, h, w)."""
+    import torch
+
+    logits, output = _forward(bundle.model, x, layer)
+    acts = _spatial(output)
+    indices = _targets_for(logits[0], targets)
+    maps = []
+    for b in range(x.shape[0]):
+        wanted = indices if targets is not None or b == 0 else _targets_for(logits[b], None)
+        maps.append(_weighted_maps(acts[b], weights_of(b, logits, output, acts, wanted)))
+    return MapOutput(logits, torch.stack(maps), indices)

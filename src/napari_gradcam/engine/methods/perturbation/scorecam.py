@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from ....errors import ParameterError
 from ..registry import MapOutput, Method, register
 from .model_cut import close_logits, inference_copy
-from .passes import _chunk, _forward, _spatial, _targets_for, _weighted_maps, one_layer
+from .passes import _chunk, one_layer, per_image_maps
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -214,17 +214,11 @@ def score_cam_maps(bundle: "ModelBundle", x: "torch.Tensor", targets, layer: str
     :func:`masked_scores`)."""
     import torch
 
-    model = bundle.model
-    logits, output = _forward(model, x, layer)
-    acts = _spatial(output)
-    indices = _targets_for(logits[0], targets)
-    maps = []
-    for b in range(x.shape[0]):
-        wanted = indices if targets is not None or b == 0 else _targets_for(logits[b], None)
-        scores = masked_scores(model, x[b: b + 1], acts[b], logits[b], wanted, precision)
-        weights = torch.softmax(scores[:, wanted].T, dim=1)
-        maps.append(_weighted_maps(acts[b], weights))
-    return MapOutput(logits, torch.stack(maps), indices)
+    def weights(b, logits, _output, acts, wanted):
+        scores = masked_scores(bundle.model, x[b: b + 1], acts[b], logits[b], wanted, precision)
+        return torch.softmax(scores[:, wanted].T, dim=1)
+
+    return per_image_maps(bundle, x, targets, layer, weights)
 
 
 def _score_compute(bundle, x, targets, layers, precision: str = "auto", **_options) -> MapOutput:
