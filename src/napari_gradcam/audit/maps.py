@@ -61,7 +61,7 @@ def explain_batch(bundle: "ModelBundle", x: "torch.Tensor", labels: Sequence[int
     """
     import torch
 
-    from ..engine.pipeline import check_output
+    from ..engine.pipeline import check_finite_output as check_output
     from ..engine.methods import get_method
 
     spec = get_method(method)
