@@ -29,6 +29,11 @@ NOT_RUN = {
     "bash scripts/setup.sh && .venv/bin/napari-gradcam demo": "machine set-up, then a window on a screen",
     "bash scripts/setup.sh && xvfb-run -a .venv/bin/napari-gradcam demo --screenshot demo.png": "machine set-up",
     "bash scripts/test.sh": "runs the whole test suite",
+    # a shortcut to remove needs a model that learned one: tests/test_unlearn_planted.py and
+    # tests/test_audit_planted.py run these three lines on a planted marker
+    "napari-gradcam unlearn model.safetensors audit_dir:3 --out model_pclarc.safetensors": "needs a found shortcut",
+    "napari-gradcam train data/ --out model_aclarc.safetensors --unlearn audit_dir:3": "needs a found shortcut",
+    "napari-gradcam audit model_pclarc.safetensors data/ --out audit_after --compare audit_dir:3": "needs a found shortcut",
 }
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread_module")
@@ -87,11 +92,19 @@ def _placeholders(viewer) -> dict:
     }
 
 
+def _write_folder() -> None:
+    """xr/ in the working folder: the data set the README's audit lines read."""
+    from napari_gradcam.phantoms import write_dataset
+
+    write_dataset(Path("xr"), n_per_class=4, size=128, seed=5)
+
+
 def test_the_python_blocks_run_top_to_bottom(make_napari_viewer, tmp_path, monkeypatch):
     pytest.importorskip("napari")
     pytest.importorskip("onnxscript")  # the README's second ONNX exporter (the onnx-export extra)
     monkeypatch.chdir(tmp_path)
     namespace = _placeholders(make_napari_viewer())
+    _write_folder()
     for k, block in enumerate(_blocks("python")):
         exec(compile(block, f"README.md python block {k + 1}", "exec"), namespace)  # noqa: S102 - our own README
     b, image = namespace["b"], namespace["image"]
@@ -112,7 +125,8 @@ def ng_predict(namespace: dict, name: str) -> np.ndarray:
 @pytest.fixture(scope="module")
 def example_files(tmp_path_factory):
     """The files the README's commands name: m.safetensors (the shipped demo model), scan.png, slide.tif,
-    xr/ with xr_masks/ (images and lesion masks)."""
+    xr/ with xr_masks/ (images and lesion masks), xr_other/ (another set); the audit folder xr_audit/ is
+    written by the README's own audit command, which comes before the commands that read it."""
     import tifffile
     from PIL import Image
 
@@ -123,7 +137,8 @@ def example_files(tmp_path_factory):
     shutil.copy(demo_model_path(), root / "m.safetensors")
     Image.fromarray(make_xray("pneumonia", size=128, seed=3).image).save(root / "scan.png")
     tifffile.imwrite(root / "slide.tif", make_mosaic((384, 384), tile=128, seed=4)[0])
-    write_dataset(root / "xr", n_per_class=2, size=128, seed=5, mask_dir=root / "xr_masks")
+    write_dataset(root / "xr", n_per_class=4, size=128, seed=5, mask_dir=root / "xr_masks")
+    write_dataset(root / "xr_other", n_per_class=4, size=128, seed=6)
     return root
 
 
