@@ -9,7 +9,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QBrush, QColor, QFont
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QProgressBar, QPushButton, QTableWidget, QTableWidgetItem
 
-from ._base import GradCamWidget, error_message, layer_picker, notify_error, section, wrapping_label
+from ._base import GradCamWidget, error_message, layer_picker, notify_error, picker_caption, section, wrapping_label
 from .layers import layer_plane, stack_planes
 from .params import ClassifyParams, bind, snapshot
 
@@ -59,10 +59,11 @@ class ClassifyWidget(GradCamWidget):
         form = Container(widgets=[self.image, self.all_slices], labels=True)
         form.native.layout().setContentsMargins(0, 0, 0, 0)
         lay.addWidget(form.native)
+        lay.addWidget(picker_caption(self.image, "Classifies"))
         bind(self.params, {"every_slice": self.all_slices})
         self.run_button = QPushButton("Classify")
         self.run_button.clicked.connect(lambda: self.run())
-        lay.addWidget(self.run_button)
+        self.add_run_row(self.run_button)
         self.model_label = wrapping_label(rich=True)
         lay.addWidget(self.model_label)
         lay.addWidget(section("Probabilities"))

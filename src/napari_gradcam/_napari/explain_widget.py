@@ -5,26 +5,19 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
-from qtpy.QtWidgets import QHBoxLayout, QPushButton, QWidget
+from qtpy.QtWidgets import QPushButton
 
 from ..engine.methods import get_method, method_title
-from ._base import GradCamWidget, camera_of, layer_picker, wrapping_label
+from ._base import GradCamWidget, camera_of, layer_picker, picker_caption, wrapping_label
 from .layers import CLASS_COLORMAPS, class_colormap, heatmap_layer, replace_plugin_layers
-from .params import ALL, PREDICTED, ExplainParams, bind, snapshot
+from .choices import ALL, FINE, PREDICTED, applicable_controls, method_choices, target_choices
+from .params import ExplainParams, bind, snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
 SCALE_CHOICES = [("× class probability", "probability"), ("shared (raw values)", "shared"),
                  ("each to its own maximum", "each")]
-FINE = ("fine: last 3 stages, fused", "fine")  # the layer preset (engine.layers)
-
-
-def method_choices() -> list[tuple[str, str]]:
-    """(title, name) of every method of the engine's registry (:func:`napari_gradcam.engine.list_methods`)."""
-    from ..engine import list_methods
-
-    return [(m["title"], m["name"]) for m in list_methods()]
 
 
 def _explain(bundle, data, method: str, target, layer: str | None, shifts: int = 1):
@@ -52,7 +45,6 @@ class ExplainWidget(GradCamWidget):
                                       "at the 'fine' layer preset (LayerCAM (fine)). Pixel attributions (saliency, "
                                       "integrated gradients, ...) work on the input; signed ones show blue (against) "
                                       "and red (for the class).")
-        self.method.changed.connect(self._on_method)
         self.target = ComboBox(label="target", choices=self._target_choices)
         self.target.native.setToolTip("The class to explain: the predicted one, any class, or all classes.")
         self.scale = ComboBox(label="scale", choices=SCALE_CHOICES, value="probability")
@@ -72,32 +64,19 @@ class ExplainWidget(GradCamWidget):
         lay.addWidget(self.form.native)
         bind(self.params, {"method": self.method, "target": self.target, "scale": self.scale, "layer": self.layer,
                            "shifts": self.shifts, "keep": self.keep})
+        self._layer_tip, self._shifts_tip = self.layer.native.toolTip(), self.shifts.native.toolTip()
+        self.method.changed.connect(self._on_method)
 
-        row = QWidget()
-        rlay = QHBoxLayout(row)
-        rlay.setContentsMargins(0, 0, 0, 0)
+        lay.insertWidget(lay.indexOf(self.form.native) + 1, picker_caption(self.image, "Explains"))
         self.run_button = QPushButton("Explain")
         self.run_button.clicked.connect(lambda: self.run())
         self.side_button = QPushButton("Side by side")
         self.side_button.setCheckable(True)
         self.side_button.setToolTip("Show image and heatmaps next to each other (napari's grid mode).")
         self.side_button.toggled.connect(self.side_by_side)
-        self.compare_button = QPushButton("Compare methods")
-        self.compare_button.setToolTip("Every method's map of this image in a grid, with deletion / insertion AUC and a "
-                                       "model-randomisation sanity check in a table.")
-        self.compare_button.clicked.connect(lambda: self.compare())
-        rlay.addWidget(self.run_button, 2)
-        rlay.addWidget(self.compare_button, 2)
-        rlay.addWidget(self.side_button, 1)
-        lay.addWidget(row)
+        self.add_run_row(self.run_button, self.side_button)
         self.result_label = wrapping_label(rich=True)
         lay.addWidget(self.result_label)
-        from .compare_widget import CompareTable
-
-        self.compare_table = CompareTable()
-        self.comparison = None
-        self.compare_layers_added: list = []
-        lay.addWidget(self.compare_table)
         lay.addStretch(1)
         self.layers_added: list = []
         self._view_before_grid = None
@@ -106,22 +85,31 @@ class ExplainWidget(GradCamWidget):
         self.state.target_layer_changed.connect(self._on_target_layer)
         self.grid.events.enabled.connect(self._on_grid)
         self._on_model(self.state.bundle)
+        self._on_method(self.method.value)
 
     # ----------------------------------------------------------------- choices follow the model
     def _target_choices(self, _widget=None) -> list:
-        bundle = self.state.bundle
-        classes = bundle.classes if bundle is not None else []
-        return [(PREDICTED, PREDICTED), *[(c, c) for c in classes], (ALL, ALL)]
+        return target_choices(self.state.bundle)
 
     def _layer_choices(self, _widget=None) -> list:
         return [FINE, *[(n, n) for n in self.state.layers]]
 
     def _on_method(self, name: str) -> None:
-        """A method with a layer preset of its own (layercam-fine) shows it; others the model's layer."""
-        if get_method(name).default_layers is not None:
+        """A method with a layer preset of its own (layercam-fine) shows it; others the model's layer.
+        Controls the method ignores (the layer of a pixel attribution or of CAM, sub-cell shifts of a
+        pixel attribution) are disabled, as the engine's method spec says."""
+        spec = get_method(name)
+        if spec.default_layers is not None:
             self.layer.value = FINE[1]
         elif self.layer.value == FINE[1]:
             self._on_target_layer(self.state.target_layer)
+        uses = applicable_controls(spec)
+        self.layer.enabled = uses["layer"]
+        self.shifts.enabled = uses["shifts"]
+        self.layer.native.setToolTip(self._layer_tip if uses["layer"] else
+                                     f"{spec.title} does not use this setting ({uses['why_not_layer']}).")
+        self.shifts.native.setToolTip(self._shifts_tip if uses["shifts"] else
+                                      f"{spec.title} does not use this setting ({uses['why_not_shifts']}).")
 
     def _on_model(self, _bundle=None) -> None:
         self.target.reset_choices()
@@ -204,21 +192,11 @@ class ExplainWidget(GradCamWidget):
         p = snapshot(self.params)
         tgt = None if p.target in (None, PREDICTED) else ("all" if p.target == ALL else p.target)
         spec = get_method(p.method)
-        tl = None if spec.fixed_layer is not None or not spec.uses_layer else (p.layer or None)
+        tl = (p.layer or None) if applicable_controls(spec)["layer"] else None
         return self.jobs.start(
             _explain, model.bundle, plane.data, p.method, tgt, tl, int(p.shifts), model=model, sources=[layer],
             removed_message=f"Layer {plane.name!r} was removed while it was being explained; no heatmap was added.",
             on_result=lambda job, heats: self._add(job, plane, layer, heats, p))
-
-    def compare(self, layer=None, methods=None):
-        """Compare methods on ``layer`` (default: the chosen image): a grid of maps and a table of scores.
-
-        ``methods`` as for :func:`napari_gradcam.compare_methods` (None: every method but the slow ones).
-        Returns the job (or None).
-        """
-        from .compare_widget import start_compare
-
-        return start_compare(self, layer, methods)
 
     def _add(self, job, plane, layer, heatmaps, p: ExplainParams) -> None:
         from ..engine.scaling import scale_factors
@@ -236,7 +214,7 @@ class ExplainWidget(GradCamWidget):
         if len(tuples) > 1 and not heatmaps[0].signed:  # several classes: each in its class's colour (as the CLI's overlays)
             for (_, kwargs, _), h in zip(tuples, heatmaps):
                 kwargs["colormap"] = class_colormap(h.target_index, CLASS_COLORMAPS)
-        self.layers_added = replace_plugin_layers(self.viewer, tuples, "explain", plane.name, p.keep)
+        self.layers_added = replace_plugin_layers(self.viewer, tuples, "explain", plane.name, p.keep, layer)
         self.viewer.layers.selection.active = layer  # keep the source selected, so the next run uses it again
         h = heatmaps[0]
         how = f"{method_title(h.method)} at <tt>{h.layer}</tt> ({job.model.name})"

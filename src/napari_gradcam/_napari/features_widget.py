@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from qtpy.QtWidgets import QPushButton
 
-from ._base import GradCamWidget, camera_of, layer_picker, wrapping_label
+from ._base import GradCamWidget, camera_of, layer_picker, picker_caption, wrapping_label
 from .layers import feature_layers, replace_plugin_layers
 from .params import FeatureParams, bind, snapshot
 
@@ -44,10 +44,11 @@ class FeatureMapsWidget(GradCamWidget):
         self.form = Container(widgets=[self.image, self.layer, self.count, self.display, self.keep], labels=True)
         self.form.native.layout().setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.form.native)
+        lay.addWidget(picker_caption(self.image, "Runs the model on"))
         bind(self.params, {"layer": self.layer, "count": self.count, "display": self.display, "keep": self.keep})
         self.run_button = QPushButton("Show feature maps")
         self.run_button.clicked.connect(lambda: self.run())
-        lay.addWidget(self.run_button)
+        self.add_run_row(self.run_button)
         self.result_label = wrapping_label()
         lay.addWidget(self.result_label)
         lay.addStretch(1)
@@ -98,7 +99,7 @@ class FeatureMapsWidget(GradCamWidget):
         self.layers_added = []
         grid = p.display == "grid"
         tuples = feature_layers(fm, plane, shape, grid=grid, model=job.model.name)
-        self.layers_added = replace_plugin_layers(self.viewer, tuples, "features", plane.name, p.keep)
+        self.layers_added = replace_plugin_layers(self.viewer, tuples, "features", plane.name, p.keep, layer)
         self.viewer.layers.selection.active = layer
         self._frame(grid)
         n, h, w = fm.maps.shape

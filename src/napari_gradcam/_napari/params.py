@@ -35,6 +35,14 @@ class ExplainParams:
 
 @evented
 @dataclass
+class CompareParams:
+    target: str = PREDICTED
+    layer: str = ""
+    methods: tuple = ()
+
+
+@evented
+@dataclass
 class TiledParams:
     method: str = "cam"
     tile: int = 0  # 0: the model's training scale
@@ -78,9 +86,10 @@ class TrainParams:
     device: str = "auto"
 
 
-def snapshot(params):
-    """A copy of ``params`` for a run (later edits of the form do not reach it)."""
-    return replace(params)
+def snapshot(params, **overrides):
+    """A copy of ``params`` for a run (later edits of the form do not reach it), with ``overrides`` (None
+    values ignored) replacing fields; an unknown field name is a TypeError."""
+    return replace(params, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def bind(params, controls: Mapping[str, Any]) -> None:

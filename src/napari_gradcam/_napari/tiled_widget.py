@@ -10,7 +10,7 @@ from qtpy.QtGui import QBrush, QColor
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QPushButton, QTableWidget, QTableWidgetItem
 
 from ..colours import class_colour
-from ._base import GradCamWidget, error_message, layer_picker, notify_error, section, wrapping_label
+from ._base import GradCamWidget, error_message, layer_picker, notify_error, picker_caption, section, wrapping_label
 from .layers import block_mean, coarse_tiled_step, layer_plane, replace_plugin_layers, tiled_layers
 from .params import TiledParams, bind, snapshot
 
@@ -104,14 +104,14 @@ class TiledHeatmapsWidget(GradCamWidget):
                                        self.k, self.chosen, self.keep], labels=True)
         self.form.native.layout().setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.form.native)
+        lay.addWidget(picker_caption(self.image, "Tiles"))
         self.tile_hint = wrapping_label(rich=True)
         lay.addWidget(self.tile_hint)
         bind(self.params, {"method": self.method, "tile": self.tile, "overlap": self.overlap,
                            "class_mode": self.class_mode, "k": self.k, "chosen": self.chosen, "keep": self.keep})
         self.run_button = QPushButton("Compute tiled heatmaps")
         self.run_button.clicked.connect(lambda: self.run())
-        lay.addWidget(self.run_button)
-        lay.addWidget(self._make_progress_row())
+        self.add_run_row(self.run_button)
         lay.addWidget(section("Class breakdown"))
         self.result_label = wrapping_label()
         lay.addWidget(self.result_label)
@@ -227,7 +227,7 @@ class TiledHeatmapsWidget(GradCamWidget):
         source_id = str(layer.unique_id)
         tuples = (tiled_layers(result, plane, job.model.name, step, source_id) if not lazy
                   else self._lazy_tuples(result, plane, job.model.name, step, source_id))
-        self.layers_added = replace_plugin_layers(self.viewer, tuples, "tiled", plane.name, keep)
+        self.layers_added = replace_plugin_layers(self.viewer, tuples, "tiled", plane.name, keep, layer)
         self.result = result
         self.viewer.layers.selection.active = layer
         self.result_label.setText(f"{result.tiles} tiles of {result.tile} px (step {result.stride} px), "
