@@ -118,9 +118,14 @@ def grid_labels(layers: Sequence, plane: ImagePlane) -> tuple | None:
         coords.append(top_left)
         text.append(kwargs["metadata"]["title"])
     meta = {TAG: "compare labels", "widget": "compare labels", "source": plane.name}
+    # the text scales with the view (its size in world units): the longest name spans at most a cell's width,
+    # so that neighbouring names never run into each other, at any zoom
+    cell = float(np.min(np.abs(np.asarray(layers[0][1]["scale"], float)[-2:])
+                        * np.asarray(np.shape(layers[0][0])[-2:], float)))
+    size = min(0.9 * cell / (0.62 * max(len(t) for t in text)), 0.1 * cell)
     kwargs = {"name": f"method names [{plane.label}]", "features": {"label": text}, "size": 1, "opacity": 1.0,
               "face_color": "transparent", "border_width": 0,
-              "text": {"string": "{label}", "anchor": "lower_left", "color": "white", "size": 8},
+              "text": {"string": "{label}", "anchor": "lower_left", "color": "white", "size": size, "scaling": True},
               "metadata": meta}
     return np.asarray(coords, float), kwargs, "points"
 
