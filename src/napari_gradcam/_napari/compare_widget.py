@@ -17,7 +17,8 @@ from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QPushButton, QSizePol
 from ._base import GradCamWidget, camera_of, layer_picker, picker_caption, section, wrapping_label
 from .choices import FINE, PREDICTED, method_choices, target_choices
 from .layers import TAG, ImagePlane, _place, display_of, replace_plugin_layers, result_name
-from .params import CompareParams, bind, snapshot
+from .form import build_form
+from .params import CompareParams, adopt, snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -155,28 +156,17 @@ class CompareWidget(GradCamWidget):
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer)
-        from magicgui.widgets import ComboBox, Container, Select
-
         from ..compare import default_methods
 
         lay = self.layout()
         self.params = CompareParams(methods=tuple(default_methods(None)))  # every method but the slow ones
         self.image = layer_picker(self.viewer, "image", tooltip="The image layer whose maps are compared "
                                                                 "(the slice on screen).")
-        self.target = ComboBox(label="class", choices=lambda _w=None: target_choices(self.state.bundle, False))
-        self.target.native.setToolTip("The class every method explains (default: the predicted one).")
-        self.layer = ComboBox(label="layer", choices=lambda _w=None: [FINE, *[(n, n) for n in self.state.layers]])
-        self.layer.native.setToolTip("The layer of the layer methods (CAM always uses its own; pixel attributions "
-                                     "none).")
-        self.methods = Select(label="methods", choices=method_choices())
-        self.methods.native.setToolTip("The methods to compare (Ctrl-click to pick several). The slow ones "
-                                       "(Score-CAM, occlusion: one pass per channel or square) are off by default.")
+        self.form, controls = build_form(self.params, owner=self, before=(self.image,))
+        self.target, self.layer, self.methods = controls["target"], controls["layer"], controls["methods"]
         self.methods.native.setMinimumHeight(110)
-        self.form = Container(widgets=[self.image, self.target, self.layer, self.methods], labels=True)
-        self.form.native.layout().setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.form.native)
         lay.addWidget(picker_caption(self.image, "Compares on"))
-        bind(self.params, {"target": self.target, "layer": self.layer, "methods": self.methods})
         self.run_button = QPushButton("Compare methods")
         self.run_button.setToolTip("Every chosen method's map of this image in a grid beside it, with deletion / "
                                    "insertion AUC and a model-randomisation sanity check in a table.")
@@ -194,6 +184,15 @@ class CompareWidget(GradCamWidget):
         self.state.target_layer_changed.connect(self._on_target_layer)
         self._on_model()
 
+    def _target_choices(self, _widget=None) -> list:
+        return target_choices(self.state.bundle, everything=False)
+
+    def _layer_choices(self, _widget=None) -> list:
+        return [FINE, *[(n, n) for n in self.state.layers]]
+
+    def _method_choices(self, _widget=None) -> list:
+        return method_choices()
+
     def _on_model(self, _bundle=None) -> None:
         self.target.reset_choices()
         self.layer.reset_choices()
@@ -208,22 +207,27 @@ class CompareWidget(GradCamWidget):
         self.target.reset_choices()
         self.layer.reset_choices()
 
-    def run(self, layer=None, methods: "Sequence[str] | str | None" = None, **overrides):
-        """Compare ``methods`` (default: the form's) on ``layer`` (default: the chosen image); ``overrides``
-        replace fields of the parameters (target, layer) for this run only.  Returns the worker (or None)."""
+    def run(self, layer=None, methods: "Sequence[str] | str | None" = None, target: str | None = None,
+            target_layer: str | None = None):
+        """Compare ``methods`` on ``layer`` (default: the chosen image) for ``target`` (a class, or the predicted
+        one) at ``target_layer`` (the model layer); arguments left out are the form's, the given ones are set
+        in the form (which shows what ran).  Returns the worker (or None)."""
         if self.refuse_if_busy():
             return None
+        if methods is not None:
+            methods = (methods,) if isinstance(methods, str) else tuple(methods)
+        target = PREDICTED if target in ("predicted", "all", "all classes") else target
+        p = adopt(self.params, methods=methods, target=target, layer=target_layer)
+        if methods is not None:  # in the order asked (the form's list shows them in the registry's order)
+            p = snapshot(p, methods=methods)
         picked = self.plane_to_explain(layer)
         if picked is None:
             return None
         model, layer, plane = picked
-        p = snapshot(self.params, **overrides)
-        if methods is not None:
-            p.methods = (methods,) if isinstance(methods, str) else tuple(methods)
         if not p.methods:
             self.jobs.fail("Choose at least one method to compare.")
             return None
-        target = None if p.target in (None, "", PREDICTED, "all", "all classes") else p.target
+        target = None if p.target in (None, "", PREDICTED) else p.target
         total = len(p.methods)
         return self.jobs.start(
             _compare_job, model.bundle, plane.data, list(p.methods), target, p.layer or None, model=model,

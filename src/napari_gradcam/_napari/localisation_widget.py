@@ -23,7 +23,8 @@ from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QPushButton, QTableWi
 from ..errors import GradCamError
 from ._base import GradCamWidget, error_message, layer_picker, notify_error, section, wrapping_label
 from .layers import ImagePlane, layer_plane
-from .params import LocalisationParams, bind, snapshot
+from .form import build_form
+from .params import LocalisationParams, adopt
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -290,7 +291,6 @@ class LocalisationWidget(GradCamWidget):
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer)
-        from magicgui.widgets import CheckBox, Container, FloatSpinBox
         from napari.layers import Image, Layer
 
         lay = self.layout()
@@ -302,19 +302,9 @@ class LocalisationWidget(GradCamWidget):
         self.outline = layer_picker(
             self.viewer, "outline", outline_layers, Layer,
             tooltip="The lesion's outline: a Labels layer (nonzero = lesion) or a Shapes layer.")
-        self.tolerance = FloatSpinBox(label="pointing tolerance (px)", value=15.0, min=0.0, max=10_000.0, step=1.0)
-        self.tolerance.native.setToolTip("A heatmap maximum this close to the outline counts as a hit "
-                                         "(Zhang et al. use 15 px at 224 px).")
-        self.level = FloatSpinBox(label="fixed threshold (× max)", value=0.5, min=0.0, max=1.0, step=0.05)
-        self.level.native.setToolTip("IoU / Dice of the heatmap pixels >= this fraction of its maximum.")
-        self.curves = CheckBox(text="deletion / insertion curves (needs the model)", value=False)
-        self.curves.native.setToolTip("Also run the model on the heatmap's source image with its most relevant "
-                                      "pixels deleted / inserted (slower).")
-        self.form = Container(widgets=[self.heatmap, self.outline, self.tolerance, self.level, self.curves],
-                              labels=True)
-        self.form.native.layout().setContentsMargins(0, 0, 0, 0)
+        self.form, controls = build_form(self.params, before=(self.heatmap, self.outline))
+        self.tolerance, self.level, self.curves = controls["tolerance"], controls["level"], controls["curves"]
         lay.addWidget(self.form.native)
-        bind(self.params, {"tolerance": self.tolerance, "level": self.level, "curves": self.curves})
         self.pairing = wrapping_label(rich=True)
         lay.addWidget(self.pairing)
         self.heatmap.changed.connect(self._match_outline)
@@ -378,12 +368,11 @@ class LocalisationWidget(GradCamWidget):
         """Compare ``heatmap`` with ``outline`` (default: the chosen layers); returns the worker (or None)."""
         if self.refuse_if_busy():
             return None
-        for widget, value in ((self.heatmap, heatmap), (self.outline, outline), (self.tolerance, tolerance),
-                              (self.level, level), (self.curves, curves)):
+        p = adopt(self.params, tolerance=tolerance, level=level, curves=curves)
+        for widget, value in ((self.heatmap, heatmap), (self.outline, outline)):
             if value is not None:
                 try:
-                    if widget in (self.heatmap, self.outline):
-                        widget.reset_choices()
+                    widget.reset_choices()
                     widget.value = value
                 except (ValueError, TypeError) as e:
                     self.jobs.fail(f"{value!r} is not a valid choice here ({e}).")
@@ -398,7 +387,6 @@ class LocalisationWidget(GradCamWidget):
         if mismatch is not None:
             self.jobs.fail(mismatch)
             return None
-        p = snapshot(self.params)
         model = self.jobs.capture_model() if p.curves else None
         if p.curves and model is None:
             return None
