@@ -17,7 +17,7 @@ from napari_helpers import dock, load, wait  # noqa: E402
 
 CLASSES = ["normal", "pneumonia", "covid"]
 DECLARED = {"Classify": "every_slice", "Explain (Grad-CAM)": "method", "Compare methods": "methods",
-            "Feature maps": "count", "Heatmap vs outline": "tolerance"}
+            "Feature maps": "count", "Heatmap vs outline": "tolerance", "Tiled heatmaps": "chosen"}
 
 
 @pytest.fixture(scope="module")

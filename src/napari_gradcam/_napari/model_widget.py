@@ -158,22 +158,7 @@ class ModelWidget(GradCamWidget):
         self.open_section.addWidget(self.form.native)
         self.open_section.addWidget(hint)
 
-        buttons = QWidget()
-        blay = QHBoxLayout(buttons)
-        blay.setContentsMargins(0, 0, 0, 0)
-        self.load_button = QPushButton("Load file")
-        self.build_button = QPushButton("Build untrained")
-        self.demo_button = QPushButton("Demo model")
-        self.load_button.setToolTip("Load the model file chosen above.")
-        self.build_button.setToolTip("Build the architecture above with random weights (for trying things out).")
-        self.demo_button.setToolTip("Load the small demo model trained on synthetic chest X-rays.")
-        for b in (self.load_button, self.build_button, self.demo_button):
-            blay.addWidget(b)
-        self.load_button.clicked.connect(lambda: self.load_file())
-        self.build_button.clicked.connect(lambda: self.build())
-        self.demo_button.clicked.connect(lambda: self.load_demo())
-        self.busy_buttons = (self.load_button, self.build_button, self.demo_button)
-        self.add_run_row(buttons)
+        self._add_buttons()
         self.open_section.expand(animate=False)
         lay.addWidget(self.open_section)
 
@@ -194,6 +179,25 @@ class ModelWidget(GradCamWidget):
         self.state.model_changed.connect(self._on_model_changed)
         self.state.target_layer_changed.connect(self._on_state_target_layer)
         self._on_model_changed(self.state.bundle)
+
+    def _add_buttons(self) -> None:
+        """Load file, Build untrained and Demo model in the footer (always in view), disabled while a job runs."""
+        buttons = QWidget()
+        blay = QHBoxLayout(buttons)
+        blay.setContentsMargins(0, 0, 0, 0)
+        self.load_button = QPushButton("Load file")
+        self.build_button = QPushButton("Build untrained")
+        self.demo_button = QPushButton("Demo model")
+        self.load_button.setToolTip("Load the model file chosen above.")
+        self.build_button.setToolTip("Build the architecture above with random weights (for trying things out).")
+        self.demo_button.setToolTip("Load the small demo model trained on synthetic chest X-rays.")
+        for b in (self.load_button, self.build_button, self.demo_button):
+            blay.addWidget(b)
+        self.load_button.clicked.connect(lambda: self.load_file())
+        self.build_button.clicked.connect(lambda: self.build())
+        self.demo_button.clicked.connect(lambda: self.load_demo())
+        self.busy_buttons = (self.load_button, self.build_button, self.demo_button)
+        self.add_run_row(buttons)
 
     # ----------------------------------------------------------------- actions
     def load_file(self, path: str | os.PathLike | None = None):

@@ -24,6 +24,9 @@ ALL = "all classes"
 #: how the maps of several classes share one brightness scale (Explain)
 SCALE_CHOICES = [("× class probability", "probability"), ("shared (raw values)", "shared"),
                  ("each to its own maximum", "each")]
+#: the methods of the Tiled tab, and its ways of choosing classes
+TILED_METHODS = [("CAM", "cam"), ("Grad-CAM", "gradcam"), ("Grad-CAM++", "gradcam++")]
+CLASS_MODES = [("top-k", "topk"), ("all", "all"), ("chosen", "chosen")]
 #: how feature maps are shown (Features)
 DISPLAYS = [("stack (slider)", "stack"), ("grid", "grid")]
 
@@ -70,13 +73,19 @@ class CompareParams:
 @evented
 @dataclass
 class TiledParams:
-    method: str = "cam"
-    tile: int = 0  # 0: the model's training scale
-    overlap: float = 0.5
-    class_mode: str = "all"
-    k: int = 2
-    chosen: tuple = ()
-    keep: bool = False
+    method: str = param("cam", "method", "The map of each tile: CAM (one pass for all classes), Grad-CAM or "
+                        "Grad-CAM++.", choices=TILED_METHODS)
+    tile: int = param(0, "tile size (0: auto)", "Tile side in image pixels. 0: the model's training scale, the "
+                      "typical size of the model's training images, recorded when it was trained (else its input "
+                      "size), so that a tile shows what one training image showed. Tiles are resized to the "
+                      "model's input size.", min=0, max=8192, step=16)
+    overlap: float = param(0.5, "overlap", "Share of a tile that overlaps its neighbour.", min=0.0, max=0.9, step=0.05)
+    class_mode: str = param("all", "classes", "Which classes get a map: the k most probable, all, or chosen ones.",
+                            choices=CLASS_MODES)
+    k: int = param(2, "k", "How many of the most probable classes.", min=1, max=100)
+    chosen: tuple = param((), "chosen", "The classes to map (Ctrl-click to pick several).", choices="_class_choices",
+                          widget="Select")
+    keep: bool = param(False, "keep previous tiled maps")
 
 
 @evented
