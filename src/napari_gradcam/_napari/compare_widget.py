@@ -123,7 +123,7 @@ def grid_labels(layers: Sequence, plane: ImagePlane) -> tuple | None:
     # so that neighbouring names never run into each other, at any zoom
     cell = float(np.min(np.abs(np.asarray(layers[0][1]["scale"], float)[-2:])
                         * np.asarray(np.shape(layers[0][0])[-2:], float)))
-    size = min(0.9 * cell / (0.75 * max(len(t) for t in text)), 0.1 * cell)
+    size = min(0.9 * cell / max(len(t) for t in text), 0.1 * cell)  # a character is about a size wide at most
     kwargs = {"name": f"method names [{plane.label}]", "features": {"label": text}, "size": 1, "opacity": 1.0,
               "face_color": "transparent", "border_width": 0,
               "text": {"string": "{label}", "anchor": "lower_left", "color": "white", "size": size, "scaling": True},
