@@ -43,7 +43,7 @@ def test_compare_methods_grid_and_table(make_napari_viewer, qtbot, model_file, x
 
     viewer = make_napari_viewer()
     load(qtbot, viewer, model_file)
-    ew = dock(viewer, "Explain (Grad-CAM)")
+    ew = dock(viewer, "Compare methods")
     src = viewer.add_image(xray, name="xray", scale=SCALE, translate=TRANSLATE)
     assert not ew.compare_table.isVisible() and ew.compare_table.isHidden()
     ew.target.value = "pneumonia"
@@ -52,8 +52,11 @@ def test_compare_methods_grid_and_table(make_napari_viewer, qtbot, model_file, x
     assert ew.last_error is None
     grid = [layer for layer in viewer.layers if layer.metadata.get("widget") == "compare"]
     assert [g.metadata["method"] for g in grid] == METHODS
-    assert [g.name for g in grid] == [f"{t} pneumonia [xray]" for t in
-                                      ("Grad-CAM", "CAM", "Saliency", "Integrated Gradients", "Ablation-CAM")]
+    from napari_gradcam._napari.layers import result_name
+
+    titles = ("Grad-CAM", "CAM", "Saliency", "Integrated Gradients", "Ablation-CAM")
+    assert [g.name for g in grid] == [result_name(f"{t} pneumonia", "xray") for t in titles]
+    assert [g.name.rsplit(" [", 1)[0] for g in grid] == [f"{t} pneumonia" for t in titles]  # never cut
     # the same maps as the core computes; signed ones on the diverging colormap in [-1, 1]
     want = compare_methods(load_model(model_file), xray, methods=METHODS, target="pneumonia")
     for g, row in zip(grid, want.rows):

@@ -37,26 +37,22 @@ def test_build_demo_in_process(make_napari_viewer, model_file):
     widgets = build_demo(viewer, model_path=model_file, wait=True)
     names = [layer.name for layer in viewer.layers]
     assert names[:2] == ["xray_pneumonia", "xray_pneumonia_lesion"]
-    assert len(names) == 3 and " · Grad-CAM [" in names[2] and names[2].endswith("[xray_pneumonia]")
+    assert len(names) == 3 and names[2].startswith("Grad-CAM ") and len(names[2]) <= 26
     pred = viewer.layers["xray_pneumonia"].metadata["gradcam_prediction"]
     assert pred["predicted"] == viewer.layers[2].metadata["target"]  # the overlay explains the prediction
+    assert names[2].startswith(f"Grad-CAM {pred['predicted']} [xray")  # method and class before the image
+    assert viewer.layers[2].metadata["source"] == "xray_pneumonia"
     assert widgets["model"].state.bundle is not None
     assert has_colour(viewer.screenshot(canvas_only=True, flash=False))
-    # the right column is shared: the Model dock no taller than a third of it, Classify and Explain not squeezed
-    viewer.window.resize(1480, 900)
-    from napari_gradcam._napari.demo import _share_column
+    # one panel, a tab per task, opened at Explain
+    from napari_gradcam._napari.panel import GradCamPanel
 
-    from qtpy.QtWidgets import QDockWidget
-
-    def dock_of(widget):
-        while not isinstance(widget, QDockWidget):
-            widget = widget.parent()
-        return widget
-
-    docks = [dock_of(widgets[key]) for key in ("model", "classify", "explain")]
-    _share_column(viewer, docks, widgets["model"])
-    heights = [d.height() for d in docks]
-    assert len(docks) == 3 and heights[0] <= sum(heights) // 3 + 20 and min(heights[1:]) >= 200, heights
+    panel = widgets["explain"].parent()
+    while not isinstance(panel, GradCamPanel):
+        panel = panel.parent()
+    assert [panel.tabs.tabText(i) for i in range(panel.tabs.count())][:8] == [
+        "Model", "Classify", "Explain", "Compare", "Tiled", "Features", "Train", "Outline"]
+    assert panel.tabs.currentWidget() is widgets["explain"]
 
 
 def test_sample_demo_loads_the_demo_model(make_napari_viewer, qtbot):

@@ -26,8 +26,16 @@ from napari_gradcam.errors import GradCamError  # noqa: E402
 CLASSES = ["normal", "pneumonia"]
 
 
-def _docked(viewer, name="Model"):
-    return viewer.window._wrapped_dock_widgets.get(f"{name} ({PLUGIN})")
+def _docked_model(viewer):
+    """The Model tab of the plugin's docked panel (where a dropped model goes), or None."""
+    from napari_gradcam._napari.panel import PANEL
+
+    dock = viewer.window._wrapped_dock_widgets.get(f"{PANEL} ({PLUGIN})")
+    if dock is None:
+        return None
+    panel = dock.inner_widget()
+    assert panel.tabs.currentWidget() is panel.widgets["model"]  # shown at the Model tab
+    return panel.widgets["model"]
 
 
 # ----------------------------------------------------------------------------- DICOM
@@ -123,8 +131,8 @@ def test_dropping_a_model_bundle_loads_it_and_adds_no_layer(make_napari_viewer, 
     state = get_state(viewer)
     assert state.bundle is not None and state.bundle.classes == CLASSES
     assert state.source == str(model_files / "tiny.safetensors")
-    dock = _docked(viewer)
-    assert dock is not None and "simple_cnn" in dock.inner_widget().info.text()
+    widget = _docked_model(viewer)
+    assert widget is not None and "simple_cnn" in widget.info.text()
     first = state.bundle
     assert viewer.open(model_files / "tiny.safetensors", plugin=PLUGIN) == []  # the same through viewer.open
     assert state.bundle is not first and state.bundle.classes == CLASSES and len(viewer.layers) == 0
@@ -140,7 +148,7 @@ def test_a_model_file_without_its_description_opens_the_form(make_napari_viewer,
     assert added == [] and len(viewer.layers) == 0
     assert len(shown) == 1 and "weights.pt" in shown[0] and "\n" not in shown[0]
     assert get_state(viewer).bundle is None
-    widget = _docked(viewer).inner_widget()
+    widget = _docked_model(viewer)
     assert str(widget.file.value) == str(model_files / "weights.pt")  # filled in, waiting for the details
 
 
@@ -178,14 +186,16 @@ def test_use_model_hands_a_bundle_to_the_viewer(make_napari_viewer, tiny_bundle,
     assert ng.use_model(viewer, tiny_bundle) is tiny_bundle
     state = get_state(viewer)
     assert state.bundle is tiny_bundle and state.source == "set from Python"
-    widget = _docked(viewer).inner_widget()
+    widget = _docked_model(viewer)
     assert "simple_cnn" in widget.info.text() and "1 channel" in widget.info.text()
     # a second model: the same dock, now showing it; other widgets see it too
     explain = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify")[1]
     ng.use_model(viewer, tiny_bundle_rgb, source="my notebook")
     assert explain.state.bundle is tiny_bundle_rgb and state.source == "my notebook"
     assert "3 channels" in widget.info.text()
-    assert len([k for k in viewer.window._wrapped_dock_widgets if k.startswith("Model")]) == 1
+    from napari_gradcam._napari.panel import PANEL
+
+    assert len([k for k in viewer.window._wrapped_dock_widgets if k.startswith(PANEL)]) == 1  # the same dock
 
 
 def test_use_model_refuses_what_is_not_a_model(make_napari_viewer):

@@ -10,7 +10,10 @@ follower that keeps them current.
 
 from __future__ import annotations
 
+from html import escape
 from typing import TYPE_CHECKING, Callable
+
+import numpy as np
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -46,9 +49,17 @@ class GradCamWidget(QWidget):
         body.setContentsMargins(6, 6, 6, 6)
         body.setSpacing(4)
         self.scroll.setWidget(self.body)
-        outer.addWidget(self.scroll)
+        outer.addWidget(self.scroll, 1)
+        #: the run buttons and the progress row: below the scrolling body, always in view
+        self.footer = QWidget()
+        self.footer.setObjectName("gradcam_footer")
+        foot = QVBoxLayout(self.footer)
+        foot.setContentsMargins(6, 2, 6, 6)
+        foot.setSpacing(2)
+        outer.addWidget(self.footer, 0)
         self.jobs = JobRunner(self.viewer, self.state, self.what, on_busy=self._on_busy)
         self._widget_error: str | None = None
+        self._heights_held = False
 
     def layout(self):  # noqa: D401 - Qt name
         """The layout of the widget's scrolling body (where its controls go)."""
@@ -93,9 +104,32 @@ class GradCamWidget(QWidget):
             on_finished=None if on_finished is None else (lambda _job: on_finished()), **kwargs)
 
     def _on_busy(self, busy: bool) -> None:
-        button = getattr(self, "run_button", None)
-        if button is not None:
-            button.setEnabled(not busy)
+        for button in (getattr(self, "run_button", None), *getattr(self, "busy_buttons", ())):
+            if button is not None:
+                button.setEnabled(not busy)
+
+    def add_run_row(self, *buttons: QWidget, progress: bool = True) -> None:
+        """Put ``buttons`` (the first is the run button, stretched) in one row of the footer, which stays in
+        view below the scrolling body, and under them a progress bar with Cancel (``progress``)."""
+        row = QWidget()
+        lay = QHBoxLayout(row)
+        lay.setContentsMargins(0, 0, 0, 0)
+        for i, button in enumerate(buttons):
+            lay.addWidget(button, 2 if i == 0 else 1)
+        self.footer.layout().addWidget(row)
+        if progress:
+            self.footer.layout().addWidget(self._make_progress_row())
+
+    def hold_size_hints(self) -> None:
+        """Give every line edit, combo box and spin box a minimum height of its size hint: napari's
+        stylesheet lets them shrink (an 18 px line edit for a 21 px hint) when space is short."""
+        hold_size_hints(self)
+        self._heights_held = True
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt name
+        if not self._heights_held:
+            self.hold_size_hints()
+        super().showEvent(event)
 
     def _make_progress_row(self) -> QWidget:
         """A QProgressBar with a Cancel button, driven by the job runner."""
@@ -106,6 +140,7 @@ class GradCamWidget(QWidget):
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
         self.progress_bar.setTextVisible(True)
+        self.progress_bar.setFormat("")  # idle: nothing to say (the job runner sets the text of each state)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
@@ -211,37 +246,117 @@ def wrapping_label(text: str = "", rich: bool = False) -> QLabel:
     return label
 
 
+# ----------------------------------------------------------------------------- sizes
+def hold_size_hints(widget: QWidget) -> None:
+    """Every line edit, combo box, spin box and push button under ``widget`` at least as tall as its size hint."""
+    from qtpy.QtWidgets import QAbstractSpinBox, QComboBox, QLineEdit
+
+    for kind in (QLineEdit, QComboBox, QAbstractSpinBox, QPushButton):
+        for child in widget.findChildren(kind):
+            if isinstance(child, QLineEdit) and isinstance(child.parent(), (QComboBox, QAbstractSpinBox)):
+                continue  # the editor inside a combo / spin box: its owner holds the height
+            child.setMinimumHeight(max(child.minimumHeight(), child.sizeHint().height()))
+
+
 # ----------------------------------------------------------------------------- layer pickers
 def layer_picker(viewer: "napari.Viewer", label: str, eligible: Callable | None = None, annotation=None,
-                 tooltip: str = "", prefer: Callable | None = None, group: Callable | None = None):
+                 tooltip: str = "", prefer: Callable | None = None, group: Callable | None = None,
+                 relate: Callable | None = None):
     """magicgui's layer ComboBox (``create_widget(annotation=napari.layers.Image)``) over ``eligible(viewer)``
     (default: the images this plugin did not make), kept current as layers come, go and are renamed.
 
     It follows the viewer's active layer when that is eligible and ``prefer(layer)`` (default: any),
     unless ``group`` (a key, e.g. the run that made a layer) puts it with the layer already chosen;
     when a layer with ``prefer(layer)`` is added, the first preferred choice is taken at once.
+    An active layer that is not eligible (a Labels outline, a heatmap) is passed to ``relate(layer)``,
+    which names the eligible layer to take instead (None: keep the choice).  The default picker of
+    images relates to :func:`image_of` and takes each new image as it is added: it always shows the image
+    one is looking at, never silently the first one.
     """
     from magicgui.widgets import create_widget
     from napari.layers import Image
 
     from .layers import source_layers
 
+    image_picker = eligible is None
     eligible = eligible or source_layers
+    if relate is None and image_picker:
+        relate = lambda layer: image_of(viewer, layer)  # noqa: E731
     combo = create_widget(annotation=annotation or Image, label=label, options={
         "choices": lambda _w=None: [(layer.name, layer) for layer in eligible(viewer)], "nullable": False})
     if tooltip:
         combo.native.setToolTip(tooltip)
-    combo._gradcam_follower = _LayerFollower(viewer, combo, eligible, prefer, group)  # lives as long as the combo
+    combo._gradcam_follower = _LayerFollower(viewer, combo, eligible, prefer, group, relate,
+                                             newest=image_picker)  # lives as long as the combo
     return combo
+
+
+def _spatial_extent(layer) -> np.ndarray:
+    """(2, 2) world bounds (min, max) of the layer's last two axes."""
+    return np.asarray(layer.extent.world, float)[:, -2:]
+
+
+def same_extent(a, b) -> bool:
+    """Whether two layers cover the same place in the world (their last two axes, within half a pixel)."""
+    tol = 0.5 * float(np.min(np.abs(np.asarray(a.scale, float)[-2:])))
+    return bool(np.allclose(_spatial_extent(a), _spatial_extent(b), atol=tol))
+
+
+def image_of(viewer: "napari.Viewer", layer):
+    """The image (not made by this plugin) that ``layer`` belongs to, or the newest image.
+
+    A result of this plugin names its source (``metadata["source_id"]``, the very layer); a sample's
+    outline names its image (``metadata["image"]``); a Labels or Shapes layer over exactly one image's
+    place belongs to it.  Anything else: the newest image (the last in the layer list); None without images.
+    """
+    from .layers import source_layers
+
+    images = source_layers(viewer)
+    if not images:
+        return None
+    meta = getattr(layer, "metadata", None) or {}
+    wanted = meta.get("source_id")
+    found = [x for x in images if wanted and str(x.unique_id) == str(wanted)]
+    if not found and meta.get("image"):
+        found = [x for x in images if x.name == meta["image"]]
+    if not found and layer is not None and not any(layer is x for x in images):
+        try:
+            found = [x for x in images if same_extent(x, layer)]
+        except Exception:  # noqa: BLE001 - an empty Shapes layer has no extent worth comparing
+            found = []
+    return (found or images)[-1]
+
+
+def picker_caption(combo, verb: str) -> QLabel:
+    """A line under a picker that says which layer a run will use: "Explains <b>xray</b> (224 x 224)"."""
+    label = wrapping_label(rich=True)
+
+    def update(*_args) -> None:
+        layer = combo.value
+        try:
+            if layer is None:
+                label.setText(f"<small>{verb}: <i>no image layer yet (open one, or File > Open Sample)</i></small>")
+                return
+            shape = tuple(layer.data[0].shape if layer.multiscale else layer.data.shape)
+            hw = shape[-3:-1] if layer.rgb else shape[-2:]
+            where = ", the slice on screen" if int(layer.ndim) > 2 else ""
+            label.setText(f"<small>{verb}: <b>{escape(layer.name)}</b> ({hw[0]} x {hw[1]} px{where})</small>")
+        except RuntimeError:  # the Qt label is gone
+            pass
+
+    combo.changed.connect(update)
+    combo._gradcam_caption = (label, update)
+    update()
+    return label
 
 
 class _LayerFollower:
     """Keeps a layer ComboBox's choices current and its value on the active (or preferred) layer."""
 
-    def __init__(self, viewer, combo, eligible: Callable, prefer: Callable | None, group: Callable | None = None
-                 ) -> None:
+    def __init__(self, viewer, combo, eligible: Callable, prefer: Callable | None, group: Callable | None = None,
+                 relate: Callable | None = None, newest: bool = False) -> None:
         self.viewer, self.combo, self.eligible = viewer, combo, eligible
-        self.group = group
+        self.group, self.relate, self.newest = group, relate, newest
         self.prefer = prefer or _any
         self.new_ones = prefer is not None  # a new preferred layer is chosen when it is added
         events = viewer.layers.events
@@ -256,6 +371,9 @@ class _LayerFollower:
     def reset(self, *_args) -> None:
         try:
             self.combo.reset_choices()
+            caption = getattr(self.combo, "_gradcam_caption", None)
+            if caption is not None:
+                caption[1]()
         except RuntimeError:  # the Qt widget is gone (viewer closing)
             pass
 
@@ -273,6 +391,8 @@ class _LayerFollower:
         self.reset()
         if layer is not None and self.new_ones and self.prefer(layer):  # the first preferred choice, now
             self.choose(next((x for x in self.eligible(self.viewer) if self.prefer(x)), layer))
+        elif layer is not None and self.newest:  # a new image is the one to work on
+            self.choose(layer)
 
     def _on_active(self, event=None) -> None:
         self.reset()
@@ -281,6 +401,10 @@ class _LayerFollower:
             key = self.group(active)
             if key is not None and key == self.group(current):
                 return  # e.g. another class of the same run: the best one stays chosen
+        if active is None:
+            active = next(iter(reversed(self.eligible(self.viewer))), None) if self.newest else None
+        elif not any(active is x for x in self.eligible(self.viewer)):
+            active = self.relate(active) if self.relate is not None else None
         self.choose(active)
 
 

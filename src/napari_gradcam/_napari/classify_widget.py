@@ -9,9 +9,10 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QBrush, QColor, QFont
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QProgressBar, QPushButton, QTableWidget, QTableWidgetItem
 
-from ._base import GradCamWidget, error_message, layer_picker, notify_error, section, wrapping_label
+from ._base import GradCamWidget, error_message, layer_picker, notify_error, picker_caption, section, wrapping_label
 from .layers import layer_plane, stack_planes
-from .params import ClassifyParams, bind, snapshot
+from .form import build_form
+from .params import ClassifyParams, adopt
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -49,20 +50,16 @@ class ClassifyWidget(GradCamWidget):
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer)
-        from magicgui.widgets import CheckBox, Container
-
         lay = self.layout()
         self.params = ClassifyParams()
         self.image = layer_picker(self.viewer, "image", tooltip="The image layer to classify (the slice on screen).")
-        self.all_slices = CheckBox(text="every slice of a stack", value=False)
-        self.all_slices.native.setToolTip("Classify all slices (a table) instead of the slice on screen.")
-        form = Container(widgets=[self.image, self.all_slices], labels=True)
-        form.native.layout().setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(form.native)
-        bind(self.params, {"every_slice": self.all_slices})
+        self.form, controls = build_form(self.params, before=(self.image,))
+        self.all_slices = controls["every_slice"]
+        lay.addWidget(self.form.native)
+        lay.addWidget(picker_caption(self.image, "Classifies"))
         self.run_button = QPushButton("Classify")
         self.run_button.clicked.connect(lambda: self.run())
-        lay.addWidget(self.run_button)
+        self.add_run_row(self.run_button)
         self.model_label = wrapping_label(rich=True)
         lay.addWidget(self.model_label)
         lay.addWidget(section("Probabilities"))
@@ -91,15 +88,13 @@ class ClassifyWidget(GradCamWidget):
         (or None)."""
         if self.refuse_if_busy():
             return None
-        if every_slice is not None:
-            self.all_slices.value = bool(every_slice)
+        p = adopt(self.params, every_slice=None if every_slice is None else bool(every_slice))
         model = self.jobs.capture_model()
         if model is None:
             return None
         layer = self.pick_image(layer)
         if layer is None:
             return None
-        p = snapshot(self.params)
         removed = f"Layer {layer.name!r} was removed while it was being classified; nothing was recorded."
         try:
             if p.every_slice and layer.ndim > 2:

@@ -12,7 +12,7 @@ log = logging.getLogger("napari_gradcam")
 
 PLUGIN = "napari-gradcam"
 DEMO_LABEL = "pneumonia"
-WINDOW_SIZE = (1480, 900)
+WINDOW_SIZE = (1280, 800)
 
 
 def _wait(widget, timeout: float = 120.0) -> None:
@@ -59,33 +59,17 @@ def _outline(labels) -> None:
         log.debug("could not style the lesion outline", exc_info=True)
 
 
-def _share_column(viewer, docks: list, model_w) -> None:
-    """Model dock as tall as its (collapsed) form, Classify and Explain sharing the rest of the column
-    (Qt would give the first dock most of it and squeeze the other two into scroll bars)."""
-    try:
-        from qtpy.QtCore import Qt
-        from qtpy.QtWidgets import QApplication
-
-        QApplication.processEvents()  # the docks laid out first: resizeDocks ignores docks not yet placed
-        window = viewer.window._qt_window
-        column = max(300, window.height() - 120)
-        model_h = min(model_w.sizeHint().height() + 20, column // 3)
-        rest = column - model_h
-        window.resizeDocks(docks, [model_h, rest // 2, rest - rest // 2], Qt.Orientation.Vertical)
-    except Exception:  # noqa: BLE001 - cosmetic only
-        log.debug("could not size the demo's docks", exc_info=True)
-
-
 def build_demo(viewer, model_path: str | Path | None = None, wait: bool = False) -> dict:
-    """Populate ``viewer``: sample X-ray, docked Model/Classify/Explain widgets, the demo model,
+    """Populate ``viewer``: sample X-ray, the plugin's panel (a tab per task, at Explain), the demo model,
     its prediction and its Grad-CAM overlay.  The work runs in the widgets' workers, chained by
     their signals; with ``wait=True`` this returns only when everything is shown.
 
-    Returns the widgets by name ("model", "classify", "explain").
+    Returns the panel's widgets by tab name in lower case ("model", "classify", "explain", ...).
     """
     from ..errors import GradCamError
     from ._base import notify_error
     from .model_widget import demo_model_path
+    from .panel import PANEL
     from .sample_data import _xray
 
     from napari.layers import Layer
@@ -96,13 +80,11 @@ def build_demo(viewer, model_path: str | Path | None = None, wait: bool = False)
     image.contrast_limits = (0.0, 330.0)
     if len(layers) > 1:  # the true lesion as a thin outline: compare it with the heatmap
         _outline(layers[1])
-    docks, widgets = [], {}
-    for key, name in (("model", "Model"), ("classify", "Classify"), ("explain", "Explain (Grad-CAM)")):
-        dock, widgets[key] = viewer.window.add_plugin_dock_widget(PLUGIN, name)
-        docks.append(dock)
+    _, panel = viewer.window.add_plugin_dock_widget(PLUGIN, PANEL)  # every task, a tab each
+    widgets = dict(panel.widgets)
     model_w, classify_w, explain_w = widgets["model"], widgets["classify"], widgets["explain"]
     model_w.open_section.collapse(animate=False)  # room for the results
-    _share_column(viewer, docks, model_w)
+    panel.show_tab("explain")
 
     path = Path(model_path) if model_path is not None else demo_model_path()
     if not path.is_file():

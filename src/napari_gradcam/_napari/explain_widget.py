@@ -5,26 +5,19 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
-from qtpy.QtWidgets import QHBoxLayout, QPushButton, QWidget
+from qtpy.QtWidgets import QPushButton
 
 from ..engine.methods import get_method, method_title
-from ._base import GradCamWidget, camera_of, layer_picker, wrapping_label
+from ..errors import GradCamError
+from ._base import GradCamWidget, camera_of, layer_picker, picker_caption, wrapping_label
 from .layers import CLASS_COLORMAPS, class_colormap, heatmap_layer, replace_plugin_layers
-from .params import ALL, PREDICTED, ExplainParams, bind, snapshot
+from .choices import ALL, FINE, PREDICTED, applicable_controls, method_choices, target_choices
+from .form import build_form
+from .params import SCALE_CHOICES, ExplainParams, adopt  # noqa: F401 - SCALE_CHOICES re-exported
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-SCALE_CHOICES = [("× class probability", "probability"), ("shared (raw values)", "shared"),
-                 ("each to its own maximum", "each")]
-FINE = ("fine: last 3 stages, fused", "fine")  # the layer preset (engine.layers)
-
-
-def method_choices() -> list[tuple[str, str]]:
-    """(title, name) of every method of the engine's registry (:func:`napari_gradcam.engine.list_methods`)."""
-    from ..engine import list_methods
-
-    return [(m["title"], m["name"]) for m in list_methods()]
 
 
 def _explain(bundle, data, method: str, target, layer: str | None, shifts: int = 1):
@@ -41,63 +34,26 @@ class ExplainWidget(GradCamWidget):
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer)
-        from magicgui.widgets import CheckBox, ComboBox, Container, SpinBox
-
         lay = self.layout()
         self.params = ExplainParams()
         self.image = layer_picker(self.viewer, "image", tooltip="The image layer to explain (the slice on screen).")
-        self.method = ComboBox(label="method", choices=method_choices(), value="gradcam")
-        self.method.native.setToolTip("Grad-CAM works at any convolutional layer; CAM needs a global-average-"
-                                      "pooling head and uses the layer feeding it. For small findings: LayerCAM "
-                                      "at the 'fine' layer preset (LayerCAM (fine)). Pixel attributions (saliency, "
-                                      "integrated gradients, ...) work on the input; signed ones show blue (against) "
-                                      "and red (for the class).")
-        self.method.changed.connect(self._on_method)
-        self.target = ComboBox(label="target", choices=self._target_choices)
-        self.target.native.setToolTip("The class to explain: the predicted one, any class, or all classes.")
-        self.scale = ComboBox(label="scale", choices=SCALE_CHOICES, value="probability")
-        self.scale.native.setToolTip("How the maps of all classes share one brightness scale: times each class's "
-                                     "probability (a class with p = 0 stays dark), the raw values on one scale, "
-                                     "or each map to its own maximum.")
-        self.layer = ComboBox(label="layer", choices=self._layer_choices)
-        self.layer.native.setToolTip("The layer whose activations are weighted (default: the Model widget's); "
-                                     "'fine' fuses the model's last three resolution stages.")
-        self.shifts = SpinBox(label="sub-cell shifts", min=1, max=8, value=1)
-        self.shifts.native.setToolTip("k > 1: average the maps of k x k copies of the image shifted by fractions "
-                                      "of a heatmap cell, for a k times finer map (k*k passes). 1 = off.")
-        self.keep = CheckBox(text="keep previous heatmaps", value=False)
-        self.form = Container(widgets=[self.image, self.method, self.target, self.scale, self.layer, self.shifts,
-                                       self.keep], labels=True)
-        self.form.native.layout().setContentsMargins(0, 0, 0, 0)
+        self.form, controls = build_form(self.params, owner=self, before=(self.image,))
+        self.method, self.target, self.scale = controls["method"], controls["target"], controls["scale"]
+        self.layer, self.shifts, self.keep = controls["layer"], controls["shifts"], controls["keep"]
         lay.addWidget(self.form.native)
-        bind(self.params, {"method": self.method, "target": self.target, "scale": self.scale, "layer": self.layer,
-                           "shifts": self.shifts, "keep": self.keep})
+        self._layer_tip, self._shifts_tip = self.layer.native.toolTip(), self.shifts.native.toolTip()
+        self.method.changed.connect(self._on_method)
 
-        row = QWidget()
-        rlay = QHBoxLayout(row)
-        rlay.setContentsMargins(0, 0, 0, 0)
+        lay.insertWidget(lay.indexOf(self.form.native) + 1, picker_caption(self.image, "Explains"))
         self.run_button = QPushButton("Explain")
         self.run_button.clicked.connect(lambda: self.run())
         self.side_button = QPushButton("Side by side")
         self.side_button.setCheckable(True)
         self.side_button.setToolTip("Show image and heatmaps next to each other (napari's grid mode).")
         self.side_button.toggled.connect(self.side_by_side)
-        self.compare_button = QPushButton("Compare methods")
-        self.compare_button.setToolTip("Every method's map of this image in a grid, with deletion / insertion AUC and a "
-                                       "model-randomisation sanity check in a table.")
-        self.compare_button.clicked.connect(lambda: self.compare())
-        rlay.addWidget(self.run_button, 2)
-        rlay.addWidget(self.compare_button, 2)
-        rlay.addWidget(self.side_button, 1)
-        lay.addWidget(row)
+        self.add_run_row(self.run_button, self.side_button)
         self.result_label = wrapping_label(rich=True)
         lay.addWidget(self.result_label)
-        from .compare_widget import CompareTable
-
-        self.compare_table = CompareTable()
-        self.comparison = None
-        self.compare_layers_added: list = []
-        lay.addWidget(self.compare_table)
         lay.addStretch(1)
         self.layers_added: list = []
         self._view_before_grid = None
@@ -106,22 +62,40 @@ class ExplainWidget(GradCamWidget):
         self.state.target_layer_changed.connect(self._on_target_layer)
         self.grid.events.enabled.connect(self._on_grid)
         self._on_model(self.state.bundle)
+        self._on_method(self.method.value)
 
     # ----------------------------------------------------------------- choices follow the model
+    def _method_choices(self, _widget=None) -> list:
+        return method_choices()
+
     def _target_choices(self, _widget=None) -> list:
-        bundle = self.state.bundle
-        classes = bundle.classes if bundle is not None else []
-        return [(PREDICTED, PREDICTED), *[(c, c) for c in classes], (ALL, ALL)]
+        return target_choices(self.state.bundle)
 
     def _layer_choices(self, _widget=None) -> list:
         return [FINE, *[(n, n) for n in self.state.layers]]
 
     def _on_method(self, name: str) -> None:
-        """A method with a layer preset of its own (layercam-fine) shows it; others the model's layer."""
-        if get_method(name).default_layers is not None:
-            self.layer.value = FINE[1]
-        elif self.layer.value == FINE[1]:
-            self._on_target_layer(self.state.target_layer)
+        """A method with a layer preset of its own (layercam-fine) shows it; others the model's layer.
+        Controls the method ignores (the layer of a pixel attribution or of CAM, sub-cell shifts of a
+        pixel attribution) are disabled, as the engine's method spec says."""
+        spec = get_method(name)
+        layer = self._layer_for(name, self.layer.value)
+        if layer != self.layer.value:
+            self._on_target_layer(layer)
+        uses = applicable_controls(spec)
+        self.layer.enabled = uses["layer"]
+        self.shifts.enabled = uses["shifts"]
+        self.layer.native.setToolTip(self._layer_tip if uses["layer"] else
+                                     f"{spec.title} does not use this setting ({uses['why_not_layer']}).")
+        self.shifts.native.setToolTip(self._shifts_tip if uses["shifts"] else
+                                      f"{spec.title} does not use this setting ({uses['why_not_shifts']}).")
+
+    def _layer_for(self, method: str, layer: str) -> str:
+        """The layer that goes with ``method`` when the form's is ``layer``: a method with a layer preset of its
+        own (layercam-fine) takes the preset; another method leaves the preset for the model's layer."""
+        if get_method(method).default_layers is not None:
+            return FINE[1]
+        return self.state.target_layer if layer == FINE[1] else layer
 
     def _on_model(self, _bundle=None) -> None:
         self.target.reset_choices()
@@ -181,44 +155,40 @@ class ExplainWidget(GradCamWidget):
     # ----------------------------------------------------------------- run
     def run(self, layer=None, method: str | None = None, target: str | None = None, target_layer: str | None = None,
             keep: bool | None = None, shifts: int | None = None, scale: str | None = None):
-        """Explain ``layer`` (default: the chosen one); returns the worker (or None).
+        """Explain ``layer`` (default: the chosen one) with the form's parameters, the given ones set in the
+        form first (it shows what ran; the work gets a copy, never the controls); returns the worker (or None).
 
-        While a run is going on, another is refused (a notification) and the form is left as it is.
+        ``target``: a class name, "predicted" or "all"; ``target_layer``: the model layer.  While a run is
+        going on, another is refused (a notification).
         """
         if self.refuse_if_busy():
             return None
-        if method is not None:
-            from ..engine import canonical_method
+        try:
+            if method is not None:
+                from ..engine import canonical_method
 
-            self.method.value = canonical_method(method)
-        if target is not None:
-            self.target.value = ALL if target == "all" else (PREDICTED if target == "predicted" else target)
-        for control, value in ((self.layer, target_layer), (self.keep, keep), (self.shifts, shifts),
-                               (self.scale, scale)):
-            if value is not None:
-                control.value = value
+                method = canonical_method(method)
+            if target is not None:
+                target = ALL if target in ("all", ALL) else (PREDICTED if target in ("predicted", PREDICTED)
+                                                             else target)
+            if method is not None and target_layer is None:  # the layer a method chosen in the form would get
+                target_layer = self._layer_for(method, self.params.layer)
+            p = adopt(self.params, method=method, target=target, layer=target_layer, keep=keep, shifts=shifts,
+                      scale=scale)
+        except GradCamError as e:
+            self.jobs.fail(str(e))
+            return None
         picked = self.plane_to_explain(layer)
         if picked is None:
             return None
         model, layer, plane = picked
-        p = snapshot(self.params)
         tgt = None if p.target in (None, PREDICTED) else ("all" if p.target == ALL else p.target)
         spec = get_method(p.method)
-        tl = None if spec.fixed_layer is not None or not spec.uses_layer else (p.layer or None)
+        tl = (p.layer or None) if applicable_controls(spec)["layer"] else None
         return self.jobs.start(
             _explain, model.bundle, plane.data, p.method, tgt, tl, int(p.shifts), model=model, sources=[layer],
             removed_message=f"Layer {plane.name!r} was removed while it was being explained; no heatmap was added.",
             on_result=lambda job, heats: self._add(job, plane, layer, heats, p))
-
-    def compare(self, layer=None, methods=None):
-        """Compare methods on ``layer`` (default: the chosen image): a grid of maps and a table of scores.
-
-        ``methods`` as for :func:`napari_gradcam.compare_methods` (None: every method but the slow ones).
-        Returns the job (or None).
-        """
-        from .compare_widget import start_compare
-
-        return start_compare(self, layer, methods)
 
     def _add(self, job, plane, layer, heatmaps, p: ExplainParams) -> None:
         from ..engine.scaling import scale_factors
@@ -236,7 +206,7 @@ class ExplainWidget(GradCamWidget):
         if len(tuples) > 1 and not heatmaps[0].signed:  # several classes: each in its class's colour (as the CLI's overlays)
             for (_, kwargs, _), h in zip(tuples, heatmaps):
                 kwargs["colormap"] = class_colormap(h.target_index, CLASS_COLORMAPS)
-        self.layers_added = replace_plugin_layers(self.viewer, tuples, "explain", plane.name, p.keep)
+        self.layers_added = replace_plugin_layers(self.viewer, tuples, "explain", plane.name, p.keep, layer)
         self.viewer.layers.selection.active = layer  # keep the source selected, so the next run uses it again
         h = heatmaps[0]
         how = f"{method_title(h.method)} at <tt>{h.layer}</tt> ({job.model.name})"

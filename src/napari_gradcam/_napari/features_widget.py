@@ -6,14 +6,14 @@ from typing import TYPE_CHECKING
 
 from qtpy.QtWidgets import QPushButton
 
-from ._base import GradCamWidget, camera_of, layer_picker, wrapping_label
+from ._base import GradCamWidget, camera_of, layer_picker, picker_caption, wrapping_label
 from .layers import feature_layers, replace_plugin_layers
-from .params import FeatureParams, bind, snapshot
+from .form import build_form
+from .params import DISPLAYS, FeatureParams, adopt  # noqa: F401 - DISPLAYS re-exported
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-DISPLAYS = [("stack (slider)", "stack"), ("grid", "grid")]
 
 
 def _features(bundle, data, layer: str | None, n: int):
@@ -29,25 +29,16 @@ class FeatureMapsWidget(GradCamWidget):
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer)
-        from magicgui.widgets import CheckBox, ComboBox, Container, SpinBox
-
         lay = self.layout()
         self.params = FeatureParams()
         self.image = layer_picker(self.viewer, "image", tooltip="The image layer to run the model on.")
-        self.layer = ComboBox(label="layer", choices=self._layer_choices)
-        self.count = SpinBox(label="channels", min=1, max=512, value=16)
-        self.count.native.setToolTip("How many of the most active channels (highest mean activation) to show.")
-        self.display = ComboBox(label="display", choices=DISPLAYS, value="stack")
-        self.display.native.setToolTip("A stack over the image (a slider picks the channel) or a grid of all "
-                                       "channels beside it.")
-        self.keep = CheckBox(text="keep previous feature maps", value=False)
-        self.form = Container(widgets=[self.image, self.layer, self.count, self.display, self.keep], labels=True)
-        self.form.native.layout().setContentsMargins(0, 0, 0, 0)
+        self.form, controls = build_form(self.params, owner=self, before=(self.image,))
+        self.layer, self.count, self.display, self.keep = (controls[k] for k in ("layer", "count", "display", "keep"))
         lay.addWidget(self.form.native)
-        bind(self.params, {"layer": self.layer, "count": self.count, "display": self.display, "keep": self.keep})
+        lay.addWidget(picker_caption(self.image, "Runs the model on"))
         self.run_button = QPushButton("Show feature maps")
         self.run_button.clicked.connect(lambda: self.run())
-        lay.addWidget(self.run_button)
+        self.add_run_row(self.run_button)
         self.result_label = wrapping_label()
         lay.addWidget(self.result_label)
         lay.addStretch(1)
@@ -73,20 +64,18 @@ class FeatureMapsWidget(GradCamWidget):
         self.layer.reset_choices()
 
     def run(self, layer=None, model_layer: str | None = None, n: int | None = None, display: str | None = None):
-        """Compute and add the feature maps; returns the worker (or None).
+        """Compute and add the feature maps with the form's parameters, the given ones (the model layer, the
+        number of channels, the display) set in the form first; returns the worker (or None).
 
         While a run is going on, another is refused (a notification) and the form is left as it is.
         """
         if self.refuse_if_busy():
             return None
-        for control, value in ((self.layer, model_layer), (self.count, n), (self.display, display)):
-            if value is not None:
-                control.value = value
+        p = adopt(self.params, layer=model_layer, count=n, display=display)
         picked = self.plane_to_explain(layer)
         if picked is None:
             return None
         model, layer, plane = picked
-        p = snapshot(self.params)
         shape = tuple(plane.data.shape[:2])
         return self.jobs.start(
             _features, model.bundle, plane.data, p.layer or None, int(p.count), model=model, sources=[layer],
@@ -98,7 +87,7 @@ class FeatureMapsWidget(GradCamWidget):
         self.layers_added = []
         grid = p.display == "grid"
         tuples = feature_layers(fm, plane, shape, grid=grid, model=job.model.name)
-        self.layers_added = replace_plugin_layers(self.viewer, tuples, "features", plane.name, p.keep)
+        self.layers_added = replace_plugin_layers(self.viewer, tuples, "features", plane.name, p.keep, layer)
         self.viewer.layers.selection.active = layer
         self._frame(grid)
         n, h, w = fm.maps.shape

@@ -17,7 +17,10 @@ and delivers to the layers it started from.
 * exceptions come back as values: a :class:`~napari_gradcam.errors.GradCamError` becomes a
   notification with its sentence, anything else a one-line notification and a logged traceback.
 
-While a job runs, a second one is refused (a notification) before anything changes.
+While a job runs, a second one is refused (a notification) before anything changes.  The runner's
+:class:`JobState` (``runner.status``: IDLE, RUNNING, then DONE, STOPPED or CRASHED) is what the buttons
+follow (``on_state``).  Every message goes through :func:`~.wording.napari_words`: napari names fields,
+not command-line options.
 """
 
 from __future__ import annotations
@@ -28,16 +31,33 @@ import logging
 import threading
 import traceback
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..errors import GradCamError
 from ._compat import avoid_triton_llvm_clash
+from .wording import napari_words
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..bundle import ModelBundle
     from .state import ModelState
 
 log = logging.getLogger("napari_gradcam")
+
+
+class JobState(Enum):
+    """Where a widget's job runner stands: the run button is enabled unless RUNNING, Cancel only while RUNNING."""
+
+    IDLE = "idle"  # nothing has run yet
+    RUNNING = "running"  # a job works (until its results were delivered)
+    DONE = "done"  # the last job ended normally (its results delivered, or dropped when a source went)
+    STOPPED = "stopped"  # the last job was cancelled, or stopped because a source layer was removed
+    CRASHED = "crashed"  # the last job ended with an error (``last_error`` says which)
+
+
+#: what the widget's progress bar says in each state (Qt's placeholders: %p percent, %v value, %m maximum)
+PROGRESS_TEXT = {JobState.IDLE: "", JobState.RUNNING: "%p%", JobState.DONE: "done",
+                 JobState.STOPPED: "cancelled", JobState.CRASHED: "failed (see the message)"}
 
 
 @dataclass(frozen=True)
@@ -51,7 +71,7 @@ class ModelSnapshot:
 def error_message(exc: BaseException, what: str) -> str:
     """The one sentence shown for an exception."""
     if isinstance(exc, GradCamError):
-        return str(exc)
+        return napari_words(str(exc))
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if len(text) > 200:
         text = text[:197] + "..."
@@ -63,7 +83,7 @@ def notify_error(exc: BaseException | str, what: str = "The operation") -> None:
     from napari.utils.notifications import show_error
 
     if isinstance(exc, str):
-        show_error(exc)
+        show_error(napari_words(exc))
         return
     if not isinstance(exc, GradCamError):
         log.error("%s failed", what, exc_info=(type(exc), exc, exc.__traceback__))
@@ -73,7 +93,7 @@ def notify_error(exc: BaseException | str, what: str = "The operation") -> None:
 def notify_info(message: str) -> None:
     from napari.utils.notifications import show_info
 
-    show_info(message)
+    show_info(napari_words(message))
 
 
 class _Failure:
@@ -150,15 +170,19 @@ def _generator_job(func: Callable, job: Job, lock, use_lock: bool, graceful: boo
 class JobRunner:
     """Starts and tracks the jobs of one widget (one at a time).
 
-    ``on_busy(busy)`` is called on the GUI thread when a job starts and ends (buttons follow it);
-    ``progress`` (optional) is a pair (QProgressBar, Cancel QPushButton) that the runner drives.
+    ``status`` is its :class:`JobState`; ``on_state(status)`` and ``on_busy(busy)`` are called on the GUI
+    thread when it changes (buttons follow it); ``progress_bar`` and ``cancel_button`` (optional) are
+    the widget's QProgressBar and Cancel QPushButton, which the runner drives.
     """
 
-    def __init__(self, viewer, state: "ModelState", what: str, on_busy: Callable[[bool], None] | None = None) -> None:
+    def __init__(self, viewer, state: "ModelState", what: str, on_busy: Callable[[bool], None] | None = None,
+                 on_state: Callable[[JobState], None] | None = None) -> None:
         self.viewer = viewer
         self.state = state
         self.what = what
         self.on_busy = on_busy
+        self.on_state = on_state
+        self.status = JobState.IDLE
         self.job: Job | None = None
         self.last_error: str | None = None
         self.progress_bar = None
@@ -242,7 +266,7 @@ class JobRunner:
             wrapped = _function_job(func, self.state.lock, use_lock)
         job.worker = worker = create_worker(wrapped, *args, _start_thread=False, **kwargs)
         self.job, self.last_error = job, None
-        self._busy(True, total)
+        self._set_status(JobState.RUNNING, total)
         self._connect(job, worker, on_result, on_event, on_finished, total)
         worker.start()
         return worker
@@ -252,7 +276,11 @@ class JobRunner:
 
         pbar = progress(total=total, desc=job.what)
 
+        ending = [JobState.DONE]
+
         def returned(result):
+            if isinstance(result, (_Failure, _Stopped)) or job.source_removed:
+                ending[0] = JobState.CRASHED if isinstance(result, _Failure) else JobState.STOPPED
             if isinstance(result, _Failure):
                 log.debug("%s failed:\n%s", job.what, result.traceback)
                 self.last_error = error_message(result.exc, job.what)
@@ -267,6 +295,7 @@ class JobRunner:
                 try:
                     on_result(job, result)
                 except Exception as e:  # noqa: BLE001 - adding layers should never crash napari
+                    ending[0] = JobState.CRASHED
                     self.last_error = error_message(e, job.what)
                     notify_error(e, job.what)
 
@@ -280,6 +309,7 @@ class JobRunner:
                     log.exception("progress display failed: %s", e)
 
         def errored(exc):  # only BaseExceptions escape the guards
+            ending[0] = JobState.CRASHED
             self.last_error = error_message(exc, job.what)
             notify_error(exc, job.what)
 
@@ -293,7 +323,7 @@ class JobRunner:
             job.worker = None  # let go of the run's arguments (an image may be large)
             if self.job is job:
                 self.job = None
-            self._busy(False, 0)
+            self._set_status(ending[0], 0)
 
         job.progress = pbar
         worker.returned.connect(returned)
@@ -318,14 +348,20 @@ class JobRunner:
             except RuntimeError:  # the viewer was closed
                 pass
 
-    def _busy(self, busy: bool, total: int) -> None:
+    def _set_status(self, status: JobState, total: int) -> None:
+        self.status = status
+        busy = status is JobState.RUNNING
         try:
+            if self.progress_bar is not None:
+                self.progress_bar.setFormat(PROGRESS_TEXT[status])
             if busy and self.progress_bar is not None:
                 self.progress_bar.setRange(0, max(total, 1))
                 self.progress_bar.setValue(0)
             self._set_cancel_enabled(busy)
             if self.on_busy is not None:
                 self.on_busy(busy)
+            if self.on_state is not None:
+                self.on_state(status)
         except RuntimeError:  # the Qt widgets are gone (the viewer was closed while the job ran)
             pass
 

@@ -48,16 +48,30 @@ def class_colormap(index: int, colormaps: Sequence[str] = CLASS_COLORMAPS) -> st
     return colormaps[int(index) % len(colormaps)]
 
 
-#: colours of signed maps (pixel attributions in [-1, 1]): blue (against the class), black at 0, red (for it);
-#: black at 0 like HEATMAP_COLORMAP, so additive blending leaves the image as is where there is no evidence
-SIGNED_COLORS = ((0.1, 0.45, 1.0, 1.0), (0.0, 0.0, 0.0, 1.0), (1.0, 0.25, 0.1, 1.0))
+#: colours of signed maps (pixel attributions in [-1, 1]): blue (against the class), transparent at 0, red (for
+#: it), the alpha rising with |value|: with translucent blending the image shows through where there is no
+#: evidence and strong evidence is coloured over bright bone and dark lung alike (additive blending, black
+#: at zero, made blue vanish over the mediastinum and the diaphragm)
+SIGNED_COLORS = ((0.15, 0.35, 1.0, 1.0), (0.15, 0.35, 1.0, 0.0), (1.0, 0.2, 0.1, 0.0), (1.0, 0.2, 0.1, 1.0))
+SIGNED_CONTROLS = (0.0, 0.5, 0.5, 1.0)
 
 
 def signed_colormap():
-    """The diverging napari Colormap of signed maps (contrast limits (-1, 1))."""
+    """The diverging napari Colormap of signed maps, centred at 0 (contrast limits (-1, 1))."""
     from napari.utils.colormaps import Colormap
 
-    return Colormap(colors=np.asarray(SIGNED_COLORS), name="signed evidence", display_name="signed evidence")
+    return Colormap(colors=np.asarray(SIGNED_COLORS), controls=np.asarray(SIGNED_CONTROLS), name="signed evidence",
+                    display_name="signed evidence")
+
+
+def display_of(signed: bool, colormap=HEATMAP_COLORMAP, opacity: float = 0.5) -> dict:
+    """How a map is shown over its image: an unsigned map with its colormap (black at 0) added to the image;
+    a signed one on the diverging colormap with symmetric contrast limits, blended translucently."""
+    if signed:
+        return {"colormap": signed_colormap(), "contrast_limits": (-1.0, 1.0), "blending": "translucent",
+                "opacity": 0.85}
+    return {"colormap": colormap, "contrast_limits": (0.0, 1.0), "blending": "additive", "opacity": opacity}
+
 
 #: classify / explain work on at most this many pixels; larger multiscale layers use a coarser level
 MAX_EXPLAIN_PIXELS = 4096 * 4096
@@ -189,12 +203,29 @@ def _place(arr: np.ndarray, plane: ImagePlane, extra_scale=(1.0, 1.0)) -> tuple[
     return arr, {"scale": tuple(scale), "translate": tuple(translate)}
 
 
+#: longest result-layer name napari's layer list shows without eliding it at its default width (it cuts the
+#: middle of longer names: "Grad-CAM cov...y_pneumonia]" hid the class)
+MAX_NAME = 24
+
+
+def result_name(head: str, source: str, tail: str = "") -> str:
+    """``"<head> [<source>]<tail>"``, with the source shortened ("xray_pn…") so that the whole name fits in
+    :data:`MAX_NAME` characters: the head (method and class) and a slice index ("[2]") are never cut; the
+    full source name stays in the layer's metadata."""
+    base, bracket, index = source.partition("[")  # a stack's slice ("stack[2]") is never cut
+    index = bracket + index
+    room = max(MAX_NAME - len(head) - len(tail) - len(index) - 3, 4)  # at least "xra…"
+    if len(base) > room:
+        base = base[:room - 1].rstrip() + "…"
+    return f"{head} [{base}{index}]{tail}"
+
+
 def heatmap_name(method: str, target: str, layer: str, source: str, default_layer: str = "") -> str:
-    """``"pneumonia · Grad-CAM [xray_pneumonia]"``: the class first and the image last, so that both stay
-    visible when napari's layer list shortens a long name in the middle; ``@layer`` when it is not
-    the model's default."""
+    """``"Grad-CAM pneumonia [xray_pn…]"``: method and class first, the image last, shortened so that napari's
+    layer list shows the name whole (:func:`result_name`); `` @layer`` at the end when it is not the
+    model's default."""
     at = f" @{layer}" if layer and layer != default_layer else ""
-    return f"{target} · {method_title(method)}{at} [{source}]"
+    return result_name(f"{method_title(method)} {target}", source, at)
 
 
 def coarse_map(heatmap: "Heatmap", factor: float = 1.0) -> np.ndarray | None:
@@ -261,10 +292,7 @@ def heatmap_layer(heatmap: "Heatmap", plane: ImagePlane, model: str = "", colorm
     meta["signed"] = signed
     kwargs = {
         "name": heatmap_name(heatmap.method, heatmap.target, heatmap.layer, plane.label, default_layer),
-        "colormap": signed_colormap() if signed else colormap,
-        "blending": "additive",
-        "opacity": 0.5,
-        "contrast_limits": (-1.0, 1.0) if signed else (0.0, 1.0),
+        **display_of(signed, colormap),
         "interpolation2d": "linear",
         "metadata": meta,
         **geo,
@@ -327,7 +355,7 @@ def tiled_layers(result: "TiledHeatmaps", plane: ImagePlane, model: str = "", st
             "model": model,
         }
         kwargs = {
-            "name": f"{cls} · tiled {method_title(result.method)} [{plane.label}]",
+            "name": result_name(f"tiled {method_title(result.method)} {cls}", plane.label),
             "colormap": class_colormap(ci),
             "blending": "additive",
             "opacity": 0.6,
@@ -390,10 +418,29 @@ def feature_layers(fm: "FeatureMaps", plane: ImagePlane, image_shape: tuple[int,
     return [(data, kwargs, "image")]
 
 
+def with_units(tuples: Sequence[tuple], source_layer) -> list[tuple]:
+    """The LayerDataTuples with the source layer's units on their spatial axes (pixels on extra leading
+    axes), so that results over a DICOM image in millimetres sit in the same world as the image (napari
+    refuses layers whose units disagree)."""
+    units = tuple(str(u) for u in getattr(source_layer, "units", ()) or ())
+    if not units:
+        return list(tuples)
+    out = []
+    for data, kwargs, ltype in tuples:
+        kwargs = dict(kwargs)
+        ndim = len(kwargs.get("scale") or ()) or np.ndim(data[0] if kwargs.get("multiscale") else data)
+        if ltype == "points":
+            ndim = np.shape(data)[-1]
+        kwargs["units"] = (("pixel",) * max(0, ndim - len(units)) + units)[-ndim:]
+        out.append((data, kwargs, ltype))
+    return out
+
+
 def replace_plugin_layers(viewer: "napari.Viewer", tuples: Sequence[tuple], widget: str, source: str,
-                          keep: bool = False) -> list:
+                          keep: bool = False, source_layer=None) -> list:
     """Add the LayerDataTuples, replacing the layers ``widget`` made for ``source`` unless ``keep``:
-    all or nothing; returns the layers added.
+    all or nothing; returns the layers added.  ``source_layer``: the image they belong to, whose units
+    they take (:func:`with_units`).
 
     Every layer is built before the viewer changes, so a tuple that cannot become a layer leaves the
     viewer as it was; if adding fails part way, the layers added are taken out again and the previous
@@ -401,6 +448,8 @@ def replace_plugin_layers(viewer: "napari.Viewer", tuples: Sequence[tuple], widg
     """
     from napari.layers import Layer
 
+    if source_layer is not None:
+        tuples = with_units(tuples, source_layer)
     new = [Layer.create(data, dict(kwargs), ltype) for data, kwargs, ltype in tuples]
     old = [] if keep else [
         (i, layer) for i, layer in enumerate(viewer.layers)

@@ -13,6 +13,7 @@ value per feature-map cell) is compared on its source image's pixel grid, upsamp
 from __future__ import annotations
 
 import math
+from html import escape
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,7 +23,8 @@ from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QPushButton, QTableWi
 from ..errors import GradCamError
 from ._base import GradCamWidget, error_message, layer_picker, notify_error, section, wrapping_label
 from .layers import ImagePlane, layer_plane
-from .params import LocalisationParams, bind, snapshot
+from .form import build_form
+from .params import LocalisationParams, adopt
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -83,6 +85,60 @@ def source_of(viewer: "napari.Viewer", heat_layer):
     if not wanted:
         return None
     return next((layer for layer in viewer.layers if str(layer.unique_id) == wanted), None)
+
+
+def outline_mismatch(viewer: "napari.Viewer", heat_layer, outline) -> str | None:
+    """Why ``outline`` cannot be scored against ``heat_layer`` (one sentence), or None when it belongs to the
+    heatmap's own source image.
+
+    Only a heatmap this plugin made knows its source (``metadata["source_id"]``; the heatmap itself stands
+    in for it when the source was closed).  The outline belongs to it when its metadata names that image
+    (a sample's outline), or, for a Labels layer, when it covers the same place as the image; for a Shapes
+    layer, when every shape lies on the image.  Any other image's heatmap is scored where it lies.
+    """
+    meta = getattr(heat_layer, "metadata", None) or {}
+    if not meta.get("source_id") and not meta.get("source"):
+        return None
+    src = source_of(viewer, heat_layer)
+    ref = src if src is not None else heat_layer
+    name = src.name if src is not None else meta.get("source", heat_layer.name)
+    omark = getattr(outline, "metadata", None) or {}
+    if omark.get("source_id") and src is not None and str(omark["source_id"]) == str(src.unique_id):
+        return None
+    if omark.get("image") and omark["image"] == name:
+        return None
+    if _lies_on(outline, ref) or not _overlaps(outline, ref):
+        return None  # one that misses the image altogether is refused when it is scored ("lies outside")
+    owner = f" (drawn for {omark['image']!r})" if omark.get("image") else ""
+    return (f"The outline {outline.name!r}{owner} does not belong to {name!r}, the image the heatmap "
+            f"{heat_layer.name!r} explains; choose or draw an outline over {name!r}.")
+
+
+def _overlaps(outline, image) -> bool:
+    """Whether the two layers' places in the world (last two axes) intersect."""
+    from ._base import _spatial_extent
+
+    try:
+        a, b = _spatial_extent(outline), _spatial_extent(image)
+    except Exception:  # noqa: BLE001 - an empty layer
+        return False
+    return bool(np.all(np.maximum(a[0], b[0]) < np.minimum(a[1], b[1])))
+
+
+def _lies_on(outline, image) -> bool:
+    """A Labels layer over the same place as ``image``; a Shapes layer whose shapes all lie on it."""
+    from napari.layers import Labels
+
+    from ._base import _spatial_extent, same_extent
+
+    if isinstance(outline, Labels):
+        return same_extent(outline, image)
+    if not len(outline.data):
+        return True  # empty: said when it is scored
+    lo, hi = _spatial_extent(image)
+    pts = np.concatenate([np.asarray(p, float)[:, -2:] for p in outline.data])
+    world = pts * np.asarray(outline.scale, float)[-2:] + np.asarray(outline.translate, float)[-2:]
+    return bool(np.all(world >= lo - 1e-6) and np.all(world <= hi + 1e-6))
 
 
 def metric_grid(plane: ImagePlane, meta: dict) -> tuple[ImagePlane, tuple[int, int]]:
@@ -235,7 +291,6 @@ class LocalisationWidget(GradCamWidget):
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer)
-        from magicgui.widgets import CheckBox, Container, FloatSpinBox
         from napari.layers import Image, Layer
 
         lay = self.layout()
@@ -247,22 +302,18 @@ class LocalisationWidget(GradCamWidget):
         self.outline = layer_picker(
             self.viewer, "outline", outline_layers, Layer,
             tooltip="The lesion's outline: a Labels layer (nonzero = lesion) or a Shapes layer.")
-        self.tolerance = FloatSpinBox(label="pointing tolerance (px)", value=15.0, min=0.0, max=10_000.0, step=1.0)
-        self.tolerance.native.setToolTip("A heatmap maximum this close to the outline counts as a hit "
-                                         "(Zhang et al. use 15 px at 224 px).")
-        self.level = FloatSpinBox(label="fixed threshold (× max)", value=0.5, min=0.0, max=1.0, step=0.05)
-        self.level.native.setToolTip("IoU / Dice of the heatmap pixels >= this fraction of its maximum.")
-        self.curves = CheckBox(text="deletion / insertion curves (needs the model)", value=False)
-        self.curves.native.setToolTip("Also run the model on the heatmap's source image with its most relevant "
-                                      "pixels deleted / inserted (slower).")
-        self.form = Container(widgets=[self.heatmap, self.outline, self.tolerance, self.level, self.curves],
-                              labels=True)
-        self.form.native.layout().setContentsMargins(0, 0, 0, 0)
+        self.form, controls = build_form(self.params, before=(self.heatmap, self.outline))
+        self.tolerance, self.level, self.curves = controls["tolerance"], controls["level"], controls["curves"]
         lay.addWidget(self.form.native)
-        bind(self.params, {"tolerance": self.tolerance, "level": self.level, "curves": self.curves})
-        self.run_button = QPushButton("Compare")
+        self.pairing = wrapping_label(rich=True)
+        lay.addWidget(self.pairing)
+        self.heatmap.changed.connect(self._match_outline)
+        self.outline.changed.connect(self._say_pairing)
+        self.viewer.layers.events.inserted.connect(self._match_outline)
+        self._match_outline()
+        self.run_button = QPushButton("Score heatmap against outline")
         self.run_button.clicked.connect(lambda: self.run())
-        lay.addWidget(self.run_button)
+        self.add_run_row(self.run_button)
         lay.addWidget(section("Localisation"))
         self.result_label = wrapping_label(rich=True)
         lay.addWidget(self.result_label)
@@ -280,18 +331,48 @@ class LocalisationWidget(GradCamWidget):
         self.heatmap.reset_choices()
         self.outline.reset_choices()
 
+    # ----------------------------------------------------------------- the outline follows the heatmap
+    def _match_outline(self, *_args) -> None:
+        """Keep the outline on one that belongs to the chosen heatmap's source image (when there is one)."""
+        try:
+            self.outline.reset_choices()
+            heat, current = self.heatmap.value, self.outline.value
+            if heat is not None and (current is None or outline_mismatch(self.viewer, heat, current)):
+                fits = [x for x in outline_layers(self.viewer) if not outline_mismatch(self.viewer, heat, x)]
+                if fits:
+                    self.outline.value = fits[-1]
+        except RuntimeError:  # the Qt widgets are gone
+            return
+        self._say_pairing()
+
+    def _say_pairing(self, *_args) -> None:
+        """Say what will be scored against what (and when they do not belong together)."""
+        heat, outline = self.heatmap.value, self.outline.value
+        try:
+            if heat is None or outline is None:
+                self.pairing.setText("<small>Scores a heatmap against a lesion outline: <i>"
+                                     + ("no heatmap yet" if heat is None else "no outline yet") + "</i></small>")
+                return
+            src = (heat.metadata or {}).get("source")
+            of = f" (of <b>{escape(src)}</b>)" if src else ""
+            problem = outline_mismatch(self.viewer, heat, outline)
+            text = f"<small>Scores <b>{escape(heat.name)}</b>{of} against <b>{escape(outline.name)}</b>"
+            self.pairing.setText(text + (f"<br><span style='color:#f0a040'>{escape(problem)}</span>" if problem
+                                         else "") + "</small>")
+        except RuntimeError:
+            pass
+
     # ----------------------------------------------------------------- run
     def run(self, heatmap=None, outline=None, tolerance: float | None = None, level: float | None = None,
             curves: bool | None = None):
         """Compare ``heatmap`` with ``outline`` (default: the chosen layers); returns the worker (or None)."""
         if self.refuse_if_busy():
             return None
-        for widget, value in ((self.heatmap, heatmap), (self.outline, outline), (self.tolerance, tolerance),
-                              (self.level, level), (self.curves, curves)):
+        p = adopt(self.params, tolerance=tolerance, level=level, curves=curves)
+        for widget, value in ((self.heatmap, heatmap), (self.outline, outline)):
             if value is not None:
                 try:
-                    if widget in (self.heatmap, self.outline):
-                        widget.reset_choices()
+                    widget.reset_choices()
                     widget.value = value
                 except (ValueError, TypeError) as e:
                     self.jobs.fail(f"{value!r} is not a valid choice here ({e}).")
@@ -302,7 +383,10 @@ class LocalisationWidget(GradCamWidget):
             self.outline, "There is no outline to compare with: draw the lesion in a Labels or Shapes layer first.")
         if heat_layer is None or outline_layer is None:
             return None
-        p = snapshot(self.params)
+        mismatch = outline_mismatch(self.viewer, heat_layer, outline_layer)
+        if mismatch is not None:
+            self.jobs.fail(mismatch)
+            return None
         model = self.jobs.capture_model() if p.curves else None
         if p.curves and model is None:
             return None

@@ -6,7 +6,7 @@
     ng.use_model(viewer, bundle)          # every napari-gradcam widget of this viewer now uses it
 
 The model goes into the viewer's shared :class:`~napari_gradcam._napari.state.ModelState` (the
-same one the Model widget sets) and the Model widget is docked, or shown if it is already.
+same one the Model widget sets) and the plugin's panel is docked (or shown) at its Model tab.
 """
 
 from __future__ import annotations
@@ -23,28 +23,30 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..bundle import ModelBundle
 
 PLUGIN = "napari-gradcam"
-MODEL_WIDGET = "Model"
 
 
 def show_model_widget(viewer: "napari.Viewer"):
-    """Dock the Model widget of ``viewer`` (or show the one docked) and return it; None without a window."""
+    """Dock the plugin's panel in ``viewer`` (or show the one docked) at its Model tab and return the Model
+    widget; None without a window."""
+    from .panel import PANEL
+
     window = getattr(unwrap(viewer), "window", None)
     if window is None or not hasattr(window, "add_plugin_dock_widget"):
         return None
-    dock, widget = window.add_plugin_dock_widget(PLUGIN, MODEL_WIDGET)
+    dock, panel = window.add_plugin_dock_widget(PLUGIN, PANEL)
     dock.show()
     dock.raise_()
-    return widget
+    return panel.show_tab("model")
 
 
 def _as_bundle(model: Any) -> "ModelBundle":
     """A ModelBundle as is; a path loaded with :func:`napari_gradcam.load_model`; anything else refused."""
-    import napari_gradcam as ng
+    from ..bundle import ModelBundle, load_model
 
-    if isinstance(model, ng.ModelBundle):
+    if isinstance(model, ModelBundle):
         return model
     if isinstance(model, (str, os.PathLike)):
-        return ng.load_model(model)
+        return load_model(model)
     kind = type(model).__name__
     if any(c.__name__ == "Module" and c.__module__.startswith("torch.nn") for c in type(model).__mro__):
         raise GradCamError(f"use_model needs a ModelBundle, not a bare {kind}; wrap it first with "

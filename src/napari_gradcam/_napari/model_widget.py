@@ -38,6 +38,18 @@ def _parse_classes(text: str) -> list[str]:
     return classes
 
 
+def parse_numbers(text: str, field: str) -> list[float] | None:
+    """'0.485, 0.456, 0.406' -> [0.485, 0.456, 0.406]; '' or 'auto' -> None; else one sentence naming ``field``."""
+    text = str(text or "").strip()
+    if text.lower() in ("", "auto"):
+        return None
+    try:
+        return [float(v) for v in text.replace(";", ",").replace(" ", ",").split(",") if v.strip()]
+    except ValueError:
+        raise GradCamError(f"The {field} field needs numbers separated by commas (one per channel, e.g. '0.5' or "
+                           f"'0.485, 0.456, 0.406'), or 'auto'; not {text!r}.") from None
+
+
 def searchable(combo) -> None:
     """Let a QComboBox be searched by typing: matches anywhere in the name, picked from a popup."""
     from qtpy.QtWidgets import QComboBox, QCompleter
@@ -51,10 +63,13 @@ def searchable(combo) -> None:
     combo.setCompleter(completer)
 
 
-def _load_file(path: str, device: str, arch: str, classes: str, in_channels: int | str, input_size: int):
+def _load_file(path: str, device: str, arch: str, classes: str, in_channels: int | str, input_size: int,
+               mean: list[float] | None = None, std: list[float] | None = None):
     """Worker: load a bundle (or bare weights / an ONNX graph described by the form) and list its layers.
 
-    ``in_channels`` "auto" reads the channel count from the weights (or the ONNX graph)."""
+    ``in_channels`` "auto" reads the channel count from the weights (or the ONNX graph); ``mean`` and
+    ``std`` (None: the file's, or the architecture's default) normalise the inputs of bare weights and ONNX
+    graphs (a bundle records its own)."""
     from ..bundle import load_model
 
     p = Path(path)
@@ -68,18 +83,20 @@ def _load_file(path: str, device: str, arch: str, classes: str, in_channels: int
                 raise
     channels = None if str(in_channels) == "auto" else int(in_channels)
     if p.suffix.lower() == ".onnx":
-        bundle = load_model(p, classes=_parse_classes(classes), in_channels=channels, device=device)
+        bundle = load_model(p, classes=_parse_classes(classes), in_channels=channels, device=device, mean=mean,
+                            std=std)
         return bundle, bundle.layers(), str(p)
     bundle = load_model(p, architecture=arch, classes=_parse_classes(classes), in_channels=channels,
-                        input_size=input_size, device=device)
+                        input_size=input_size, device=device, mean=mean, std=std)
     return bundle, bundle.layers(), str(p)
 
 
-def _build(arch: str, classes: str, in_channels: int, input_size: int, device: str):
+def _build(arch: str, classes: str, in_channels: int, input_size: int, device: str,
+           mean: list[float] | None = None, std: list[float] | None = None):
     from ..bundle import build_model
 
     bundle = build_model(arch, _parse_classes(classes), in_channels=in_channels, input_size=input_size,
-                         device=device)
+                         device=device, mean=mean, std=std)
     return bundle, bundle.layers(), f"untrained {bundle.architecture}"
 
 
@@ -123,31 +140,25 @@ class ModelWidget(GradCamWidget):
         self.in_channels = ComboBox(label="channels", choices=["auto", 1, 3], value="auto")
         self.in_channels.native.setToolTip("Input channels; 'auto' reads them from the weights (building: 1).")
         self.input_size = SpinBox(label="input size", min=16, max=4096, step=16, value=224)
+        self.mean = LineEdit(label="mean", value="auto")
+        self.mean.native.setToolTip("Input normalisation: the mean the model was trained with, one number per "
+                                    "channel (e.g. 0.485, 0.456, 0.406), or 'auto' (the file's, else the "
+                                    "architecture's default). For building and for bare .pt/.pth or ONNX files.")
+        self.std = LineEdit(label="std", value="auto")
+        self.std.native.setToolTip("Input normalisation: the standard deviation, one number per channel "
+                                   "(e.g. 0.229, 0.224, 0.225), or 'auto'. Give mean and std together.")
         self.form = Container(widgets=[self.file, self.architecture, self.classes, self.in_channels,
-                                       self.input_size], labels=True)
+                                       self.input_size, self.mean, self.std], labels=True)
         self.form.native.layout().setContentsMargins(0, 0, 0, 0)
-        hint = wrapping_label("<small>Bundles (.safetensors) describe themselves; architecture, classes, channels "
-                              "and input size are for building a model or reading bare .pt/.pth weights.</small>",
+        hint = wrapping_label("<small>Bundles (.safetensors) describe themselves; architecture, classes, channels, "
+                              "input size, mean and std are for building a model or reading bare .pt/.pth "
+                              "weights or an ONNX graph.</small>",
                               rich=True)
         self.open_section = Section("Open or build a model")
         self.open_section.addWidget(self.form.native)
         self.open_section.addWidget(hint)
 
-        buttons = QWidget()
-        blay = QHBoxLayout(buttons)
-        blay.setContentsMargins(0, 0, 0, 0)
-        self.load_button = QPushButton("Load file")
-        self.build_button = QPushButton("Build untrained")
-        self.demo_button = QPushButton("Demo model")
-        self.load_button.setToolTip("Load the model file chosen above.")
-        self.build_button.setToolTip("Build the architecture above with random weights (for trying things out).")
-        self.demo_button.setToolTip("Load the small demo model trained on synthetic chest X-rays.")
-        for b in (self.load_button, self.build_button, self.demo_button):
-            blay.addWidget(b)
-        self.load_button.clicked.connect(lambda: self.load_file())
-        self.build_button.clicked.connect(lambda: self.build())
-        self.demo_button.clicked.connect(lambda: self.load_demo())
-        self.open_section.addWidget(buttons)
+        self._add_buttons()
         self.open_section.expand(animate=False)
         lay.addWidget(self.open_section)
 
@@ -169,6 +180,25 @@ class ModelWidget(GradCamWidget):
         self.state.target_layer_changed.connect(self._on_state_target_layer)
         self._on_model_changed(self.state.bundle)
 
+    def _add_buttons(self) -> None:
+        """Load file, Build untrained and Demo model in the footer (always in view), disabled while a job runs."""
+        buttons = QWidget()
+        blay = QHBoxLayout(buttons)
+        blay.setContentsMargins(0, 0, 0, 0)
+        self.load_button = QPushButton("Load file")
+        self.build_button = QPushButton("Build untrained")
+        self.demo_button = QPushButton("Demo model")
+        self.load_button.setToolTip("Load the model file chosen above.")
+        self.build_button.setToolTip("Build the architecture above with random weights (for trying things out).")
+        self.demo_button.setToolTip("Load the small demo model trained on synthetic chest X-rays.")
+        for b in (self.load_button, self.build_button, self.demo_button):
+            blay.addWidget(b)
+        self.load_button.clicked.connect(lambda: self.load_file())
+        self.build_button.clicked.connect(lambda: self.build())
+        self.demo_button.clicked.connect(lambda: self.load_demo())
+        self.busy_buttons = (self.load_button, self.build_button, self.demo_button)
+        self.add_run_row(buttons)
+
     # ----------------------------------------------------------------- actions
     def load_file(self, path: str | os.PathLike | None = None):
         """Load a model file (the one in the form when ``path`` is None)."""
@@ -179,13 +209,20 @@ class ModelWidget(GradCamWidget):
         if value is None or str(value) in ("", ".") or Path(value).is_dir():
             notify_error("Choose a model file first (.safetensors, .pt or .pth).")
             return None
+        normalisation = self._normalisation()
+        if normalisation is None:
+            return None
         return self.jobs.start(_load_file, str(value), self.device.value, self.architecture.value,
                                self.classes.value, self.in_channels.value, int(self.input_size.value),
-                               on_result=lambda _job, result: self._set_loaded(result), what="Loading the model")
+                               *normalisation, on_result=lambda _job, result: self._set_loaded(result), what="Loading the model")
 
     def build(self, architecture: str | None = None, classes: str | list[str] | None = None,
-              in_channels: int | None = None, input_size: int | None = None):
-        """Build an untrained model of the form's (or the given) architecture."""
+              in_channels: int | None = None, input_size: int | None = None, mean=None, std=None):
+        """Build an untrained model of the form's (or the given) architecture (``mean``/``std``: numbers or
+        the fields' text)."""
+        for control, value in ((self.mean, mean), (self.std, std)):
+            if value is not None:
+                control.value = value if isinstance(value, str) else ", ".join(f"{v:g}" for v in value)
         if architecture is not None:
             self.architecture.value = architecture
         if classes is not None:
@@ -195,9 +232,24 @@ class ModelWidget(GradCamWidget):
         if input_size is not None:
             self.input_size.value = int(input_size)
         channels = 1 if self.in_channels.value == "auto" else int(self.in_channels.value)
+        normalisation = self._normalisation()
+        if normalisation is None:
+            return None
         return self.jobs.start(_build, self.architecture.value, self.classes.value, channels,
-                               int(self.input_size.value), self.device.value,
+                               int(self.input_size.value), self.device.value, *normalisation,
                                on_result=lambda _job, result: self._set_loaded(result), what="Building the model")
+
+    def _normalisation(self) -> tuple | None:
+        """(mean, std) from the form (None each for 'auto'), or a notification naming the field and None."""
+        try:
+            mean, std = parse_numbers(self.mean.value, "mean"), parse_numbers(self.std.value, "std")
+        except GradCamError as e:
+            self.jobs.fail(str(e))
+            return None
+        if (mean is None) != (std is None):
+            self.jobs.fail("Give both the mean and the std field (or set both to 'auto').")
+            return None
+        return mean, std
 
     def load_demo(self):
         """Load the shipped demo model (simple_cnn on synthetic chest X-rays)."""
@@ -295,6 +347,8 @@ class ModelWidget(GradCamWidget):
             f"classes ({b.n_classes}): {classes}",
             f"input: {b.input_size} x {b.input_size} px, {b.in_channels} channel{'s' if b.in_channels > 1 else ''}"
             f" &nbsp;·&nbsp; device: {b.device}",
+            "normalisation: mean " + ", ".join(f"{v:.4g}" for v in b.config.mean) + "; std "
+            + ", ".join(f"{v:.4g}" for v in b.config.std),
         ]
         training = getattr(b.config, "training", None) or {}
         if training.get("epochs_done"):

@@ -15,7 +15,7 @@ def _xray(label: str) -> list[tuple]:
     if ph.mask.any():
         layers.append(
             (ph.mask.astype("uint8"), {"name": f"{name}_lesion", "opacity": 0.4, "visible": False,
-                                       "metadata": {"label": label}}, "labels")
+                                       "metadata": {"label": label, "image": name}}, "labels")
         )
     return layers
 
@@ -37,7 +37,7 @@ def sample_mosaic() -> list[tuple]:
     return [
         (image, {"name": "xray_mosaic", "colormap": "gray"}, "image"),
         (class_map.astype("uint8") + 1, {"name": "xray_mosaic_classes", "opacity": 0.25, "visible": False,
-                                          "metadata": {"classes": list(CLASSES)}}, "labels"),
+                                          "metadata": {"classes": list(CLASSES), "image": "xray_mosaic"}}, "labels"),
     ]
 
 

@@ -10,15 +10,15 @@ from qtpy.QtGui import QBrush, QColor
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QPushButton, QTableWidget, QTableWidgetItem
 
 from ..colours import class_colour
-from ._base import GradCamWidget, error_message, layer_picker, notify_error, section, wrapping_label
+from ._base import GradCamWidget, error_message, layer_picker, notify_error, picker_caption, section, wrapping_label
 from .layers import block_mean, coarse_tiled_step, layer_plane, replace_plugin_layers, tiled_layers
-from .params import TiledParams, bind, snapshot
+from .form import build_form
+from .params import CLASS_MODES, TILED_METHODS, TiledParams, adopt  # noqa: F401 - CLASS_MODES re-exported
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-METHODS = [("CAM", "cam"), ("Grad-CAM", "gradcam"), ("Grad-CAM++", "gradcam++")]
-CLASS_MODES = [("top-k", "topk"), ("all", "all"), ("chosen", "chosen")]
+METHODS = TILED_METHODS
 
 #: results of a lazy (dask) input are computed in the worker when they fit in this many bytes
 MATERIALISE_BYTES = 1 << 30
@@ -84,34 +84,19 @@ class TiledHeatmapsWidget(GradCamWidget):
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer)
-        from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Select, SpinBox
-
         lay = self.layout()
         self.params = TiledParams()
         self.image = layer_picker(self.viewer, "image", tooltip="The (large) image layer to tile.")
-        self.method = ComboBox(label="method", choices=METHODS, value="cam")
-        self.tile = SpinBox(label="tile size (0: auto)", min=0, max=8192, step=16, value=0)
-        self.tile.native.setToolTip("Tile side in image pixels. 0: the model's training scale, the typical size of the "
-                                    "model's training images, recorded when it was trained (else its input size), "
-                                    "so that a tile shows what one training image showed. Tiles are resized to "
-                                    "the model's input size.")
-        self.overlap = FloatSpinBox(label="overlap", min=0.0, max=0.9, step=0.05, value=0.5)
-        self.class_mode = ComboBox(label="classes", choices=CLASS_MODES, value="all")
-        self.k = SpinBox(label="k", min=1, max=100, value=2)
-        self.chosen = Select(label="chosen", choices=self._class_choices)
-        self.keep = CheckBox(text="keep previous tiled maps", value=False)
-        self.form = Container(widgets=[self.image, self.method, self.tile, self.overlap, self.class_mode,
-                                       self.k, self.chosen, self.keep], labels=True)
-        self.form.native.layout().setContentsMargins(0, 0, 0, 0)
+        self.form, controls = build_form(self.params, owner=self, before=(self.image,))
+        self.method, self.tile, self.overlap = controls["method"], controls["tile"], controls["overlap"]
+        self.class_mode, self.k, self.chosen, self.keep = (controls[n] for n in ("class_mode", "k", "chosen", "keep"))
         lay.addWidget(self.form.native)
+        lay.addWidget(picker_caption(self.image, "Tiles"))
         self.tile_hint = wrapping_label(rich=True)
         lay.addWidget(self.tile_hint)
-        bind(self.params, {"method": self.method, "tile": self.tile, "overlap": self.overlap,
-                           "class_mode": self.class_mode, "k": self.k, "chosen": self.chosen, "keep": self.keep})
         self.run_button = QPushButton("Compute tiled heatmaps")
         self.run_button.clicked.connect(lambda: self.run())
-        lay.addWidget(self.run_button)
-        lay.addWidget(self._make_progress_row())
+        self.add_run_row(self.run_button)
         lay.addWidget(section("Class breakdown"))
         self.result_label = wrapping_label()
         lay.addWidget(self.result_label)
@@ -166,11 +151,7 @@ class TiledHeatmapsWidget(GradCamWidget):
         """
         if self.refuse_if_busy():
             return None
-        for control, value in ((self.tile, tile), (self.overlap, overlap), (self.method, method), (self.keep, keep)):
-            if value is not None:
-                control.value = value
-        if classes is not None:
-            self._set_classes(classes)
+        p = adopt(self.params, tile=tile, overlap=overlap, method=method, keep=keep, **self._class_overrides(classes))
         model = self.jobs.capture_model()
         if model is None:
             return None
@@ -188,7 +169,6 @@ class TiledHeatmapsWidget(GradCamWidget):
             import dask.array as da
 
             data = da.from_array(data, chunks=(2048, 2048) + tuple(data.shape[2:]))
-        p = snapshot(self.params)
         cls = self._classes_of(p)
         if cls is None:
             return None
@@ -199,15 +179,16 @@ class TiledHeatmapsWidget(GradCamWidget):
                             "was stopped and nothing was added.",
             on_result=lambda job, r: self._add(job, r, plane, layer, p.keep))
 
-    def _set_classes(self, classes) -> None:
+    @staticmethod
+    def _class_overrides(classes) -> dict:
+        """The parameters of the engine's ``classes`` argument: "all", an int (top-k) or class names."""
+        if classes is None:
+            return {}
         if isinstance(classes, str) and classes == "all":
-            self.class_mode.value = "all"
-        elif isinstance(classes, int):
-            self.class_mode.value = "topk"
-            self.k.value = classes
-        else:
-            self.class_mode.value = "chosen"
-            self.chosen.value = list(classes)
+            return {"class_mode": "all"}
+        if isinstance(classes, int):
+            return {"class_mode": "topk", "k": classes}
+        return {"class_mode": "chosen", "chosen": tuple(classes)}
 
     def _classes_of(self, p: TiledParams):
         """The engine's ``classes`` argument for the parameters (None + a notification when none is chosen)."""
@@ -227,7 +208,7 @@ class TiledHeatmapsWidget(GradCamWidget):
         source_id = str(layer.unique_id)
         tuples = (tiled_layers(result, plane, job.model.name, step, source_id) if not lazy
                   else self._lazy_tuples(result, plane, job.model.name, step, source_id))
-        self.layers_added = replace_plugin_layers(self.viewer, tuples, "tiled", plane.name, keep)
+        self.layers_added = replace_plugin_layers(self.viewer, tuples, "tiled", plane.name, keep, layer)
         self.result = result
         self.viewer.layers.selection.active = layer
         self.result_label.setText(f"{result.tiles} tiles of {result.tile} px (step {result.stride} px), "

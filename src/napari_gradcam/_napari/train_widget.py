@@ -8,6 +8,7 @@ ends, the best model becomes the viewer's shared model and its validation report
 from __future__ import annotations
 
 import time
+from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,28 @@ def _train(config, stop_event=None):
     result = yield from train(replace(config, stop_event=stop_event))
     layers = result.bundle.layers() if result.bundle is not None else []
     return result, layers
+
+
+def recipe_params() -> TrainParams:
+    """The form's starting values: :class:`~napari_gradcam.train.TrainConfig`'s defaults (the documented
+    recipe), read from the dataclass; the image size is the one ``TrainConfig`` picks for its architecture."""
+    from dataclasses import MISSING, fields
+
+    from ..train.config import DEFAULT_SIZE, IMAGENET_SIZE, TrainConfig
+
+    d = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    arch = d["arch"]
+    return TrainParams(architecture=arch, image_size=int(d["image_size"] or DEFAULT_SIZE.get(arch, IMAGENET_SIZE)),
+                       epochs=int(d["epochs"]), batch_size=int(d["batch_size"]), lr=f"{d['lr']:g}",
+                       augment=bool(d["augment"]), val_fraction=float(d["val_fraction"]),
+                       weighting=str(d["class_weighting"]), device=str(d.get("device") or "auto"))
+
+
+def recipe_image_size(arch: str) -> int:
+    """The input size ``TrainConfig`` uses for ``arch`` when none is given."""
+    from ..train.config import DEFAULT_SIZE, IMAGENET_SIZE
+
+    return DEFAULT_SIZE.get(arch, IMAGENET_SIZE)
 
 
 def default_output(data_dir: str, arch: str) -> Path:
@@ -164,20 +187,23 @@ class TrainWidget(GradCamWidget):
         from ..models import list_architectures
 
         lay = self.layout()
-        self.params = TrainParams()
+        self.params = recipe_params()
         self.data_dir = FileEdit(label="data folder", mode="d")
         self.data_dir.native.setToolTip("A folder with one sub-folder of images per class.")
         self.output = FileEdit(label="save as", mode="w", filter="*.safetensors")
         self.output.native.setToolTip("Where the best model is written (default: ~/napari-gradcam-models/).")
         self.architecture = ComboBox(label="architecture", choices=list_architectures(), value="simple_cnn")
-        self.image_size = SpinBox(label="image size", min=16, max=1024, step=16, value=128)
-        self.epochs = SpinBox(label="epochs", min=1, max=1000, value=10)
-        self.batch_size = SpinBox(label="batch size", min=1, max=1024, value=32)
-        self.lr = LineEdit(label="learning rate", value="0.001")
-        self.augment = CheckBox(text="augmentation (small rotations, shifts, zoom, contrast)", value=True)
-        self.val_fraction = FloatSpinBox(label="validation share", min=0.05, max=0.5, step=0.05, value=0.2)
-        self.weighting = ComboBox(label="class weighting", choices=WEIGHTING, value="balanced")
-        self.device = ComboBox(label="device", choices=list(DEVICES), value="auto")
+        self.image_size = SpinBox(label="image size", min=16, max=1024, step=16)
+        self.epochs = SpinBox(label="epochs (at most)", min=1, max=1000)
+        self.epochs.native.setToolTip("Passes over the training images, at most: on a CPU the run also stops when "
+                                      "its time budget is spent, keeping the best epoch.")
+        self.batch_size = SpinBox(label="batch size", min=1, max=1024)
+        self.lr = LineEdit(label="learning rate")
+        self.lr.native.setToolTip("Peak learning rate (the schedule warms up to it, then anneals).")
+        self.augment = CheckBox(text="augmentation (small rotations, shifts, zoom, contrast)")
+        self.val_fraction = FloatSpinBox(label="validation share", min=0.05, max=0.5, step=0.05)
+        self.weighting = ComboBox(label="class weighting", choices=WEIGHTING)
+        self.device = ComboBox(label="device", choices=list(DEVICES))
         controls = {"data_dir": self.data_dir, "output": self.output, "architecture": self.architecture,
                     "image_size": self.image_size, "epochs": self.epochs, "batch_size": self.batch_size,
                     "lr": self.lr, "augment": self.augment, "val_fraction": self.val_fraction,
@@ -186,10 +212,17 @@ class TrainWidget(GradCamWidget):
         self.form.native.layout().setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.form.native)
         bind(self.params, controls)
+        self.output_hint = wrapping_label(rich=True)
+        lay.addWidget(self.output_hint)
+        self._auto_output = ""
+        self._size_for = self.params.architecture
+        self.data_dir.changed.connect(self._suggest_output)
+        self.architecture.changed.connect(self._on_architecture)
+        self.output.changed.connect(self._say_output)
+        self._say_output()
         self.run_button = QPushButton("Train")
         self.run_button.clicked.connect(lambda: self.run())
-        lay.addWidget(self.run_button)
-        lay.addWidget(self._make_progress_row())
+        self.add_run_row(self.run_button)
         self.status = wrapping_label()
         lay.addWidget(self.status)
         self.curves = _Curves(self.viewer)
@@ -203,6 +236,27 @@ class TrainWidget(GradCamWidget):
         lay.addWidget(self.confusion)
         self.result = None
         self.events: list = []
+
+    # ----------------------------------------------------------------- the form's reactions
+    def _on_architecture(self, arch: str) -> None:
+        """The recipe's image size follows the architecture (unless it was changed by hand); so does the
+        suggested file name."""
+        if int(self.image_size.value) == recipe_image_size(self._size_for):
+            self.image_size.value = recipe_image_size(arch)
+        self._size_for = arch
+        self._suggest_output()
+
+    def _suggest_output(self, *_args) -> None:
+        """Fill "save as" with the default path once a data folder is chosen (a path typed by hand stays)."""
+        data = self.params.data_dir
+        if data and Path(data).is_dir() and self.params.output in ("", self._auto_output):
+            self._auto_output = str(default_output(data, self.params.architecture))
+            self.output.value = self._auto_output
+        self._say_output()
+
+    def _say_output(self, *_args) -> None:
+        where = self.params.output or str(default_output("<data folder>", self.params.architecture))
+        self.output_hint.setText(f"<small>The best model will be saved to <b>{escape(where)}</b></small>")
 
     # ----------------------------------------------------------------- run / cancel
     def config(self, p: TrainParams | None = None):

@@ -1,0 +1,90 @@
+"""Forms declared once: a widget's parameters are one dataclass whose fields carry their label, tooltip,
+choices and limits (:func:`param`); :func:`build_form` makes the magicgui form of it and binds the two
+(:func:`~.params.bind`).  A run takes a copy of the parameters with its overrides
+(:func:`~.params.snapshot`), never the Qt controls.
+
+    @evented
+    @dataclass
+    class FeatureParams:
+        count: int = param(16, "channels", "How many of the most active channels to show.", min=1, max=512)
+
+    form, controls = build_form(self.params, owner=self)   # controls["count"] is a SpinBox
+
+``choices`` may be a list of values or (label, value) pairs, or the name of a method of the owner
+widget that returns them (choices that follow the model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, field, fields
+from typing import Any
+
+#: the keys of a field's metadata that describe its form control
+FORM_KEY = "form"
+
+
+def param(default: Any, label: str, tooltip: str = "", *, choices: Any = None, widget: str | None = None,
+          **options: Any) -> Any:
+    """A dataclass field with its form control described in ``metadata["form"]``.
+
+    ``label``: the control's label (a check box's text); ``tooltip``; ``choices``: values, (label, value)
+    pairs, or the name of an owner method returning them; ``widget``: a magicgui widget type where the
+    default one does not fit ("Select", "FileEdit", "LineEdit"); ``options``: the widget's own (min, max,
+    step, mode, filter, ...).
+    """
+    meta = {"label": label, "tooltip": tooltip, "choices": choices, "widget": widget, "options": options}
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata={FORM_KEY: meta})
+    return field(default=default, metadata={FORM_KEY: meta})
+
+
+def form_fields(params) -> list:
+    """The fields of ``params`` that have a form control, in declaration order."""
+    return [f for f in fields(params) if FORM_KEY in f.metadata]
+
+
+def make_control(f, value: Any, owner: Any = None):
+    """The magicgui control of one declared field, showing ``value``."""
+    from magicgui.widgets import CheckBox, create_widget
+
+    meta = f.metadata[FORM_KEY]
+    options = dict(meta["options"])
+    choices = meta["choices"]
+    if isinstance(choices, str):
+        choices = getattr(owner, choices)
+    if choices is not None:
+        options["choices"] = choices
+    if isinstance(value, bool) and meta["widget"] is None:
+        control = CheckBox(text=meta["label"], value=value)
+    else:
+        kind = meta["widget"] or ("ComboBox" if choices is not None else None)
+        default = f.default if f.default is not MISSING else value
+        annotation = None if kind is not None else type(default)
+        try:
+            control = create_widget(value=_control_value(value), annotation=annotation, label=meta["label"],
+                                    widget_type=kind, options=options)
+        except (ValueError, TypeError):  # not among the choices of this moment (e.g. no model yet): bind fixes it
+            control = create_widget(annotation=annotation, label=meta["label"], widget_type=kind, options=options)
+    if meta["tooltip"]:
+        control.native.setToolTip(meta["tooltip"])
+    return control
+
+
+def _control_value(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def build_form(params, owner: Any = None, before: tuple = ()):
+    """A magicgui Container of ``before`` (e.g. a layer picker) and one control per declared field of
+    ``params``, bound both ways to it; returns (container, {field name: control})."""
+    from magicgui.widgets import Container
+
+    from .params import bind
+
+    controls = {f.name: make_control(f, getattr(params, f.name), owner) for f in form_fields(params)}
+    form = Container(widgets=[*before, *controls.values()], labels=True)
+    form.native.layout().setContentsMargins(0, 0, 0, 0)
+    bind(params, controls)
+    return form, controls
