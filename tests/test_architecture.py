@@ -148,17 +148,34 @@ def test_known_napari_circle_is_gone(circle):
 #: module or subpackage right under ``napari_gradcam`` ("(root)" is the package's ``__init__``).
 FORBIDDEN = {
     "introspect": {"models", "tv_models", "timm_models", "bundle", "engine", "preprocess", "cli", "_napari",
-                   "compare", "localisation", "train", "inference", "data"},
+                   "compare", "localisation", "train", "inference", "data", "audit", "stats", "unlearn"},
     "models": {"engine", "bundle", "cli", "_napari"},
     "tv_models": {"models", "engine", "bundle", "cli", "_napari"},
     "timm_models": {"models", "engine", "bundle", "cli", "_napari"},
     "engine": {"models", "tv_models", "timm_models", "cli", "_napari", "train", "compare", "localisation",
-               "data", "inference"},
-    "bundle": {"engine", "cli", "_napari", "train"},
+               "data", "inference", "audit", "stats", "unlearn", "metrics"},
+    "bundle": {"engine", "cli", "_napari", "train", "audit", "stats", "unlearn"},
     "preprocess": {"engine", "models", "cli", "_napari"},
-    "compare": {"cli", "_napari", "models"},
-    "localisation": {"cli", "_napari", "models"},
-    "train": {"engine", "cli", "_napari"},
+    "overlays": {"engine", "bundle", "models", "cli", "_napari"},
+    "compare": {"cli", "_napari", "models", "audit", "unlearn"},
+    "localisation": {"cli", "_napari", "models", "audit", "unlearn", "train"},
+    "train": {"engine", "cli", "_napari", "audit", "stats", "compare", "localisation"},
+    "metrics": {"engine", "cli", "_napari", "train", "audit", "unlearn", "bundle", "models"},
+    "audit": {"cli", "_napari", "train", "unlearn", "stats", "models", "tv_models", "timm_models", "compare",
+              "localisation"},
+    "stats": {"engine", "cli", "_napari", "audit", "unlearn", "models", "tv_models", "timm_models", "compare",
+              "localisation"},
+    "unlearn": {"engine", "train", "stats", "metrics", "cli", "_napari", "compare", "localisation"},
+}
+
+#: Where a part may import only some modules of another (docs/architecture.md): {(part, other part): the
+#: modules of the other part it may import}.  Each is a piece that lies below the importing part while the
+#: rest of its own part lies above it.
+ONLY = {
+    ("metrics", "stats"): {"napari_gradcam.stats.bootstrap"},
+    ("stats", "train"): {"napari_gradcam.train.evaluate"},
+    ("train", "unlearn"): {"napari_gradcam.unlearn.aclarc"},
+    ("unlearn", "audit"): {"napari_gradcam.audit.confirm"},
 }
 
 
@@ -170,7 +187,85 @@ def _part(module: str) -> str:
 def test_each_part_keeps_to_what_it_may_import():
     edges, _ = import_graph()
     broken = sorted(f"{a} -> {b}" for a, targets in edges.items() for b in targets
-                    if _part(b) in FORBIDDEN.get(_part(a), ()))
+                    if _part(b) in FORBIDDEN.get(_part(a), ())
+                    or b not in ONLY.get((_part(a), _part(b)), {b}))
+    assert not broken, broken
+
+
+def _package_imports(root: Path) -> list[tuple[str, str, list[str]]]:
+    """Every import of the package by the package, at any depth of the code: (where: "file:line", the
+    module it imports, the names it takes from it, empty for ``import M``)."""
+    top = root.name
+    found = []
+    for name, (path, package) in _modules(root).items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            where = f"{path.relative_to(root.parent)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Import):
+                found += [(where, a.name, []) for a in node.names if a.name.split(".")[0] == top]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+                if base.split(".")[0] == top:
+                    found.append((where, base, [a.name for a in node.names if a.name != "*"]))
+    return found
+
+
+_RESOLVE = """
+import importlib, json, sys
+broken = []
+for where, module, names in json.loads(sys.stdin.read()):
+    try:
+        m = importlib.import_module(module)
+    except Exception as err:
+        broken.append(f"{where}: {module}: {type(err).__name__}: {err}")
+        continue
+    for n in names:
+        if not hasattr(m, n):
+            try:
+                importlib.import_module(f"{module}.{n}")
+            except ModuleNotFoundError:
+                broken.append(f"{where}: {module} has no {n}")
+            except Exception as err:
+                broken.append(f"{where}: {module}.{n}: {type(err).__name__}: {err}")
+print(json.dumps(broken))
+"""
+
+
+def unresolved_imports(root: Path = PACKAGE) -> list[str]:
+    """The package's imports of itself that fail, each tried in a fresh interpreter with ``root``'s folder
+    first on the path (so imports inside functions, which the interpreter meets only when they run, are
+    checked too): "file:line: what is missing"."""
+    import json
+    import os
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root.parent), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", _RESOLVE], input=json.dumps(_package_imports(root)),
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_import_checker_finds_broken_imports_inside_functions(tmp_path):
+    """The checker itself, on a small package with known answers: a missing name and a missing module
+    inside functions, a good relative import of a subpackage's module, a name its ``__init__`` defines."""
+    pkg = tmp_path / "napari_gradcam"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("X = 1\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "b.py").write_text("def f():\n    from .. import X\n    from . import c\n")
+    (pkg / "sub" / "c.py").write_text("def g():\n    from ..sub.b import nothing\n")
+    (pkg / "d.py").write_text("def h():\n    import napari_gradcam.gone\n    from .sub import b, c\n")
+    broken = unresolved_imports(pkg)
+    assert len(broken) == 2, broken
+    assert broken[0].startswith("napari_gradcam/d.py:2: napari_gradcam.gone: ModuleNotFoundError"), broken
+    assert broken[1] == "napari_gradcam/sub/c.py:2: napari_gradcam.sub.b has no nothing", broken
+
+
+def test_every_import_of_the_package_resolves():
+    """Every ``import napari_gradcam...`` and ``from napari_gradcam... / from .x import y`` in the package,
+    also inside functions and in ``_napari`` (under Xvfb), names a module and a name that exist."""
+    broken = unresolved_imports()
     assert not broken, broken
 
 
@@ -242,3 +337,42 @@ def test_methods_are_listed_in_one_order_whichever_family_is_imported_first():
     names = orders.pop().split()
     assert names[:3] == ["cam", "gradcam", "gradcam++"] and names.index("scorecam") < names.index("ablationcam")
     assert names.index("ablationcam") < names.index("saliency") and names[-1] == "guided-gradcam"
+
+
+_CALLS = """
+import importlib, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+import napari_gradcam as ng
+ng_audit, ng_unlearn = ng.audit, ng.unlearn  # before the functions' modules are imported below
+from napari_gradcam.audit.run import audit
+from napari_gradcam.unlearn.pclarc import unlearn
+
+
+def said(f, *args):
+    try:
+        f(*args)
+    except Exception as err:
+        return type(err).__name__ + ': ' + str(err)
+    return 'no error'
+
+
+print(said(ng_audit, None, [[0]]) == said(ng.audit, None, [[0]]) == said(audit, None, [[0]]) != 'no error',
+      said(ng_unlearn, None, 'x') == said(ng.unlearn, None, 'x') == said(unlearn, None, 'x') != 'no error',
+      said(ng_audit, None, [[0]]).split(':')[0])
+"""
+
+
+@pytest.mark.parametrize("first", [(), ("napari_gradcam.audit", "napari_gradcam.unlearn"),
+                                   ("napari_gradcam.unlearn.aclarc", "napari_gradcam.audit.result"),
+                                   ("napari_gradcam.train", "napari_gradcam.cli")], ids=lambda f: "+".join(f) or "root")
+def test_audit_and_unlearn_are_the_functions_in_every_import_order(first):
+    """docs/architecture.md, "Callable packages": ``ng.audit(model, source)`` and ``ng.unlearn(bundle, dir)``
+    call the functions whether the name was first reached through the package's lazy names or the
+    subpackage was imported before (which binds the subpackage, a module, to the name): the same answer
+    as the functions themselves, here a one-sentence refusal of a model that is not one."""
+    out = subprocess.run([sys.executable, "-c", _CALLS, *first], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    same_audit, same_unlearn, kind = out.stdout.split()
+    assert same_audit == "True" and same_unlearn == "True", out.stdout
+    assert kind != "TypeError", out.stdout

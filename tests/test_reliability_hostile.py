@@ -144,6 +144,35 @@ def test_no_number_option_is_unbounded():
     assert seen > 30
 
 
+def test_every_number_option_has_a_maximum():
+    """A bounded type needs an upper bound too (``int_type(2)`` lets 10**15 through): every option whose
+    type parses a small number ("1", "16", ...) refuses 10**15 with a usage error."""
+    import argparse
+
+    from napari_gradcam.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    numbers, open_ended = 0, []
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if not callable(action.type) or action.choices:
+                continue
+            for small in ("1", "0", "0.5", "16", "-1"):
+                try:
+                    one = action.type(small)
+                    break
+                except (argparse.ArgumentTypeError, ValueError, TypeError):
+                    one = None
+            if isinstance(one, (int, float)) and not isinstance(one, bool):
+                numbers += 1
+                try:
+                    action.type(str(10**15))
+                    open_ended.append(f"{name} {'/'.join(action.option_strings)}")
+                except argparse.ArgumentTypeError:
+                    pass
+    assert numbers > 30 and not open_ended, open_ended
+
+
 # ----------------------------------------------------------------------------- MemoryError and progress bars
 def test_memory_error_anywhere_is_the_resource_sentence(files, capsys, monkeypatch):
     import napari_gradcam.inference as inference

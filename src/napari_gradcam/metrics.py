@@ -129,7 +129,7 @@ def classification_report(y_true, probs, classes: Sequence[str], threshold: floa
         **({"threshold": float(threshold)} if threshold is not None and len(classes) == 2 else {}),
     }
     if bootstrap is not None and bootstrap.resamples:
-        from .stats import classification_intervals
+        from .stats.bootstrap import classification_intervals
 
         report.update(classification_intervals(y, p, classes, threshold, bootstrap)[0])
     return report

@@ -8,12 +8,30 @@ import base64
 import html
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .result import Audit
+    import pandas as pd
+
+
+
+class AuditView(Protocol):
+    """What the report reads of an audit (an :class:`~napari_gradcam.audit.result.Audit`): the table,
+    the findings, the class names, the maps' store and the images.  Named here rather than imported
+    from :mod:`.result`, whose ``Audit.save`` writes this report."""
+
+    table: "pd.DataFrame"
+    findings: dict
+
+    @property
+    def classes(self) -> list[str]: ...
+
+    def maps(self, name: str = "grid") -> np.ndarray: ...
+
+    def read_image(self, i: int) -> np.ndarray: ...
+
 
 THUMBS = 12
 _CSS = """body{font-family:sans-serif;margin:24px;max-width:1200px;color:#222}
@@ -49,7 +67,7 @@ def _figure(n: int, size: float = 2.6):
     return fig, axes[0]
 
 
-def class_means_png(a: "Audit") -> str:
+def class_means_png(a: AuditView) -> str:
     """The classes' mean maps side by side on one colour scale (share of the evidence per grid cell)."""
     means = a.maps("class_means")
     fig, axes = _figure(len(means))
@@ -64,7 +82,7 @@ def class_means_png(a: "Audit") -> str:
     return _png(fig)
 
 
-def embedding_png(a: "Audit") -> str:
+def embedding_png(a: AuditView) -> str:
     """Per class, the 2-D spectral embedding coloured by cluster."""
     emb = a.maps("embedding")
     fig, axes = _figure(len(a.classes), 3.2)
@@ -81,11 +99,11 @@ def embedding_png(a: "Audit") -> str:
     return _png(fig)
 
 
-def thumbnail(a: "Audit", row: int, box, size: int = 96) -> str:
+def thumbnail(a: AuditView, row: int, box, size: int = 96) -> str:
     """One member: the image in gray, its map (the common grid, scaled to its peak) on top, the box in cyan."""
     from skimage.transform import resize
 
-    from ..cli._common import overlay_rgb
+    from ..overlays import overlay_rgb
     from ..preprocess import check_image
 
     img = check_image(a.read_image(row))
@@ -133,7 +151,7 @@ def _verdict_class(v: str) -> str:
     return {"likely shortcut": "shortcut", "no evidence": "none"}.get(v, "untested")
 
 
-def _cluster_section(a: "Audit", c: dict, index: dict[str, int], mean: np.ndarray | None) -> str:
+def _cluster_section(a: AuditView, c: dict, index: dict[str, int], mean: np.ndarray | None) -> str:
     rows = [index[p] for p in c["members"] if p in index]
     pick = rows if len(rows) <= THUMBS else [rows[i] for i in np.linspace(0, len(rows) - 1, THUMBS).astype(int)]
     thumbs = [] if mean is None else [f'<img src="{mean_map_thumbnail(mean, c["box"])}" title="the cluster\'s '
@@ -165,7 +183,7 @@ def comparison_section(comparison: dict | None) -> str:
             f"<table><tr><th>finding</th><th>class</th><th>now</th><th>why</th></tr>{rows}</table>")
 
 
-def render_report(a: "Audit") -> str:
+def render_report(a: AuditView) -> str:
     """The page's HTML."""
     f = a.findings
     index = {p: i for i, p in enumerate(a.table["path"])}
@@ -200,7 +218,7 @@ def _share(s: dict | None) -> str:
     return "-" if not s else f"{100 * s['median']:.0f} % ({100 * s['q10']:.0f}-{100 * s['q90']:.0f} %)"
 
 
-def write_report(a: "Audit", path: Path) -> None:
+def write_report(a: AuditView, path: Path) -> None:
     """Write ``report.html`` (the maps read once)."""
     a._grid = a.maps("grid")
     try:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from .. import models
 from ..errors import GradCamError, ParameterError
 from .diagnose import brief, first_line
+from .projection import install
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -177,8 +178,6 @@ class ModelBundle:
 
     def __post_init__(self) -> None:
         if self.projections:
-            from .projection import install
-
             install(self.model, self.projections)
 
     # convenient read-only views of the config

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import GradCamError, ModelFileError
 
@@ -27,7 +27,19 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-    from .core import ModelBundle
+
+
+class ProjectedBundle(Protocol):
+    """What :func:`attach` and :func:`check_layers` read and write of a bundle (a
+    :class:`~napari_gradcam.bundle.ModelBundle`): its network, its projections, its input geometry
+    (``config.in_channels``, ``config.input_size``) and device.  Named here rather than imported from
+    :mod:`.core`, which builds on this module (a bundle installs its projections when it is made)."""
+
+    model: "nn.Module"
+    projections: list
+    config: Any
+    device: Any
+
 
 PREFIX = "__projection__."
 METADATA_KEY = "projections"
@@ -143,7 +155,7 @@ def install(model: "nn.Module", projections: list[Projection]) -> None:
         models.get_module(model, p.layer).register_forward_hook(p)
 
 
-def attach(bundle: "ModelBundle", projections: list[Projection]) -> "ModelBundle":
+def attach(bundle: ProjectedBundle, projections: list[Projection]) -> ProjectedBundle:
     """``bundle`` with ``projections`` recorded and installed on its model; returns it."""
     bundle.projections = list(projections)
     install(bundle.model, bundle.projections)
@@ -199,7 +211,7 @@ def _good_entry(e: Any) -> bool:
             and isinstance(e.get("info"), dict))
 
 
-def check_layers(name: str, bundle: "ModelBundle", projections: list[Projection]) -> None:
+def check_layers(name: str, bundle: ProjectedBundle, projections: list[Projection]) -> None:
     """ModelFileError when a projection names a layer the bundle's model lacks, or one whose output on
     a blank input is not (1, C, ...) with the projection's C channels (one forward pass, no hooks)."""
     import torch

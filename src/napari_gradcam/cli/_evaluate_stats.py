@@ -8,12 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from ._common import non_negative_int, seed_int
+from ._common import int_type, seed_int
 
 
 def add_bootstrap_options(p) -> None:
     """--bootstrap N and --seed (the 95 % interval of every figure)."""
-    p.add_argument("--bootstrap", type=non_negative_int, default=1000, metavar="N",
+    p.add_argument("--bootstrap", type=int_type(0, 100_000, name="--bootstrap"), default=1000, metavar="N",
                    help="resamples of the 95 %% bootstrap interval of every figure (0: no intervals); patients "
                         "(found in file names as for training's split) are resampled whole")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the resamples")

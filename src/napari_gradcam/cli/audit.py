@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ._common import PROG, _fmt_kw, _load, _tqdm, add_device, add_model_options, add_quiet, positive_int, shown
+from ._common import (PROG, _fmt_kw, _load, _tqdm, add_device, add_model_options, add_quiet, int_type, number_option,
+                      shown)
 
 
 def cmd_audit(args) -> int:
@@ -146,8 +147,9 @@ def register(sub) -> None:
                    help="explanation method (see 'napari-gradcam methods')")
     p.add_argument("--layer", nargs="+", metavar="NAME", help="layer(s) to explain; default the method's own")
     p.add_argument("--masks", metavar="DIR", help="masks (e.g. lungs) with the images' relative names")
-    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="images per pass")
-    p.add_argument("--max-clusters", type=positive_int, default=8, metavar="K", help="most strategies per class")
+    p.add_argument("--batch-size", type=number_option("batch_size"), default=32, metavar="N", help="images per pass")
+    p.add_argument("--max-clusters", type=int_type(1, 64, name="--max-clusters"), default=8, metavar="K",
+                   help="most strategies per class")
     p.add_argument("--fill", default="harmonic", choices=("harmonic", "biharmonic", "median"),
                    help="how removal fills a region: harmonic (smooth, bounded by its surroundings), biharmonic "
                         "inpainting (scikit-image) or the median of its surroundings")
@@ -157,7 +159,7 @@ def register(sub) -> None:
     run = p.add_mutually_exclusive_group()
     run.add_argument("--resume", action="store_true", help="continue an interrupted audit (or reuse DIR's maps)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
-    p.add_argument("--workers", type=positive_int, metavar="N",
+    p.add_argument("--workers", type=int_type(1, 256, name="--workers"), metavar="N",
                    help="run the explanation pass on a local dask cluster of N processes")
     p.add_argument("--scheduler", metavar="ADDRESS", help="run the explanation pass on this dask scheduler")
     add_device(p)

@@ -132,7 +132,7 @@ TRAIN_BOUNDS = {
     "lr": (1e-12, 10.0), "weight_decay": (0, 10.0), "momentum": (0, 0.999999), "warmup_epochs": (0, 100_000),
     "label_smoothing": (0, 0.999999), "val_fraction": (1e-6, 0.999999), "rotation": (0, 180.0),
     "translate": (0, 0.999999), "zoom": (0, 0.999999), "brightness": (0, 0.999999), "contrast": (0, 0.999999),
-    "gamma": (0, 10.0), "blur": (0, 100.0), "erase": (0, 0.999999), "min_delta": (0, 1e6),
+    "gamma": (0, 10.0), "blur": (0, 100.0), "erase": (0, 0.999999), "min_delta": (0, 1e6), "unlearn_p": (0, 1.0),
 }
 
 

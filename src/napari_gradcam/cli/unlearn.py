@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
-from ._common import PROG, _fmt_kw, _load, add_device, add_model_options, add_quiet, check_outputs, int_type
+from ._common import (MAX_COUNT, PROG, _fmt_kw, _load, add_device, add_model_options, add_quiet, check_outputs,
+                      int_type)
 
 
 def cmd_unlearn(args) -> int:
@@ -61,7 +62,7 @@ def register(sub) -> None:
                         "finding's box; removes more of the class's own evidence")
     p.add_argument("--margin", type=int_type(0, 64, name="--margin"), default=1, metavar="CELLS",
                    help="cells of the layer's grid added around the box")
-    p.add_argument("--max-images", type=int_type(2, name="--max-images"), default=1000, metavar="N",
+    p.add_argument("--max-images", type=int_type(2, MAX_COUNT, name="--max-images"), default=1000, metavar="N",
                    help="at most N members and N other images per finding for the concept vector")
     p.add_argument("--recheck", action="store_true",
                    help="re-run the findings' removal and insertion tests on the new model and print them as JSON")

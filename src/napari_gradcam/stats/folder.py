@@ -101,6 +101,6 @@ def _scan(bundle: "ModelBundle", folder, group_pattern) -> "ImageFolderData":
 
 
 def _predict(bundle: "ModelBundle", data: "ImageFolderData", batch_size: int):
-    from ..train import evaluate_model
+    from ..train.evaluate import evaluate_model
 
     return evaluate_model(bundle, data, batch_size=batch_size)

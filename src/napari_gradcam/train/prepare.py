@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -126,6 +126,17 @@ def make_augmentation(cfg: "TrainConfig") -> Augmentation | None:
     return Augmentation(rotation=cfg.rotation, translate=cfg.translate, zoom=cfg.zoom, brightness=cfg.brightness,
                         contrast=cfg.contrast, flips=cfg.flips, erase=cfg.erase, erase_grid=cfg.erase_grid,
                         gamma=cfg.gamma, fill=cfg.fill, blur=cfg.blur)
+
+
+def unlearning_augmentation(cfg: "TrainConfig", mc: "ModelConfig", base: Callable | None,
+                            classes: list[str] | None = None) -> Callable | None:
+    """The training augmentation of ``cfg``: ``base``, preceded by the artifact paste of ``cfg.unlearn``
+    (A-ClArC, :func:`napari_gradcam.unlearn.aclarc.build_paste`; read only when asked for)."""
+    if not cfg.unlearn:
+        return base
+    from ..unlearn.aclarc import build_paste
+
+    return build_paste(cfg.unlearn, mc.in_channels, mc.input_size, cfg.unlearn_p, base, classes)
 
 
 def class_weights(labels: np.ndarray, n_classes: int, weighting: str, device: "torch.device") -> "torch.Tensor | None":

@@ -9,14 +9,15 @@ from typing import TYPE_CHECKING, Any, Callable, Generator
 from ..data import ImageFolderData
 from ..errors import GradCamError, TrainingError
 from ..generators import run_to_end
-from ..unlearn.aclarc import unlearned_record, unlearning_augmentation
+from ..unlearn.aclarc import unlearned_record
 from .checkpoints import CheckpointWriter, check_free_space, prepare_output, read_optimizer_state
 from .config import TrainConfig, jsonable
 from .distributed import Comm, local_device, process_group, world_from_env
 from .epoch import EpochStats, StepParts, batch_source, epoch_batches, recalibrate_batchnorm, run_epoch
 from .events import TrainEvent, TrainResult
 from .faults import run_failure
-from .prepare import PreparedData, Split, class_weights, load_images, make_augmentation, make_datasets, prepare_data
+from .prepare import (PreparedData, Split, class_weights, load_images, make_augmentation, make_datasets,
+                      prepare_data, unlearning_augmentation)
 from .setup import build_bundle, load_resume, lr_factor, make_optimisation, set_trunk_frozen
 from .stopping import BestTracker, EarlyStopping, TimeBudget
 from .validation import MismatchGuard, Validator, epoch_message, epoch_metrics

@@ -24,8 +24,6 @@ from .findings import read_audit, read_images
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from ..bundle import ModelConfig
-    from ..train import TrainConfig
 
 #: Member images whose patches are kept per finding.
 MAX_PATCHES = 256
@@ -133,14 +131,6 @@ def build_paste(target: "str | os.PathLike", in_channels: int, size: int, p: flo
     record = audit.record("a-clarc", probability=float(p), jitter_px=jitter, class_shares=shares,
                           rates=[r.tolist() for r in rates], n_patches=[int(len(t)) for t, _ in patches])
     return ArtifactPaste(patches, rates, p, jitter, base, record)
-
-
-def unlearning_augmentation(cfg: "TrainConfig", mc: "ModelConfig", base: Callable | None,
-                            classes: list[str] | None = None) -> Callable | None:
-    """The training augmentation of ``cfg``: ``base``, preceded by the artifact paste of ``cfg.unlearn``."""
-    if not cfg.unlearn:
-        return base
-    return build_paste(cfg.unlearn, mc.in_channels, mc.input_size, cfg.unlearn_p, base, classes)
 
 
 def unlearned_record(augmentation: Any) -> dict[str, Any]:
