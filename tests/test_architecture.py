@@ -25,10 +25,6 @@ GUI = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "su
 #: Circles inside the napari skin that its own engineer removes in parallel (issue 21, point 4).
 #: THE LEAD EMPTIES THIS LIST AT MERGE: each entry is an expected failure of
 #: ``test_known_napari_circle_is_gone`` (strict, so a circle that is gone fails until it is taken off).
-KNOWN_NAPARI_CIRCLES: list[frozenset[str]] = [
-    frozenset({"napari_gradcam._napari.compare_widget", "napari_gradcam._napari.explain_widget"}),
-    frozenset({"napari_gradcam", "napari_gradcam._napari.model_api"}),
-]
 
 
 def _modules(root: Path = PACKAGE) -> dict[str, tuple[Path, list[str]]]:
@@ -133,15 +129,7 @@ def test_the_graph_reader_finds_a_circle_and_its_members(tmp_path):
 
 def test_no_import_circles():
     found = circles(import_graph()[0])
-    unexpected = [sorted(c) for c in found if c not in KNOWN_NAPARI_CIRCLES]
-    assert not unexpected, f"import circles: {unexpected}"
-
-
-@pytest.mark.parametrize("circle", [pytest.param(c, marks=pytest.mark.xfail(
-    strict=True, reason="a circle in the napari skin, removed in parallel (issue 21 point 4); take it off "
-    "KNOWN_NAPARI_CIRCLES once gone")) for c in KNOWN_NAPARI_CIRCLES], ids=lambda c: "+".join(sorted(c)))
-def test_known_napari_circle_is_gone(circle):
-    assert circle not in circles(import_graph()[0])
+    assert not found, f"import circles: {[sorted(c) for c in found]}"
 
 
 #: What each part may not import (docs/architecture.md, "The parts"): {part: forbidden parts}.  A part is a

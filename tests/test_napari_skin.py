@@ -199,13 +199,13 @@ def test_the_panel_fits_1280_by_800_with_every_run_button_in_view(make_napari_vi
         assert progress is not None and _inside(progress, window) and _inside(widget.cancel_button, window), title
 
 
-def test_extra_tabs_come_from_one_list(make_napari_viewer, monkeypatch):
+def test_every_tab_comes_from_one_list(make_napari_viewer, monkeypatch):
+    """The panel's tabs are TABS, in order, Evaluate and Audit included; a missing module is an error."""
     from napari_gradcam._napari import panel as panel_module
 
-    extra = panel_module.Tab("Later", "no_such_widget_module", "LaterWidget", optional=True)
-    monkeypatch.setattr(panel_module, "TABS", (*panel_module.TABS[:2], extra))
-    assert [t for t, _ in panel_module.tab_classes(panel_module.TABS)] == ["Model", "Classify"]
-    broken = panel_module.Tab("Broken", "no_such_widget_module", "X")  # not optional: a real error
+    assert [t for t, _ in panel_module.tab_classes()] == [
+        "Model", "Classify", "Explain", "Compare", "Tiled", "Features", "Train", "Outline", "Evaluate", "Audit"]
+    broken = panel_module.Tab("Broken", "no_such_widget_module", "X")
     with pytest.raises(ModuleNotFoundError):
         panel_module.tab_classes((broken,))
 

@@ -382,6 +382,32 @@ def test_tiled_widget_layers_breakdown_and_cancel(make_napari_viewer, qtbot, mod
     assert [layer.metadata["target"] for layer in viewer.layers if layer.metadata.get("widget") == "tiled"] == ["covid"]
 
 
+def test_tiled_widget_asks_before_a_plan_over_the_time_budget(make_napari_viewer, qtbot, model_file,
+                                                               clean_notifications, monkeypatch):
+    """A plan the engine estimates beyond its time budget is put to the user: no runs nothing and says why
+    (no error notification); yes runs it with force=True and adds the maps."""
+    import napari_gradcam.engine.tiling.budget as budget
+    from napari_gradcam.phantoms import make_mosaic
+
+    monkeypatch.setattr(budget, "TIME_BUDGET_MINUTES", 1e-9)  # every timed plan (> 64 tiles) is over it
+    viewer = make_napari_viewer()
+    load(qtbot, viewer, model_file)
+    tw = dock(viewer, "Tiled heatmaps")
+    src = viewer.add_image(make_mosaic((640, 640), tile=128)[0], name="mosaic")
+    tiled = lambda: [layer for layer in viewer.layers if layer.metadata.get("widget") == "tiled"]  # noqa: E731
+    asked = []
+    tw.ask = lambda question: asked.append(question) or False
+    tw.run(src, tile=32, overlap=0.0, classes="all", method="cam")  # 400 tiles
+    wait(qtbot, tw)
+    assert len(asked) == 1 and "anyway?" in asked[0] and "400 tiles" in asked[0], asked
+    assert tw.last_error.startswith("Not computed") and not tiled() and not errors()
+    tw.ask = lambda question: asked.append(question) or True
+    tw.run(src, tile=32, overlap=0.0, classes="all", method="cam")
+    qtbot.waitUntil(lambda: len(tiled()) == 3, timeout=120_000)
+    wait(qtbot, tw)
+    assert len(asked) == 2 and tw.last_error is None and not errors()
+
+
 def test_tiled_widget_dask_and_multiscale(make_napari_viewer, qtbot, model_file):
     import dask.array as da
 

@@ -235,6 +235,7 @@ class JobRunner:
         on_result: Callable[[Job, Any], None] | None = None,
         on_event: Callable[[Job, Any], None] | None = None,
         on_finished: Callable[[Job], None] | None = None,
+        on_failure: Callable[[Job, Exception], bool] | None = None,
         total: int = 0,
         graceful_stop: bool = False,
         what: str | None = None,
@@ -247,7 +248,8 @@ class JobRunner:
         belongs to (``removed_message`` is shown when one goes); ``on_result(job, result)`` delivers
         on the GUI thread, only when the job ended normally with its sources present;
         ``on_event(job, value)`` gets what a generator yields other than ``(done, total)``;
-        ``on_finished(job)`` runs after every job (done, failed, stopped).  ``graceful_stop``: the work
+        ``on_finished(job)`` runs after every job (done, failed, stopped); ``on_failure(job, exc)`` sees a
+        failure first and returns True when it dealt with it (no error notification).  ``graceful_stop``: the work
         gets ``stop_event=`` and stops itself.
         """
         from napari.qt.threading import create_worker
@@ -267,11 +269,11 @@ class JobRunner:
         job.worker = worker = create_worker(wrapped, *args, _start_thread=False, **kwargs)
         self.job, self.last_error = job, None
         self._set_status(JobState.RUNNING, total)
-        self._connect(job, worker, on_result, on_event, on_finished, total)
+        self._connect(job, worker, on_result, on_event, on_finished, total, on_failure)
         worker.start()
         return worker
 
-    def _connect(self, job: Job, worker, on_result, on_event, on_finished, total: int) -> None:
+    def _connect(self, job: Job, worker, on_result, on_event, on_finished, total: int, on_failure=None) -> None:
         from napari.utils import progress
 
         pbar = progress(total=total, desc=job.what)
@@ -284,7 +286,8 @@ class JobRunner:
             if isinstance(result, _Failure):
                 log.debug("%s failed:\n%s", job.what, result.traceback)
                 self.last_error = error_message(result.exc, job.what)
-                notify_error(result.exc, job.what)
+                if on_failure is None or not on_failure(job, result.exc):
+                    notify_error(result.exc, job.what)
             elif isinstance(result, _Stopped):
                 if not job.source_removed:
                     notify_info(f"{job.what} was cancelled.")

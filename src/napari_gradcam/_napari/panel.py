@@ -1,8 +1,8 @@
 """One panel, one tab per task: every napari-gradcam widget in a window of 1280 x 800.
 
 :data:`TABS` lists the tabs in order; each entry is (tab title, module in this package, widget class).
-A widget whose module is not there (``optional``: built in another branch) is left out.  To add a tab,
-add its line to :data:`TABS`; the widget takes the viewer (``napari_viewer``) like every other.
+To add a tab, add its line to :data:`TABS`; the widget takes the viewer (``napari_viewer``) like every
+other.
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ class Tab(NamedTuple):
     title: str
     module: str
     widget: str
-    optional: bool = False  # the module may be absent (a tab another branch adds)
 
 
-#: the tabs, in order (the lead extends this list: one line per widget)
+#: the tabs, in order: one line per widget
 TABS = (
     Tab("Model", "model_widget", "ModelWidget"),
     Tab("Classify", "classify_widget", "ClassifyWidget"),
@@ -41,24 +40,14 @@ TABS = (
     Tab("Features", "features_widget", "FeatureMapsWidget"),
     Tab("Train", "train_widget", "TrainWidget"),
     Tab("Outline", "localisation_widget", "LocalisationWidget"),
-    Tab("Evaluate", "evaluate_widget", "EvaluateWidget", optional=True),
-    Tab("Audit", "audit_widget", "AuditWidget", optional=True),
+    Tab("Evaluate", "evaluate_widget", "EvaluateWidget"),
+    Tab("Audit", "audit_widget", "AuditWidget"),
 )
 
 
 def tab_classes(tabs=TABS) -> list[tuple[str, type]]:
-    """(title, widget class) of each tab whose module is present."""
-    out = []
-    for tab in tabs:
-        name = f"{__package__}.{tab.module}"
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if tab.optional and e.name == name:
-                continue
-            raise
-        out.append((tab.title, getattr(module, tab.widget)))
-    return out
+    """(title, widget class) of each tab."""
+    return [(tab.title, getattr(importlib.import_module(f"{__package__}.{tab.module}"), tab.widget)) for tab in tabs]
 
 
 class GradCamPanel(QWidget):

@@ -44,13 +44,14 @@ def _materialise(result):
     return result
 
 
-def _tiled(bundle, data, tile, overlap, classes, method):
+def _tiled(bundle, data, tile, overlap, classes, method, force=False):
     """Generator (the job): the tiled maps of ``data``, their breakdown (from the full-resolution
     probability maps), then the maps on the engine's blending grid (:func:`.layers.block_mean`): napari
     gets them coarse, placed with scale and translate, instead of image-sized copies."""
     from ..engine import iter_tiled_heatmaps
 
-    result = yield from iter_tiled_heatmaps(bundle, data, tile=tile, overlap=overlap, classes=classes, method=method)
+    result = yield from iter_tiled_heatmaps(bundle, data, tile=tile, overlap=overlap, classes=classes, method=method,
+                                            force=force)
     if hasattr(result.heatmaps, "dask"):
         nbytes = 2 * np.prod(result.heatmaps.shape, dtype=np.int64) * 4
         if nbytes <= MATERIALISE_BYTES:
@@ -143,10 +144,12 @@ class TiledHeatmapsWidget(GradCamWidget):
         self.chosen.reset_choices()
 
     def run(self, layer=None, tile: int | None = None, overlap: float | None = None, classes=None,
-            method: str | None = None, keep: bool | None = None):
+            method: str | None = None, keep: bool | None = None, force: bool = False):
         """Compute the tiled heatmaps of ``layer`` (default: the chosen one); returns the worker (or None).
 
-        ``classes``: "all", an int (top-k) or a list of class names (sets the form).
+        ``classes``: "all", an int (top-k) or a list of class names (sets the form).  A plan estimated
+        beyond the engine's time budget is not run: :meth:`ask` puts the estimate to the user, and a yes
+        runs it again with ``force=True``.
         While a run is going on, another is refused (a notification) and the form is left as it is.
         """
         if self.refuse_if_busy():
@@ -172,12 +175,40 @@ class TiledHeatmapsWidget(GradCamWidget):
         cls = self._classes_of(p)
         if cls is None:
             return None
+        rerun = []  # filled when the user confirms a plan over the time budget
+
+        def over_budget(job, exc) -> bool:
+            from ..errors import TimeBudgetError
+
+            if not isinstance(exc, TimeBudgetError) or force:
+                return False
+            if self.ask(f"{exc.summary}. Compute the tiled heatmaps anyway?"):
+                rerun.append(True)
+            else:
+                self.jobs.last_error = f"Not computed: {exc.summary}."
+            return True
+
+        def finished(job) -> None:
+            if rerun:
+                from qtpy.QtCore import QTimer
+
+                QTimer.singleShot(0, lambda: self.run(layer, force=True))
+
         return self.jobs.start(
-            _tiled, model.bundle, data, int(p.tile) or None, float(p.overlap), cls, p.method, model=model,
-            sources=[layer], total=0,
+            _tiled, model.bundle, data, int(p.tile) or None, float(p.overlap), cls, p.method, force, model=model,
+            sources=[layer], total=0, on_failure=over_budget, on_finished=finished,
             removed_message=f"Layer {plane.name!r} was removed while its tiled heatmaps were computed; the run "
                             "was stopped and nothing was added.",
             on_result=lambda job, r: self._add(job, r, plane, layer, p.keep))
+
+    def ask(self, question: str) -> bool:
+        """Yes or no from the user (a message box; tests replace it)."""
+        from qtpy.QtWidgets import QMessageBox
+
+        answer = QMessageBox.question(self, "napari-gradcam", question,
+                                      QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                      QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
 
     @staticmethod
     def _class_overrides(classes) -> dict:
