@@ -1,6 +1,6 @@
 """Forms declared once: a widget's parameters are one dataclass whose fields carry their label, tooltip,
 choices and limits (:func:`param`); :func:`build_form` makes the magicgui form of it and binds the two
-(:func:`~.params.bind`).  A run takes a copy of the parameters with its overrides
+(:func:`bind`).  A run takes a copy of the parameters with its overrides
 (:func:`~.params.snapshot`), never the Qt controls.
 
     @evented
@@ -17,7 +17,7 @@ widget that returns them (choices that follow the model).
 from __future__ import annotations
 
 from dataclasses import MISSING, field, fields
-from typing import Any
+from typing import Any, Mapping
 
 #: the keys of a field's metadata that describe its form control
 FORM_KEY = "form"
@@ -81,10 +81,42 @@ def build_form(params, owner: Any = None, before: tuple = ()):
     ``params``, bound both ways to it; returns (container, {field name: control})."""
     from magicgui.widgets import Container
 
-    from .params import bind
 
     controls = {f.name: make_control(f, getattr(params, f.name), owner) for f in form_fields(params)}
     form = Container(widgets=[*before, *controls.values()], labels=True)
     form.native.layout().setContentsMargins(0, 0, 0, 0)
     bind(params, controls)
     return form, controls
+
+
+def bind(params, controls: Mapping[str, Any]) -> None:
+    """Keep ``params``' fields and the magicgui ``controls`` of the same names equal, both ways.
+
+    The controls take the parameters' values first (where they are valid choices).
+    """
+    names = {f.name for f in fields(params)}
+    for name, control in controls.items():
+        if name not in names:
+            raise KeyError(f"{type(params).__name__} has no field {name!r}")
+        _set_control(control, getattr(params, name))
+        setattr(params, name, _value(control))
+        # keyword-only defaults: psygnal passes as many positional values as a callback takes
+        control.changed.connect(lambda _v, *, n=name, c=control: setattr(params, n, _value(c)))
+        getattr(params.events, name).connect(lambda v, *, c=control: _set_control(c, v))
+
+
+def _value(control):
+    value = control.value
+    if isinstance(value, list):
+        return tuple(value)
+    if hasattr(value, "__fspath__"):
+        return "" if str(value) in ("", ".") else str(value)
+    return value
+
+
+def _set_control(control, value) -> None:
+    try:
+        if _value(control) != value:
+            control.value = list(value) if isinstance(value, tuple) else value
+    except (ValueError, TypeError, RuntimeError):  # not among the current choices, or the Qt widget is gone
+        pass

@@ -10,8 +10,7 @@ copy of the object taken when it starts (:func:`snapshot`), never the Qt control
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Mapping
+from dataclasses import asdict, dataclass, replace
 
 from psygnal import evented
 
@@ -141,39 +140,6 @@ def adopt(params, **overrides):
         if value is not None and getattr(params, name) != value:
             setattr(params, name, value)
     return snapshot(params)
-
-
-def bind(params, controls: Mapping[str, Any]) -> None:
-    """Keep ``params``' fields and the magicgui ``controls`` of the same names equal, both ways.
-
-    The controls take the parameters' values first (where they are valid choices).
-    """
-    names = {f.name for f in fields(params)}
-    for name, control in controls.items():
-        if name not in names:
-            raise KeyError(f"{type(params).__name__} has no field {name!r}")
-        _set_control(control, getattr(params, name))
-        setattr(params, name, _value(control))
-        # keyword-only defaults: psygnal passes as many positional values as a callback takes
-        control.changed.connect(lambda _v, *, n=name, c=control: setattr(params, n, _value(c)))
-        getattr(params.events, name).connect(lambda v, *, c=control: _set_control(c, v))
-
-
-def _value(control):
-    value = control.value
-    if isinstance(value, list):
-        return tuple(value)
-    if hasattr(value, "__fspath__"):
-        return "" if str(value) in ("", ".") else str(value)
-    return value
-
-
-def _set_control(control, value) -> None:
-    try:
-        if _value(control) != value:
-            control.value = list(value) if isinstance(value, tuple) else value
-    except (ValueError, TypeError, RuntimeError):  # not among the current choices, or the Qt widget is gone
-        pass
 
 
 def as_dict(params) -> dict:

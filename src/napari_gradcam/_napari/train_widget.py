@@ -17,7 +17,8 @@ from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QLabel, QPushButton, 
 
 from ..errors import GradCamError
 from ._base import GradCamWidget, notify_info, section, wrapping_label
-from .params import TrainParams, bind, snapshot
+from .form import bind
+from .params import TrainParams, snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
