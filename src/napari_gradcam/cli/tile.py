@@ -1,4 +1,4 @@
-"""``napari-gradcam tile``: per-class heatmaps and the class breakdown of a large image, read lazily when it is large."""
+"""``napari-gradcam tile``: per-class heatmaps and the class breakdown of a large image (read lazily when large)."""
 
 from __future__ import annotations
 

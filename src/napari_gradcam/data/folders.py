@@ -113,6 +113,90 @@ def _encloses(outer: str, inner: str) -> bool:
     return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
 
 
+_SPECIAL = "not a regular file (a pipe, socket or device)"
+
+
+class _FolderWalk:
+    """One :func:`walk_files` run: the files found (real path -> the path listed), what was passed over and
+    why, the folders seen, and the links met on the way (followed after the plain folders)."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, Path] = {}
+        self.passed: list[tuple[Path, str]] = []
+        self.seen_dirs: dict[str, Path] = {}
+        #: (link, the real paths of the folders it was reached through)
+        self.dir_links: list[tuple[Path, tuple[str, ...]]] = []
+        self.file_links: list[Path] = []
+
+    def walk(self, top: Path, chain: tuple[str, ...]) -> None:
+        """Every folder under ``top`` (real path ``chain[-1]``), depth first in name order; links are noted."""
+        stack = [(top, chain)]
+        while stack:
+            d, chain = stack.pop()
+            entries = self._entries(d, chain[-1])
+            subdirs = [sub for e in entries if (sub := self._entry(d, e, chain)) is not None]
+            stack.extend(reversed(subdirs))
+
+    def _entries(self, d: Path, real: str) -> list:
+        """The folder's entries sorted by name; none for a folder seen before or one that cannot be read."""
+        if real in self.seen_dirs:
+            self.passed.append((d, f"the same folder as {self.seen_dirs[real]}, listed once"))
+            return []
+        self.seen_dirs[real] = d
+        try:
+            with os.scandir(d) as it:
+                return sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            self.passed.append((d, f"the folder could not be read ({e.strerror or type(e).__name__})"))
+            return []
+
+    def _entry(self, d: Path, e, chain: tuple[str, ...]):
+        """Sort one folder entry; returns ``(path, chain)`` of a subfolder to walk, else None."""
+        if e.name.startswith("."):
+            return None
+        p = d / e.name
+        if e.is_symlink():
+            self._link(p, e.name, chain)
+        elif e.is_dir(follow_symlinks=False):
+            if e.name not in IGNORED_FOLDERS:
+                return p, (*chain, os.path.join(chain[-1], e.name))
+        elif e.is_file(follow_symlinks=False):
+            self.found[os.path.join(chain[-1], e.name)] = p
+        else:
+            self.passed.append((p, _SPECIAL))
+        return None
+
+    def _link(self, p: Path, name: str, chain: tuple[str, ...]) -> None:
+        try:
+            mode = os.stat(p).st_mode
+        except OSError as err:
+            self.passed.append((p, _link_problem(err)))
+            return
+        if stat.S_ISDIR(mode):
+            if name not in IGNORED_FOLDERS:
+                self.dir_links.append((p, chain))
+        elif stat.S_ISREG(mode):
+            self.file_links.append(p)
+        else:
+            self.passed.append((p, _SPECIAL))
+
+    def follow_links(self) -> None:
+        """Walk the linked folders (each real folder once, never an enclosing one), then list the linked files
+        (each real file once: a path without links wins)."""
+        for link, chain in self.dir_links:  # grows while linked folders are walked
+            target = os.path.realpath(link)
+            if any(_encloses(target, c) for c in chain):
+                self.passed.append((link, "a link to an enclosing folder (a loop), not followed"))
+            else:
+                self.walk(link, (*chain, target))
+        for link in self.file_links:
+            real = os.path.realpath(link)
+            if real in self.found:
+                self.passed.append((link, f"the same file as {self.found[real]}, listed once"))
+            else:
+                self.found[real] = link
+
+
 def walk_files(folder: str | Path) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
     """Every regular file under ``folder`` once, following symbolic links without looping.
 
@@ -122,70 +206,12 @@ def walk_files(folder: str | Path) -> tuple[list[tuple[Path, str]], list[tuple[P
     second paths to a file or folder already listed, and special files (pipes, devices).  Hidden
     entries (``.*``) and ``__MACOSX`` folders are ignored.
     """
-    found: dict[str, Path] = {}  # real path -> the path it is listed under
-    passed: list[tuple[Path, str]] = []
-    seen_dirs: dict[str, Path] = {}
-    dir_links: list[tuple[Path, tuple[str, ...]]] = []  # (link, real paths of the folders it was reached through)
-    file_links: list[Path] = []
-
-    def walk(top: Path, chain: tuple[str, ...]) -> None:
-        stack = [(top, chain)]
-        while stack:
-            d, chain = stack.pop()
-            real = chain[-1]
-            if real in seen_dirs:
-                passed.append((d, f"the same folder as {seen_dirs[real]}, listed once"))
-                continue
-            seen_dirs[real] = d
-            try:
-                with os.scandir(d) as it:
-                    entries = sorted(it, key=lambda e: e.name)
-            except OSError as e:
-                passed.append((d, f"the folder could not be read ({e.strerror or type(e).__name__})"))
-                continue
-            subdirs = []
-            for e in entries:
-                if e.name.startswith("."):
-                    continue
-                p = d / e.name
-                if e.is_symlink():
-                    try:
-                        mode = os.stat(p).st_mode
-                    except OSError as err:
-                        passed.append((p, _link_problem(err)))
-                        continue
-                    if stat.S_ISDIR(mode):
-                        if e.name not in IGNORED_FOLDERS:
-                            dir_links.append((p, chain))
-                    elif stat.S_ISREG(mode):
-                        file_links.append(p)
-                    else:
-                        passed.append((p, "not a regular file (a pipe, socket or device)"))
-                elif e.is_dir(follow_symlinks=False):
-                    if e.name not in IGNORED_FOLDERS:
-                        subdirs.append((p, (*chain, os.path.join(real, e.name))))
-                elif e.is_file(follow_symlinks=False):
-                    found[os.path.join(real, e.name)] = p
-                else:
-                    passed.append((p, "not a regular file (a pipe, socket or device)"))
-            stack.extend(reversed(subdirs))
-
     folder = Path(folder)
-    walk(folder, (os.path.realpath(folder),))
-    for link, chain in dir_links:  # grows while linked folders are walked; each real folder once
-        target = os.path.realpath(link)
-        if any(_encloses(target, c) for c in chain):
-            passed.append((link, "a link to an enclosing folder (a loop), not followed"))
-        else:
-            walk(link, (*chain, target))
-    for link in file_links:
-        real = os.path.realpath(link)
-        if real in found:
-            passed.append((link, f"the same file as {found[real]}, listed once"))
-        else:
-            found[real] = link
-    files = sorted(((p, r) for r, p in found.items()), key=lambda pr: str(pr[0]))
-    return files, passed
+    walk = _FolderWalk()
+    walk.walk(folder, (os.path.realpath(folder),))
+    walk.follow_links()
+    files = sorted(((p, r) for r, p in walk.found.items()), key=lambda pr: str(pr[0]))
+    return files, walk.passed
 
 
 def _class_folders(root: Path, skipped: list[tuple[Path, str]]) -> tuple[dict[str, Path], list[Path]]:
@@ -302,16 +328,7 @@ def scan_folder(
     rx = _resolve_pattern(group_pattern)
     skipped: list[tuple[Path, str]] = []
     notes: list[str] = []
-    if csv is not None:
-        csv = Path(csv)
-        if not csv.is_file():
-            raise DatasetError(f"No CSV file at {csv}.")
-        root = Path(root) if root is not None else csv.parent
-        entries = _screen_csv_rows(_read_csv(csv, root), root, skipped, notes)
-    else:
-        root = _check_data_folder(root)
-        entries = _folder_entries(root, skipped)
-
+    root, entries = _listed_entries(root, csv, skipped, notes)
     wanted = [str(c) for c in classes] if classes is not None else None
     items_raw, unreadable = _usable_entries(entries, wanted, check, rx, skipped)
     names = wanted if wanted is not None else sorted({lab for _, lab, _ in items_raw})
@@ -323,6 +340,18 @@ def scan_folder(
     for note in notes:
         warnings.warn(note, GradCamWarning, stacklevel=2)
     return ImageFolderData(Path(root), list(names), items, skipped, lost, notes)
+
+
+def _listed_entries(root, csv, skipped: list[tuple[Path, str]], notes: list[str]):
+    """``(root, [(path, label, group or None)])`` from the CSV when one is given, else from the class folders."""
+    if csv is None:
+        root = _check_data_folder(root)
+        return root, _folder_entries(root, skipped)
+    csv = Path(csv)
+    if not csv.is_file():
+        raise DatasetError(f"No CSV file at {csv}.")
+    root = Path(root) if root is not None else csv.parent
+    return root, _screen_csv_rows(_read_csv(csv, root), root, skipped, notes)
 
 
 def _check_data_folder(root) -> Path:

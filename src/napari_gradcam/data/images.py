@@ -200,8 +200,8 @@ def read_image(path: str | Path) -> np.ndarray:
     grayscale or RGB.  An EXIF (JPEG, PNG, WebP) or TIFF Orientation is applied, so the image is upright
     as a viewer shows it.
     The header is read first: a stack, or an image whose declared size is beyond
-    ``preprocess.MAX_PIXELS`` pixels or :data:`napari_gradcam.resources.DECODE_MEMORY_SHARE` of the available memory, is
-    refused before a pixel is decoded (a small file may declare 10^10 pixels).
+    ``preprocess.MAX_PIXELS`` pixels or :data:`napari_gradcam.resources.DECODE_MEMORY_SHARE` of the available
+    memory, is refused before a pixel is decoded (a small file may declare 10^10 pixels).
 
     Raises
     ------
@@ -217,35 +217,47 @@ def read_image(path: str | Path) -> np.ndarray:
 
         return read_dicom_image(path)
     try:
-        if path.suffix.lower() in _TIFF_SUFFIXES:
-            import tifffile
-
-            with _quiet_tifffile(), tifffile.TiffFile(path) as tf:
-                if not tf.series:
-                    raise ImageError(f"{name} is a TIFF without images.")
-                shape = tuple(int(n) for n in tf.series[0].shape)
-                h, w = _image_hw(name, shape)
-                _check_declared(path, DeclaredImage(shape, np.dtype(tf.series[0].dtype), h, w))
-                arr, orientation = np.asarray(tf.asarray()), _tiff_orientation(tf)
-        else:
-            from PIL import ImageOps
-
-            with _pil_open(path) as im:
-                _check_declared(path, _pil_declared(name, im))
-                if im.getexif().get(274, 1) not in (1, None):  # upright, as a photo viewer shows it
-                    im = ImageOps.exif_transpose(im)
-                orientation = 1
-                if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
-                    im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
-                elif im.mode == "LA":
-                    im = im.convert("L")
-                elif im.mode == "1":
-                    im = im.convert("L")
-                arr = np.asarray(im)
+        decode = _decode_tiff if path.suffix.lower() in _TIFF_SUFFIXES else _decode_pil
+        arr, orientation = decode(path, name)
     except ImageError:
         raise
     except Exception as e:  # noqa: BLE001 - any decoder failure is a user-file problem
         raise ImageError(f"{name} could not be read as an image ({type(e).__name__}: {e}).") from None
+    return _upright_2d(arr, orientation, name)
+
+
+def _decode_tiff(path: Path, name: str) -> tuple[np.ndarray, int]:
+    """(the first series as stored, its Orientation tag), after the declared size was checked."""
+    import tifffile
+
+    with _quiet_tifffile(), tifffile.TiffFile(path) as tf:
+        if not tf.series:
+            raise ImageError(f"{name} is a TIFF without images.")
+        shape = tuple(int(n) for n in tf.series[0].shape)
+        h, w = _image_hw(name, shape)
+        _check_declared(path, DeclaredImage(shape, np.dtype(tf.series[0].dtype), h, w))
+        return np.asarray(tf.asarray()), _tiff_orientation(tf)
+
+
+def _decode_pil(path: Path, name: str) -> tuple[np.ndarray, int]:
+    """(the image through Pillow, upright by its EXIF; palette and colour models as RGB(A), LA and 1-bit as L,
+    1), after the declared size was checked."""
+    from PIL import ImageOps
+
+    with _pil_open(path) as im:
+        _check_declared(path, _pil_declared(name, im))
+        if im.getexif().get(274, 1) not in (1, None):  # upright, as a photo viewer shows it
+            im = ImageOps.exif_transpose(im)
+        if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+            im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+        elif im.mode in ("LA", "1"):
+            im = im.convert("L")
+        return np.asarray(im), 1
+
+
+def _upright_2d(arr: np.ndarray, orientation: int, name: str) -> np.ndarray:
+    """A decoded array as (H, W) or (H, W, 3|4): planar RGB moved last, the TIFF Orientation applied, a gray +
+    alpha or single channel dropped to (H, W); ImageError for anything else."""
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
         arr = np.moveaxis(arr, 0, -1)  # planar RGB TIFF
     if orientation != 1:  # a TIFF's Orientation tag: upright, as a viewer shows it
