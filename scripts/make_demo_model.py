@@ -118,6 +118,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     from napari_gradcam import load_model, save_model
+    from napari_gradcam.generators import run_to_end
     from napari_gradcam.phantoms import CLASSES, write_dataset
     from napari_gradcam.train import TrainConfig, train
 
@@ -146,16 +147,12 @@ def main(argv=None) -> int:
             erase_grid=args.erase_grid,
             class_weighting="none", monitor="val_loss", patience=None, seed=args.seed, device="cpu", max_minutes=0,
         )
-        gen = train(cfg)
-        while True:
-            try:
-                ev = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
+        def show(ev) -> None:
             if ev.kind in ("start", "epoch", "done"):
                 extra = f" ({ev.images_per_s:.0f} img/s)" if ev.kind == "epoch" and ev.images_per_s else ""
                 print(f"[{ev.elapsed_s:5.0f} s] {ev.message}{extra}", flush=True)
+
+        result = run_to_end(train(cfg), show)
         bundle = load_model(result.best_path, device="cpu")
     train_s = time.perf_counter() - t0
 

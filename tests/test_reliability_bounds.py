@@ -150,7 +150,7 @@ def test_a_huge_file_in_a_data_folder_is_skipped_at_the_scan(tmp_path, capsys):
 
 
 def test_tile_reads_a_tiff_too_large_to_decode_lazily(tmp_path, capsys, monkeypatch):
-    from napari_gradcam import data as data_module
+    from napari_gradcam import resources as data_module
     from napari_gradcam.phantoms import make_mosaic
 
     pytest.importorskip("zarr")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from reliability_helpers import cli_error, run_cli, save_png, save_tiny_model
 
-from napari_gradcam import data as data_module
+from napari_gradcam.data import folders as data_module
 from napari_gradcam.data import read_image, scan_folder
 from napari_gradcam.errors import DatasetError, GradCamError, GradCamWarning, ImageError, OutputError, shown
 

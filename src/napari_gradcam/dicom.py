@@ -17,7 +17,7 @@ interpretation, the window used, pixel spacing, bit depths...) from the whitelis
 dates, UIDs, accession numbers, institution and station names are never copied).
 
 The size an image declares (Rows x Columns x frames x samples x bits) is checked against the memory
-available (``data.DECODE_MEMORY_SHARE`` of :func:`~napari_gradcam.resources.available_memory`) before a
+available (``resources.DECODE_MEMORY_SHARE`` of :func:`~napari_gradcam.resources.available_memory`) before a
 pixel is decoded, and a deflated data set is inflated with the same cap, so a small file declaring
 40,000 x 40,000 pixels, or a few MB that inflate to gigabytes, is refused in one sentence.
 
@@ -135,8 +135,7 @@ def _open(path: Path, header_only: bool = False) -> "Dataset":
 def _decode_budget() -> float:
     """Bytes a DICOM file may take to decode and display: the share of the available memory that
     :mod:`napari_gradcam.data` allows any image."""
-    from .data import DECODE_MEMORY_SHARE
-    from .resources import available_memory
+    from .resources import DECODE_MEMORY_SHARE, available_memory
 
     return DECODE_MEMORY_SHARE * available_memory()
 

@@ -6,6 +6,10 @@ import os
 
 #: Used when the system cannot say how much memory is available.
 FALLBACK_AVAILABLE = 4 << 30
+#: Decoding an image may take at most this share of the memory available (the pixels are then
+#: scaled to a float32 copy, and a batch holds several images); read at call time by the image
+#: readers of :mod:`napari_gradcam.data` and :mod:`napari_gradcam.dicom`.
+DECODE_MEMORY_SHARE = 0.25
 
 
 def available_memory() -> int:

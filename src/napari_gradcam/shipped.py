@@ -24,3 +24,8 @@ def shipped_file(name: str) -> Path:
         if (folder / name).is_file():
             return folder / name
     return SEARCH_PATH[0] / name
+
+
+def demo_model_path() -> Path:
+    """Path of the small demo model shipped with the package (simple_cnn, normal/pneumonia/covid phantoms)."""
+    return shipped_file(DEMO_MODEL)

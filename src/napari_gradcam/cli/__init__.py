@@ -3,7 +3,7 @@
 Every command is a thin layer over the same core the napari plugin uses.  User errors (missing
 files, empty data folders, unknown classes or layers) print one sentence and exit with code 2;
 Ctrl-C prints "cancelled" and exits with 130.  Heavy libraries are imported inside the commands,
-so ``napari-gradcam --help`` is instant.  One module per command group registers its subcommands.
+so ``napari-gradcam --help`` is instant.  One module per command registers it (``_COMMAND_MODULES``).
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import GradCamError, ResourceError
-from . import audit as audit_cli, demo, evaluate, explain, methods, train, unlearn
-from . import models as models_cli
+from . import audit as audit_cli
+from . import compare, convert, demo, evaluate, explain, info, localize, methods, predict, tile, train, unlearn
 from ._common import PROG, _err, _Parser, classes_overlay_rgb, overlay_rgb
 
 __all__ = ["main", "build_parser", "overlay_rgb", "classes_overlay_rgb", "PROG"]
 
-_COMMAND_MODULES = (train, evaluate, explain, methods, demo, models_cli, audit_cli, unlearn)
+#: One module per command, each with ``register(sub)``; in the order ``--help`` lists them.
+_COMMAND_MODULES = (train, evaluate, predict, explain, tile, localize, methods, compare, demo, convert, info,
+                    audit_cli, unlearn)
 
 _EPILOG = f"""\
 examples:

@@ -253,3 +253,57 @@ def add_shifts(p):
                    help="average the maps of K x K sub-cell shifts of the input: a K times finer heatmap "
                         "(K*K passes, batched; 1 = off, 4 is a good choice)")
 
+
+
+class Bar:
+    """A command's one progress bar on stderr (none when ``quiet``): opened at a stage's first step, opened
+    anew when the stage changes, closed when the stage or the run ends."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = bool(quiet)
+        self._bar, self._stage = None, None
+
+    def step(self, done: int, total: int | None, desc: str, unit: str = "step", stage=None, **postfix) -> None:
+        """Show ``done`` of ``total`` (``stage``, default ``desc``, tells one bar from the next); ``postfix``:
+        figures shown after the bar (a loss, a speed)."""
+        if self.quiet:
+            return
+        stage = desc if stage is None else stage
+        if self._bar is None or stage != self._stage:
+            self.close()
+            self._bar, self._stage = _tqdm(total=total, desc=desc, unit=unit, leave=False), stage
+        self._bar.update(done - self._bar.n)
+        if postfix:
+            self._bar.set_postfix(refresh=False, **postfix)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._bar, self._stage = None, None
+
+
+def drive(gen, each=None, *, quiet: bool = False):
+    """Run a command's generator to its end (:func:`napari_gradcam.generators.run_to_end`) and return its value.
+
+    ``each(value, bar)`` is called on every yielded value with the command's :class:`Bar`; on Ctrl-C or an
+    error the generator is closed (its own clean-up runs) and so is the bar, so the message has a line of its own.
+    """
+    from ..generators import run_to_end
+
+    bar = Bar(quiet)
+    try:
+        return run_to_end(gen, None if each is None else lambda value: each(value, bar))
+    except BaseException:
+        gen.close()
+        raise
+    finally:
+        bar.close()
+
+
+def steps(desc: str, unit: str):
+    """``each`` for :func:`drive` over a generator of ``(done, total)`` steps: one bar named ``desc``."""
+
+    def each(step, bar: Bar) -> None:
+        bar.step(step[0], step[1], desc, unit)
+
+    return each

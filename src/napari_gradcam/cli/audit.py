@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ._common import (PROG, _fmt_kw, _load, _tqdm, add_device, add_model_options, add_quiet, int_type, number_option,
-                      shown)
+from ._common import (
+    PROG, _fmt_kw, _load, add_device, add_model_options, add_quiet, drive, int_type, number_option, shown, steps,
+)
 
 
 def cmd_audit(args) -> int:
@@ -56,7 +57,6 @@ def _compare(bundle, old: str, out: str) -> None:
 def cmd_explain_folder(args) -> int:
     """``explain MODEL FOLDER --out DIR``: one heatmap TIFF per image, through the batched pass."""
     from ..audit.folder import iter_explain_folder
-    from ..generators import run_to_end
     from ..outputs import check_output
 
     from ..engine.methods import get_method
@@ -73,21 +73,10 @@ def cmd_explain_folder(args) -> int:
     check_output(args.out, "folder", "--out", inputs=[args.model, args.image])
     bundle = _load(args)
     layer = args.layer[0] if args.layer and len(args.layer) == 1 else args.layer
-    bar = None  # opened at the first step, once the folder has been read (an error gets a line of its own)
-
-    def show(step):
-        nonlocal bar
-        if bar is None and not getattr(args, "quiet", False):
-            bar = _tqdm(desc="explain", unit="img", leave=False, total=step[1])
-        if bar is not None:
-            bar.update(step[0] - bar.n)
-
-    try:
-        skipped = run_to_end(iter_explain_folder(bundle, args.image, args.out, args.method, layer,
-                                                 getattr(args, "batch_size", 32)), show)
-    finally:
-        if bar is not None:
-            bar.close()
+    # the bar opens at the first step, once the folder has been read (an error gets a line of its own)
+    skipped = drive(iter_explain_folder(bundle, args.image, args.out, args.method, layer,
+                                        getattr(args, "batch_size", 32)), steps("explain", "img"),
+                    quiet=getattr(args, "quiet", False))
     print(f"heatmaps written to {shown(args.out)}" + (f"; {len(skipped)} file(s) skipped, e.g. {shown(skipped[0][0])} "
                                                       f"({shown(skipped[0][1])})" if skipped else ""))
     return 0
@@ -95,31 +84,18 @@ def cmd_explain_folder(args) -> int:
 
 def _run(gen, quiet: bool):
     """Drive the audit's events with one tqdm bar per stage; returns the Audit."""
-    bar, stage = None, None
-    try:
-        while True:
-            try:
-                ev = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if quiet:
-                continue
-            if ev.kind in ("start", "done"):
-                print(shown(ev.message), file=sys.stderr)
-            elif ev.total:
-                if ev.kind != stage:
-                    if bar is not None:
-                        bar.close()
-                    unit = {"explain": "img", "cluster": "class", "confirm": "cluster"}.get(ev.kind, "step")
-                    bar, stage = _tqdm(total=ev.total, desc=ev.kind, unit=unit, leave=False), ev.kind
-                bar.update(ev.done - bar.n)
-    except BaseException:
-        gen.close()
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
+    return drive(gen, _audit_event, quiet=quiet)
 
+
+def _audit_event(ev, bar) -> None:
+    """The start and end lines, and a bar per stage (explain, cluster, confirm), unless quiet."""
+    if bar.quiet:
+        return
+    if ev.kind in ("start", "done"):
+        print(shown(ev.message), file=sys.stderr)
+    elif ev.total:
+        unit = {"explain": "img", "cluster": "class", "confirm": "cluster"}.get(ev.kind, "step")
+        bar.step(ev.done, ev.total, ev.kind, unit)
 
 def register(sub) -> None:
     """Add the ``audit`` command to the subparsers ``sub``."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import argparse
 
-from ._common import MAX_COUNT, PROG, GradCamError, _fmt_kw, _tqdm, add_quiet, check_outputs, shown
+from ._common import MAX_COUNT, PROG, GradCamError, _fmt_kw, add_quiet, check_outputs, drive, shown
 
 
 def config_from_args(args):
@@ -44,52 +44,36 @@ def _run(args, train, report: bool) -> int:
         raise GradCamError(f"No data folder at {shown(data_dir)}.")
     check_outputs([(args.out, "model", "--out")], inputs=[data_dir, args.csv])
     cfg = config_from_args(args)
-    gen = train(cfg)
-    bar = None
-    result = None
-    quiet = args.quiet
-    try:
-        while True:
-            try:
-                ev = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            if ev.kind == "start":
-                if not quiet:
-                    print(shown(ev.message), file=sys.stderr)
-            elif ev.kind == "load" and not quiet:
-                if bar is None:
-                    bar = _tqdm(total=ev.n_batches, desc="reading images", unit="img", leave=False)
-                bar.n = ev.batch
-                bar.refresh()
-                if ev.batch >= ev.n_batches:
-                    bar.close()
-                    bar = None
-            elif ev.kind == "batch" and not quiet:
-                if bar is None:
-                    bar = _tqdm(total=ev.n_batches, desc=f"epoch {ev.epoch}/{ev.n_epochs}", unit="batch", leave=False)
-                bar.update(ev.batch - bar.n)
-                if ev.loss is not None:
-                    bar.set_postfix(loss=f"{ev.loss:.4f}",
-                                    img_s=f"{ev.images_per_s:.0f}" if ev.images_per_s else "?", refresh=False)
-            elif ev.kind in ("epoch", "warning", "done", "stopped") and report:
-                if bar is not None:
-                    bar.close()
-                    bar = None
-                print(("warning: " if ev.kind == "warning" else "") + shown(ev.message), file=sys.stderr)
-    except BaseException:  # Ctrl-C or an error: close the bar so the message gets a line of its own
-        gen.close()
-        if bar is not None:
-            bar.close()
-        raise
+    result = drive(train(cfg), _train_events(report), quiet=args.quiet)
     if report and result is not None and (result.best_path or result.last_path):
         print(result.best_path or result.last_path)
-        if result.skipped and not quiet:
+        if result.skipped and not args.quiet:
             print(shown(f"{len(result.skipped)} file(s) were skipped, e.g. {result.skipped[0][0]} "
                         f"({result.skipped[0][1]})."), file=sys.stderr)
     return 0
 
+
+
+def _train_events(report: bool):
+    """``each`` for :func:`drive` over the trainer's events: the start line (unless quiet), a bar while images
+    are read and one per epoch (unless quiet), and with ``report`` each epoch's line, the warnings and the end."""
+
+    def each(ev, bar) -> None:
+        if ev.kind == "start" and not bar.quiet:
+            print(shown(ev.message), file=sys.stderr)
+        elif ev.kind == "load":
+            bar.step(ev.batch, ev.n_batches, "reading images", "img")
+            if ev.batch >= ev.n_batches:
+                bar.close()
+        elif ev.kind == "batch":
+            postfix = {} if ev.loss is None else {
+                "loss": f"{ev.loss:.4f}", "img_s": f"{ev.images_per_s:.0f}" if ev.images_per_s else "?"}
+            bar.step(ev.batch, ev.n_batches, f"epoch {ev.epoch}/{ev.n_epochs}", "batch", **postfix)
+        elif ev.kind in ("epoch", "warning", "done", "stopped") and report:
+            bar.close()
+            print(("warning: " if ev.kind == "warning" else "") + shown(ev.message), file=sys.stderr)
+
+    return each
 
 def register(sub) -> None:
     """Add this module's command(s) to the subparsers ``sub``."""
