@@ -22,19 +22,28 @@ def frame_mask(grid: int, width: float = 0.1) -> np.ndarray:
     return ~inner
 
 
+def _no_evidence(maps: np.ndarray) -> np.ndarray:
+    """(N,) True where a map is empty (no evidence anywhere): its shares are NaN, not 0."""
+    return ~(maps.sum(axis=(-2, -1)) > 0)
+
+
 def frame_share(maps: np.ndarray, width: float = 0.1) -> np.ndarray:
-    """(N,) share of each map in the outer frame of the image (``width``: the frame's share of the side)."""
-    return (maps * frame_mask(maps.shape[-1], width)).sum(axis=(-2, -1)).astype(np.float32)
+    """(N,) share of each map in the outer frame of the image (``width``: the frame's share of the side);
+    NaN for an empty map."""
+    share = (maps * frame_mask(maps.shape[-1], width)).sum(axis=(-2, -1)).astype(np.float32)
+    return np.where(_no_evidence(maps), np.float32(np.nan), share)
 
 
 def cell_shares(maps: np.ndarray, cells: int = 4) -> np.ndarray:
-    """(N, cells, cells) share of each map in each cell of a coarse grid (row-major, top-left first).
-    ``G`` must be a multiple of ``cells``."""
+    """(N, cells, cells) share of each map in each cell of a coarse grid (row-major, top-left first; NaN for
+    an empty map).  ``G`` must be a multiple of ``cells``."""
     n, g = maps.shape[0], maps.shape[-1]
     if g % cells:
         raise ValueError(f"the grid ({g}) is not a multiple of the cells ({cells})")
     k = g // cells
-    return maps.reshape(n, cells, k, cells, k).sum(axis=(2, 4)).astype(np.float32)
+    shares = maps.reshape(n, cells, k, cells, k).sum(axis=(2, 4)).astype(np.float32)
+    shares[_no_evidence(maps)] = np.nan
+    return shares
 
 
 def mask_on_grid(mask: np.ndarray, grid: int) -> np.ndarray:
@@ -47,7 +56,10 @@ def mask_on_grid(mask: np.ndarray, grid: int) -> np.ndarray:
 
 
 def outside_share(grid_map: np.ndarray, mask: np.ndarray) -> float:
-    """Share of one (G, G) map outside an (H, W) bool mask (the mask taken to the grid by area)."""
+    """Share of one (G, G) map outside an (H, W) bool mask (the mask taken to the grid by area); NaN for
+    an empty map."""
+    if _no_evidence(grid_map):
+        return float("nan")
     inside = mask_on_grid(mask, grid_map.shape[-1])
     return float((grid_map * (1.0 - inside)).sum())
 
