@@ -220,12 +220,22 @@ def result_name(head: str, source: str, tail: str = "") -> str:
     return f"{head} [{base}{index}]{tail}"
 
 
+#: shorter labels for the methods whose titles would push the class out of a layer name (the full title
+#: stays in the layer's metadata)
+SHORT_TITLES = {"gradcam-elementwise": "Grad-CAM ew", "integrated-gradients": "IntGrad",
+                "guided-backprop": "GuidedBP", "guided-gradcam": "Guided GC", "layercam-fine": "LayerCAM fine",
+                "eigengradcam": "EigenGradCAM"}
+
+
 def heatmap_name(method: str, target: str, layer: str, source: str, default_layer: str = "") -> str:
     """``"Grad-CAM pneumonia [xray_pn…]"``: method and class first, the image last, shortened so that napari's
-    layer list shows the name whole (:func:`result_name`); `` @layer`` at the end when it is not the
-    model's default."""
-    at = f" @{layer}" if layer and layer != default_layer else ""
-    return result_name(f"{method_title(method)} {target}", source, at)
+    layer list shows the name whole (:func:`result_name`); `` @layer`` at the end when the method was
+    computed at a layer other than the model's default (never for pixel attributions: no layer)."""
+    from ..engine.methods import get_method
+
+    spec = get_method(method)
+    at = f" @{layer}" if spec.uses_layer and layer and layer != default_layer else ""
+    return result_name(f"{SHORT_TITLES.get(spec.name, spec.title)} {target}", source, at)
 
 
 def coarse_map(heatmap: "Heatmap", factor: float = 1.0) -> np.ndarray | None:
