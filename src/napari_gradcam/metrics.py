@@ -104,15 +104,7 @@ def classification_report(y_true, probs, classes: Sequence[str], threshold: floa
     pred = predicted_classes(p, threshold)
     labels = list(range(len(classes)))
     cm = confusion_matrix(y, pred, labels=labels)
-    total = cm.sum()
-    sens, spec = {}, {}
-    for k, c in enumerate(classes):
-        tp = cm[k, k]
-        fn = cm[k].sum() - tp
-        fp = cm[:, k].sum() - tp
-        tn = total - tp - fn - fp
-        sens[c] = _ratio(tp, tp + fn)
-        spec[c] = _ratio(tn, tn + fp)
+    sens, spec = _one_vs_rest(cm, classes)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # balanced accuracy warns when a class is absent
         bal = float(balanced_accuracy_score(y, pred))
@@ -133,6 +125,20 @@ def classification_report(y_true, probs, classes: Sequence[str], threshold: floa
 
         report.update(classification_intervals(y, p, classes, threshold, bootstrap)[0])
     return report
+
+
+def _one_vs_rest(cm: np.ndarray, classes: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each class's sensitivity and specificity (float or None) from a confusion matrix (rows = truth)."""
+    total = cm.sum()
+    sens, spec = {}, {}
+    for k, c in enumerate(classes):
+        tp = cm[k, k]
+        fn = cm[k].sum() - tp
+        fp = cm[:, k].sum() - tp
+        tn = total - tp - fn - fp
+        sens[c] = _ratio(tp, tp + fn)
+        spec[c] = _ratio(tn, tn + fp)
+    return sens, spec
 
 
 def _fmt(v: float | None, pct: bool = False) -> str:
