@@ -94,9 +94,7 @@ def classification_report(y_true, probs, classes: Sequence[str], threshold: floa
     >>> r["accuracy"], r["sensitivity"]["b"], r["specificity"]["b"]
     (0.75, 1.0, 0.5)
     """
-    import warnings
-
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
+    from sklearn.metrics import accuracy_score, confusion_matrix
 
     from .decision import predicted_classes
 
@@ -104,24 +102,13 @@ def classification_report(y_true, probs, classes: Sequence[str], threshold: floa
     pred = predicted_classes(p, threshold)
     labels = list(range(len(classes)))
     cm = confusion_matrix(y, pred, labels=labels)
-    total = cm.sum()
-    sens, spec = {}, {}
-    for k, c in enumerate(classes):
-        tp = cm[k, k]
-        fn = cm[k].sum() - tp
-        fp = cm[:, k].sum() - tp
-        tn = total - tp - fn - fp
-        sens[c] = _ratio(tp, tp + fn)
-        spec[c] = _ratio(tn, tn + fp)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # balanced accuracy warns when a class is absent
-        bal = float(balanced_accuracy_score(y, pred))
+    sens, spec = _one_vs_rest(cm, classes)
     report = {
         "n": int(y.size),
         "classes": classes,
         "support": {c: int(cm[k].sum()) for k, c in enumerate(classes)},
         "accuracy": float(accuracy_score(y, pred)),
-        "balanced_accuracy": bal,
+        "balanced_accuracy": _balanced_accuracy(y, pred),
         "roc_auc": roc_auc(y, p),
         "sensitivity": sens,
         "specificity": spec,
@@ -133,6 +120,31 @@ def classification_report(y_true, probs, classes: Sequence[str], threshold: floa
 
         report.update(classification_intervals(y, p, classes, threshold, bootstrap)[0])
     return report
+
+
+def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    """scikit-learn's balanced accuracy, without its warning when a class is absent from ``y``."""
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # balanced accuracy warns when a class is absent
+        return float(balanced_accuracy_score(y, pred))
+
+
+def _one_vs_rest(cm: np.ndarray, classes: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each class's sensitivity and specificity (float or None) from a confusion matrix (rows = truth)."""
+    total = cm.sum()
+    sens, spec = {}, {}
+    for k, c in enumerate(classes):
+        tp = cm[k, k]
+        fn = cm[k].sum() - tp
+        fp = cm[:, k].sum() - tp
+        tn = total - tp - fn - fp
+        sens[c] = _ratio(tp, tp + fn)
+        spec[c] = _ratio(tn, tn + fp)
+    return sens, spec
 
 
 def _fmt(v: float | None, pct: bool = False) -> str:

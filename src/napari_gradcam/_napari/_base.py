@@ -177,19 +177,28 @@ class GradCamWidget(QWidget):
             return layer
         return None
 
-    def plane_to_explain(self, layer=None):
-        """(model snapshot, layer, its plane on screen) when a model and an image layer are ready; else a
-        notification and None."""
+    def model_and_image(self, layer=None):
+        """(model snapshot, image layer) when a model and an image layer are ready (see :meth:`pick_image`);
+        else a notification and None."""
         model = self.jobs.capture_model()
         if model is None:
             return None
         layer = self.pick_image(layer)
         if layer is None:
             return None
+        return model, layer
+
+    def plane_to_explain(self, layer=None, level: int | None = None):
+        """(model snapshot, layer, its plane on screen) when a model and an image layer are ready; else a
+        notification and None.  ``level``: the multiscale level (default: see ``layers.layer_plane``)."""
+        ready = self.model_and_image(layer)
+        if ready is None:
+            return None
+        model, layer = ready
         from .layers import layer_plane
 
         try:
-            return model, layer, layer_plane(self.viewer, layer)
+            return model, layer, layer_plane(self.viewer, layer, level=level)
         except Exception as e:  # noqa: BLE001 - any failure to read the layer is the user's to see
             self.jobs.last_error = error_message(e, self.what)
             notify_error(e, self.what)
@@ -198,6 +207,15 @@ class GradCamWidget(QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt name
         self.cancel()
         super().closeEvent(event)
+
+
+class FollowsTargetLayer:
+    """For a widget with a model-layer choice ``self.layer``: it shows the model's target layer whenever
+    that changes (connect ``state.target_layer_changed`` to :meth:`_on_target_layer`)."""
+
+    def _on_target_layer(self, name: str) -> None:
+        if name and name in self.layer.choices:
+            self.layer.value = name
 
 
 class _Scroll(QScrollArea):

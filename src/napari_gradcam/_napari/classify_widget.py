@@ -89,12 +89,10 @@ class ClassifyWidget(GradCamWidget):
         if self.refuse_if_busy():
             return None
         p = adopt(self.params, every_slice=None if every_slice is None else bool(every_slice))
-        model = self.jobs.capture_model()
-        if model is None:
+        ready = self.model_and_image(layer)
+        if ready is None:
             return None
-        layer = self.pick_image(layer)
-        if layer is None:
-            return None
+        model, layer = ready
         removed = f"Layer {layer.name!r} was removed while it was being classified; nothing was recorded."
         try:
             if p.every_slice and layer.ndim > 2:

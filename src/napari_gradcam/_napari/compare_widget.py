@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QPushButton, QSizePolicy, QTableWidget, QTableWidgetItem
 
-from ._base import GradCamWidget, camera_of, layer_picker, picker_caption, section, wrapping_label
+from ._base import FollowsTargetLayer, GradCamWidget, camera_of, layer_picker, picker_caption, section, wrapping_label
 from .choices import FINE, PREDICTED, method_choices, target_choices
 from .layers import TAG, ImagePlane, _place, display_of, replace_plugin_layers, result_name
 from .form import build_form
@@ -149,7 +149,7 @@ def fit_view(viewer: "napari.Viewer", layers: Sequence, margin: float = 0.92) ->
     camera.zoom = float(margin * np.min(size / span))
 
 
-class CompareWidget(GradCamWidget):
+class CompareWidget(FollowsTargetLayer, GradCamWidget):
     """Every method's map of one image side by side (a labelled grid), with faithfulness and sanity scores."""
 
     what = "Comparing methods"
@@ -197,10 +197,6 @@ class CompareWidget(GradCamWidget):
         self.target.reset_choices()
         self.layer.reset_choices()
         self._on_target_layer(self.state.target_layer)
-
-    def _on_target_layer(self, name: str) -> None:
-        if name and name in self.layer.choices:
-            self.layer.value = name
 
     def reset_choices(self, *_args) -> None:
         self.image.reset_choices()

@@ -9,7 +9,7 @@ from qtpy.QtWidgets import QPushButton
 
 from ..engine.methods import get_method, method_title
 from ..errors import GradCamError
-from ._base import GradCamWidget, camera_of, layer_picker, picker_caption, wrapping_label
+from ._base import FollowsTargetLayer, GradCamWidget, camera_of, layer_picker, picker_caption, wrapping_label
 from .layers import CLASS_COLORMAPS, class_colormap, heatmap_layer, replace_plugin_layers
 from .choices import ALL, FINE, PREDICTED, applicable_controls, method_choices, target_choices
 from .form import build_form
@@ -27,7 +27,7 @@ def _explain(bundle, data, method: str, target, layer: str | None, shifts: int =
     return result if isinstance(result, list) else [result]
 
 
-class ExplainWidget(GradCamWidget):
+class ExplainWidget(FollowsTargetLayer, GradCamWidget):
     """Explain the shared model's decision on an image layer as heatmap layers."""
 
     what = "Explaining"
@@ -102,10 +102,6 @@ class ExplainWidget(GradCamWidget):
         self.layer.reset_choices()
         self._on_target_layer(self.state.target_layer)
         self._on_target()
-
-    def _on_target_layer(self, name: str) -> None:
-        if name and name in self.layer.choices:
-            self.layer.value = name
 
     def _on_target(self, *_args) -> None:
         self.scale.visible = self.target.value == ALL  # a scale shared by several maps

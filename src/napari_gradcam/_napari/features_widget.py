@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from qtpy.QtWidgets import QPushButton
 
-from ._base import GradCamWidget, camera_of, layer_picker, picker_caption, wrapping_label
+from ._base import FollowsTargetLayer, GradCamWidget, camera_of, layer_picker, picker_caption, wrapping_label
 from .layers import feature_layers, replace_plugin_layers
 from .form import build_form
 from .params import DISPLAYS, FeatureParams, adopt  # noqa: F401 - DISPLAYS re-exported
@@ -22,7 +22,7 @@ def _features(bundle, data, layer: str | None, n: int):
     return feature_maps(bundle, data, layer=layer, n=n)
 
 
-class FeatureMapsWidget(GradCamWidget):
+class FeatureMapsWidget(FollowsTargetLayer, GradCamWidget):
     """Show what a layer of the shared model responds to in an image."""
 
     what = "Computing feature maps"
@@ -54,10 +54,6 @@ class FeatureMapsWidget(GradCamWidget):
     def _on_model(self, _bundle=None) -> None:
         self.layer.reset_choices()
         self._on_target_layer(self.state.target_layer)
-
-    def _on_target_layer(self, name: str) -> None:
-        if name and name in self.layer.choices:
-            self.layer.value = name
 
     def reset_choices(self, *_args) -> None:
         self.image.reset_choices()

@@ -281,26 +281,7 @@ class JobRunner:
         ending = [JobState.DONE]
 
         def returned(result):
-            if isinstance(result, (_Failure, _Stopped)) or job.source_removed:
-                ending[0] = JobState.CRASHED if isinstance(result, _Failure) else JobState.STOPPED
-            if isinstance(result, _Failure):
-                log.debug("%s failed:\n%s", job.what, result.traceback)
-                self.last_error = error_message(result.exc, job.what)
-                if on_failure is None or not on_failure(job, result.exc):
-                    notify_error(result.exc, job.what)
-            elif isinstance(result, _Stopped):
-                if not job.source_removed:
-                    notify_info(f"{job.what} was cancelled.")
-            elif not job.sources_present(self.viewer):
-                if not job.source_removed:  # else said when it went
-                    notify_info(job.removed_message or f"A layer of {job.what.lower()} was removed; nothing was added.")
-            elif on_result is not None:
-                try:
-                    on_result(job, result)
-                except Exception as e:  # noqa: BLE001 - adding layers should never crash napari
-                    ending[0] = JobState.CRASHED
-                    self.last_error = error_message(e, job.what)
-                    notify_error(e, job.what)
+            ending[0] = self._job_returned(job, result, on_result, on_failure)
 
         def yielded(value):
             if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
@@ -334,6 +315,32 @@ class JobRunner:
         if hasattr(worker, "yielded"):
             worker.yielded.connect(yielded)
         worker.finished.connect(finished)
+
+    def _job_returned(self, job: Job, result, on_result, on_failure) -> JobState:
+        """Tell the user how ``job`` ended, hand a good result to ``on_result`` (its failure told, never
+        raised); return the job's final state."""
+        state = JobState.DONE
+        if isinstance(result, (_Failure, _Stopped)) or job.source_removed:
+            state = JobState.CRASHED if isinstance(result, _Failure) else JobState.STOPPED
+        if isinstance(result, _Failure):
+            log.debug("%s failed:\n%s", job.what, result.traceback)
+            self.last_error = error_message(result.exc, job.what)
+            if on_failure is None or not on_failure(job, result.exc):
+                notify_error(result.exc, job.what)
+        elif isinstance(result, _Stopped):
+            if not job.source_removed:
+                notify_info(f"{job.what} was cancelled.")
+        elif not job.sources_present(self.viewer):
+            if not job.source_removed:  # else said when it went
+                notify_info(job.removed_message or f"A layer of {job.what.lower()} was removed; nothing was added.")
+        elif on_result is not None:
+            try:
+                on_result(job, result)
+            except Exception as e:  # noqa: BLE001 - adding layers should never crash napari
+                state = JobState.CRASHED
+                self.last_error = error_message(e, job.what)
+                notify_error(e, job.what)
+        return state
 
     # ----------------------------------------------------------------- progress, sources
     def show_progress(self, done: int, total: int, pbar=None) -> None:

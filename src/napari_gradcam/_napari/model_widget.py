@@ -117,16 +117,29 @@ class ModelWidget(GradCamWidget):
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer)
-        from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, SpinBox
-
-        from ..models import list_architectures
-        from ._compat import avoid_triton_llvm_clash
-
         lay = self.layout()
         self.info = wrapping_label(rich=True)
         self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         lay.addWidget(section("Current model"))
         lay.addWidget(self.info)
+
+        self._build_open_section(lay)
+        self._build_run_section(lay)
+
+        self._device_in_use = "auto"
+        self.file.changed.connect(self._on_file_chosen)
+        self.device.changed.connect(self._on_device)
+        self.target_layer.changed.connect(self._on_target_layer)
+        self.state.model_changed.connect(self._on_model_changed)
+        self.state.target_layer_changed.connect(self._on_state_target_layer)
+        self._on_model_changed(self.state.bundle)
+
+    def _build_open_section(self, lay) -> None:
+        """The "Open or build a model" section: the file, the building fields, a hint and the buttons."""
+        from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, SpinBox
+
+        from ..models import list_architectures
+        from ._compat import avoid_triton_llvm_clash
 
         self.file = FileEdit(label="file", mode="r", filter="Model files (*.safetensors *.pt *.pth *.bin *.onnx)")
         self.file.native.setToolTip("A napari-gradcam .safetensors bundle, or a PyTorch state dict "
@@ -162,6 +175,10 @@ class ModelWidget(GradCamWidget):
         self.open_section.expand(animate=False)
         lay.addWidget(self.open_section)
 
+    def _build_run_section(self, lay) -> None:
+        """The "Run on" section: the device and the target layer."""
+        from magicgui.widgets import ComboBox, Container
+
         lay.addWidget(section("Run on"))
         self.device = ComboBox(label="device", choices=list(DEVICES), value="auto")
         self.target_layer = ComboBox(label="target layer", choices=self._layer_choices)
@@ -171,14 +188,6 @@ class ModelWidget(GradCamWidget):
         self.run_form.native.layout().setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.run_form.native)
         lay.addStretch(1)
-
-        self._device_in_use = "auto"
-        self.file.changed.connect(self._on_file_chosen)
-        self.device.changed.connect(self._on_device)
-        self.target_layer.changed.connect(self._on_target_layer)
-        self.state.model_changed.connect(self._on_model_changed)
-        self.state.target_layer_changed.connect(self._on_state_target_layer)
-        self._on_model_changed(self.state.bundle)
 
     def _add_buttons(self) -> None:
         """Load file, Build untrained and Demo model in the footer (always in view), disabled while a job runs."""

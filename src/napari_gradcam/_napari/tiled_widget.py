@@ -10,8 +10,8 @@ from qtpy.QtGui import QBrush, QColor
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QPushButton, QTableWidget, QTableWidgetItem
 
 from ..colours import class_colour
-from ._base import GradCamWidget, error_message, layer_picker, notify_error, picker_caption, section, wrapping_label
-from .layers import block_mean, coarse_tiled_step, layer_plane, replace_plugin_layers, tiled_layers
+from ._base import GradCamWidget, layer_picker, picker_caption, section, wrapping_label
+from .layers import block_mean, coarse_tiled_step, replace_plugin_layers, tiled_layers
 from .form import build_form
 from .params import CLASS_MODES, TILED_METHODS, TiledParams, adopt  # noqa: F401 - CLASS_MODES re-exported
 
@@ -155,18 +155,10 @@ class TiledHeatmapsWidget(GradCamWidget):
         if self.refuse_if_busy():
             return None
         p = adopt(self.params, tile=tile, overlap=overlap, method=method, keep=keep, **self._class_overrides(classes))
-        model = self.jobs.capture_model()
-        if model is None:
+        ready = self.plane_to_explain(layer, level=0)  # the finest level, read lazily by the core
+        if ready is None:
             return None
-        layer = self.pick_image(layer)
-        if layer is None:
-            return None
-        try:
-            plane = layer_plane(self.viewer, layer, level=0)  # the finest level, read lazily by the core
-        except Exception as e:  # noqa: BLE001
-            self.last_error = error_message(e, self.what)
-            notify_error(e, self.what)
-            return None
+        model, layer, plane = ready
         data = plane.data
         if layer.multiscale and not hasattr(data, "dask"):
             import dask.array as da

@@ -9,10 +9,11 @@ Modules: :mod:`.sources` (what is read), :mod:`.maps` (the batched pass and its 
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import Any
+
+from .._lazy import lazy_getattr
 
 _LAZY = {
     "audit": "run", "iter_audit": "run", "AuditEvent": "run", "Audit": "result",
@@ -22,12 +23,7 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 class _CallableModule(types.ModuleType):

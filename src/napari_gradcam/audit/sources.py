@@ -8,7 +8,6 @@ moment the explanation pass needs them; nothing is decoded while listing.
 
 from __future__ import annotations
 
-import csv as _csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from ..data import IMAGE_SUFFIXES, _class_folders, is_image_file, read_image, walk_files
+from ..data.folders import read_csv_rows
 from ..errors import DatasetError, ImageError, shown
 
 
@@ -67,23 +67,26 @@ def _check_class_names(found: Sequence[str], classes: Sequence[str], where: str)
                            "labels.")
 
 
+def _images_under(folder: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
+    """The image files under ``folder`` (see ``data.walk_files``); what the walk passed over and every other
+    file are added to ``skipped`` with the reason."""
+    files, passed = walk_files(folder)
+    skipped += passed
+    skipped += [(p, f"not an image file type ({p.suffix or 'no suffix'})") for p, _ in files if not is_image_file(p)]
+    return [p for p, _ in files if is_image_file(p)]
+
+
 def _folder_source(root: Path, classes: Sequence[str]) -> AuditSource:
     skipped: list[tuple[Path, str]] = []
     folders, loose = _class_folders(root, skipped)
     if not folders:  # a flat folder: no labels
-        files, passed = walk_files(root)
-        entries = [Entry(os.path.abspath(p), None, os.path.relpath(p, root)) for p, _ in files if is_image_file(p)]
-        skipped += passed + [(p, f"not an image file type ({p.suffix or 'no suffix'})")
-                             for p, _ in files if not is_image_file(p)]
+        entries = [Entry(os.path.abspath(p), None, os.path.relpath(p, root)) for p in _images_under(root, skipped)]
         return AuditSource(entries, str(root), [(str(p), r) for p, r in skipped])
     _check_class_names([d.name for d in folders.values()], classes, f"the folder {shown(root)}")
     skipped += [(p, "not in a class subfolder") for p in loose]
     entries = []
     for d in folders.values():
-        files, passed = walk_files(d)
-        skipped += passed
-        images = [p for p, _ in files if is_image_file(p)]
-        skipped += [(p, f"not an image file type ({p.suffix or 'no suffix'})") for p, _ in files if not is_image_file(p)]
+        images = _images_under(d, skipped)
         if not images:
             skipped.append((d, f"class {d.name!r} has no images"))
         label = _label_index(d.name, classes)
@@ -93,13 +96,7 @@ def _folder_source(root: Path, classes: Sequence[str]) -> AuditSource:
 
 def _csv_rows(path: Path) -> tuple[list[list[str]], int, int | None]:
     """(rows, path column, label column or None) of a CSV of ``path[,label]`` (header optional)."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = [r for r in _csv.reader(f) if r and any(c.strip() for c in r)]
-    except (OSError, UnicodeDecodeError, _csv.Error) as e:
-        raise DatasetError(f"The CSV {shown(path.name)} could not be read ({e}).") from None
-    if not rows:
-        raise DatasetError(f"The CSV {shown(path.name)} is empty; expected rows of path[,label].")
+    rows = read_csv_rows(path, "path[,label]", shown(path.name))
     header = [c.strip().lower() for c in rows[0]]
     if "path" in header:
         return rows[1:], header.index("path"), header.index("label") if "label" in header else None

@@ -435,14 +435,25 @@ def _screen_csv_rows(rows: list[tuple[Path, str, str | None]], base: Path, skipp
     return [row for i, row in enumerate(kept) if i not in labels]
 
 
-def _read_csv(path: Path, base: Path) -> list[tuple[Path, str, str | None]]:
+def read_csv_rows(path: Path, expected: str, name: str | None = None) -> list[list[str]]:
+    """The non-blank rows (lists of str) of the CSV file ``path`` (a UTF-8 byte-order mark allowed).
+
+    ``expected`` names the rows' layout in the messages (e.g. "path,label"), ``name`` the file (default
+    its file name).  Raises DatasetError (one sentence) when the file cannot be read or has no rows.
+    """
+    name = path.name if name is None else name
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = [r for r in _csv.reader(f) if r and any(c.strip() for c in r)]
     except (OSError, UnicodeDecodeError, _csv.Error) as e:
-        raise DatasetError(f"The CSV {path.name} could not be read ({e}).") from None
+        raise DatasetError(f"The CSV {name} could not be read ({e}).") from None
     if not rows:
-        raise DatasetError(f"The CSV {path.name} is empty; expected rows of path,label.")
+        raise DatasetError(f"The CSV {name} is empty; expected rows of {expected}.")
+    return rows
+
+
+def _read_csv(path: Path, base: Path) -> list[tuple[Path, str, str | None]]:
+    rows = read_csv_rows(path, "path,label")
     header = [c.strip().lower() for c in rows[0]]
     if "path" in header and "label" in header:
         ip, il = header.index("path"), header.index("label")

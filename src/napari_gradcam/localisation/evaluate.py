@@ -83,36 +83,20 @@ def iter_evaluate_localisation(
     """:func:`evaluate_localisation` as a generator: yields ``(done, total)`` after each image and
     returns the :class:`LocalisationReport` (``report = yield from ...``, or a napari
     ``thread_worker``'s ``returned`` signal).  Stopping the generator stops the work."""
-    from ..engine.shifts import check_shifts
     from ..preprocess import check_image
-    from ..validate import check_int, check_number
 
-    from ..stats import Bootstrap
-
-    shifts = check_shifts(shifts)
-    Bootstrap(bootstrap, seed)  # checked before the work
-    tolerance = check_number(tolerance, "tolerance", 0)
-    if not (isinstance(level, str) and level.lower() == "otsu"):
-        level = check_number(level, "level", 0, 1)
-    steps, batch_size = check_int(steps, "steps", 1), check_int(batch_size, "batch_size", 1)
-    if tolerance_at is not None and not tolerance_at > 0:
-        raise GradCamError(f"The size at which the pointing tolerance is given must be > 0 pixels, not {tolerance_at}.")
+    tolerance, level, steps, batch_size, shifts = _check_scoring(
+        tolerance, tolerance_at, level, steps, batch_size, shifts, bootstrap, seed)
     target = _check_pairs(images, masks, names, labels, target)
-    usable, notes = _usable_methods(bundle, methods)
-    report = LocalisationReport(
-        methods=usable, n_images=len(images), notes=notes,
-        settings={"model": bundle.architecture, "classes": list(bundle.classes), "target": target,
-                  "tolerance": tolerance, "tolerance_at": tolerance_at, "level": level, "curves": bool(curves),
-                  "shifts": shifts,
-                  **({"steps": int(steps), "baseline": baseline} if curves else {})},
-    )
+    report, usable = _new_report(bundle, methods, len(images), {
+        "target": target, "tolerance": tolerance, "tolerance_at": tolerance_at, "level": level,
+        "curves": bool(curves), "shifts": shifts, **({"steps": int(steps), "baseline": baseline} if curves else {})})
     total = len(images)
     resized = 0
     sides: set[int] = set()
     yield 0, total
     for i in range(total):
-        name = str(names[i]) if names is not None else (
-            str(images[i]) if isinstance(images[i], (str, Path)) else f"image_{i:04d}")
+        name = _image_name(images, names, i)
         mask = _as_mask(masks[i])
         if not mask.any():
             report.n_empty += 1
@@ -132,12 +116,50 @@ def iter_evaluate_localisation(
             report.rows.append(LocalisationRow(name, m, hm.target, source, metrics))
         yield i + 1, total
     report.notes.extend(_closing_notes(resized, report.n_empty == total, tolerance, tolerance_at, sides))
+    _add_bootstrap_settings(report, bootstrap, seed, group_pattern)
+    return report
+
+
+def _check_scoring(tolerance, tolerance_at, level, steps, batch_size, shifts, bootstrap, seed) -> tuple:
+    """The scoring arguments checked before any work: (tolerance, level, steps, batch_size, shifts)."""
+    from ..engine.shifts import check_shifts
+    from ..stats import Bootstrap
+    from ..validate import check_int, check_number
+
+    shifts = check_shifts(shifts)
+    Bootstrap(bootstrap, seed)  # checked before the work
+    tolerance = check_number(tolerance, "tolerance", 0)
+    if not (isinstance(level, str) and level.lower() == "otsu"):
+        level = check_number(level, "level", 0, 1)
+    steps, batch_size = check_int(steps, "steps", 1), check_int(batch_size, "batch_size", 1)
+    if tolerance_at is not None and not tolerance_at > 0:
+        raise GradCamError(f"The size at which the pointing tolerance is given must be > 0 pixels, not {tolerance_at}.")
+    return tolerance, level, steps, batch_size, shifts
+
+
+def _new_report(bundle: "ModelBundle", methods: Sequence[str], n_images: int,
+                settings: dict) -> tuple[LocalisationReport, list[str]]:
+    """An empty report (the model, its classes and ``settings``) and the methods the model can compute."""
+    usable, notes = _usable_methods(bundle, methods)
+    report = LocalisationReport(methods=usable, n_images=n_images, notes=notes,
+                                settings={"model": bundle.architecture, "classes": list(bundle.classes), **settings})
+    return report, usable
+
+
+def _image_name(images: Sequence[Any], names: Sequence[str] | None, i: int) -> str:
+    """The name of image ``i`` in the report: given, its path, or ``image_NNNN``."""
+    if names is not None:
+        return str(names[i])
+    return str(images[i]) if isinstance(images[i], (str, Path)) else f"image_{i:04d}"
+
+
+def _add_bootstrap_settings(report: LocalisationReport, bootstrap: int, seed: int, group_pattern) -> None:
+    """The bootstrap's settings (resamples, seed, groups) in ``report.settings`` when it has rows."""
     if bootstrap and report.rows:
         from ..stats import bootstrap_settings
 
         report.settings["bootstrap"] = bootstrap_settings([r.name for r in report.rows], bootstrap, seed,
                                                           group_pattern=group_pattern)
-    return report
 
 
 def _check_pairs(images, masks, names, labels, target: str) -> str:
@@ -296,12 +318,7 @@ def localize_folder(
     LocalisationReport
         Unmatched images are listed in its notes.
     """
-    if isinstance(model, (str, Path)):
-        from ..bundle import load_model
-
-        bundle = load_model(model, device=device)
-    else:
-        bundle = model
+    bundle = _as_bundle(model, device)
     if isinstance(methods, str):
         methods = [s for s in methods.replace(",", " ").split() if s]
     pairs = load_masks_folder(images_dir, masks_dir)
@@ -312,16 +329,7 @@ def localize_folder(
         bundle, [p for p, _ in pairs], [m for _, m in pairs], methods=methods, target=target,
         labels=labels, curves=curves, progress=progress, names=names, tolerance_at=tolerance_at, **kwargs,
     )
-    if pairs.unmatched:
-        from ..errors import shown as escaped
-
-        shown = ", ".join(escaped(p.relative_to(root).as_posix()) for p in pairs.unmatched[:5])
-        more = f" and {len(pairs.unmatched) - 5} more" if len(pairs.unmatched) > 5 else ""
-        report.notes.append(f"{len(pairs.unmatched)} image(s) had no mask and were left out: {shown}{more}.")
-    if target == "label" and any(lab is None for lab in labels):
-        n = sum(lab is None for lab in labels)
-        report.notes.append(f"{n} image(s) are not in a subfolder named after a class, so their predicted "
-                            "class was explained.")
+    report.notes.extend(_folder_notes(pairs.unmatched, root, labels if target == "label" else []))
     report.settings.update({"images_dir": str(images_dir), "masks_dir": str(masks_dir),
                             "n_unmatched": len(pairs.unmatched)})
     if isinstance(model, (str, Path)):
@@ -329,3 +337,29 @@ def localize_folder(
     if json_path is not None:
         report.to_json(json_path)
     return report
+
+
+def _as_bundle(model: "str | Path | ModelBundle", device: str) -> "ModelBundle":
+    """The model: loaded from a path (on ``device``), or the given ModelBundle."""
+    if isinstance(model, (str, Path)):
+        from ..bundle import load_model
+
+        return load_model(model, device=device)
+    return model
+
+
+def _folder_notes(unmatched: Sequence[Path], root: Path, labels: Sequence[Any]) -> list[str]:
+    """The report's notes on images without a mask (under ``root``) and on images without a class folder
+    (``labels`` None; pass no labels when the predicted class is explained anyway)."""
+    notes = []
+    if unmatched:
+        from ..errors import shown as escaped
+
+        shown = ", ".join(escaped(p.relative_to(root).as_posix()) for p in unmatched[:5])
+        more = f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else ""
+        notes.append(f"{len(unmatched)} image(s) had no mask and were left out: {shown}{more}.")
+    if any(lab is None for lab in labels):
+        n = sum(lab is None for lab in labels)
+        notes.append(f"{n} image(s) are not in a subfolder named after a class, so their predicted "
+                     "class was explained.")
+    return notes

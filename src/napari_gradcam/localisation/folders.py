@@ -72,36 +72,18 @@ def load_masks_folder(images_dir: "str | Path", masks_dir: "str | Path") -> Pair
         A folder is missing, holds no images, or no image has a mask; one sentence.
     """
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
-    for what, d in (("image", images_dir), ("mask", masks_dir)):
-        if not d.exists():
-            raise DatasetError(f"No {what} folder at {d}.")
-        if not d.is_dir():
-            raise DatasetError(f"{d} is a file, not a folder of {what}s.")
-    same = images_dir.resolve() == masks_dir.resolve()
+    _check_folders(images_dir, masks_dir)
     mask_files = _listing(masks_dir)
-    if same:
+    if images_dir.resolve() == masks_dir.resolve():
         mask_files = [p for p in mask_files if _strip_mask_suffix(p.stem) != p.stem]
-    by_rel: dict[str, Path] = {}
-    by_stem: dict[str, list[Path]] = {}
-    for p in mask_files:
-        rel = p.relative_to(masks_dir)
-        for stem in {p.stem, _strip_mask_suffix(p.stem)}:
-            key = str(rel.parent / stem).lower()
-            # an exact-stem mask wins over a suffixed one
-            if key not in by_rel or stem == p.stem:
-                by_rel[key] = p
-            by_stem.setdefault(stem.lower(), []).append(p)
+    by_rel, by_stem = _mask_index(mask_files, masks_dir)
     mask_set = set(mask_files)
     images = [p for p in _listing(images_dir) if p not in mask_set]
     if not images:
         raise DatasetError(f"No images were found in {images_dir}.")
     pairs, unmatched = [], []
     for img in images:
-        rel = img.relative_to(images_dir)
-        m = by_rel.get(str(rel.parent / img.stem).lower())
-        if m is None:
-            cands = sorted(set(by_stem.get(img.stem.lower(), [])))
-            m = cands[0] if len(cands) == 1 else None
+        m = _find_mask(img, images_dir, by_rel, by_stem)
         if m is None or m == img:
             unmatched.append(img)
         else:
@@ -112,6 +94,42 @@ def load_masks_folder(images_dir: "str | Path", masks_dir: "str | Path") -> Pair
             "image's relative path or file name (any image suffix, optionally ending in _mask)."
         )
     return PairedFiles(pairs, unmatched, images_dir, masks_dir)
+
+
+def _check_folders(images_dir: Path, masks_dir: Path) -> None:
+    """Raise DatasetError (one sentence) when either folder is missing or is a file."""
+    for what, d in (("image", images_dir), ("mask", masks_dir)):
+        if not d.exists():
+            raise DatasetError(f"No {what} folder at {d}.")
+        if not d.is_dir():
+            raise DatasetError(f"{d} is a file, not a folder of {what}s.")
+
+
+def _mask_index(mask_files: list[Path], masks_dir: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """The masks by lower-cased relative path without suffix (an exact stem wins over a ``_mask`` one)
+    and by lower-cased stem (with and without the mask suffix)."""
+    by_rel: dict[str, Path] = {}
+    by_stem: dict[str, list[Path]] = {}
+    for p in mask_files:
+        rel = p.relative_to(masks_dir)
+        for stem in {p.stem, _strip_mask_suffix(p.stem)}:
+            key = str(rel.parent / stem).lower()
+            # an exact-stem mask wins over a suffixed one
+            if key not in by_rel or stem == p.stem:
+                by_rel[key] = p
+            by_stem.setdefault(stem.lower(), []).append(p)
+    return by_rel, by_stem
+
+
+def _find_mask(img: Path, images_dir: Path, by_rel: dict[str, Path],
+               by_stem: dict[str, list[Path]]) -> Path | None:
+    """The mask of ``img``: the same relative path, else the only mask with its stem, else None."""
+    rel = img.relative_to(images_dir)
+    m = by_rel.get(str(rel.parent / img.stem).lower())
+    if m is None:
+        cands = sorted(set(by_stem.get(img.stem.lower(), [])))
+        m = cands[0] if len(cands) == 1 else None
+    return m
 
 
 def _folder_label(images_dir: Path, path: Path, classes: Sequence[str]) -> str | None:

@@ -48,24 +48,22 @@ class Comm:
 
     def agree(self, values: list[float], device: "torch.device") -> list[float]:
         """Element-wise maximum of ``values`` over all processes (flags: any; clocks: the latest)."""
-        if not self.distributed:
-            return [float(v) for v in values]
-        import torch
-        import torch.distributed as dist
-
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return t.tolist()
+        return self._reduce(values, device, "MAX")
 
     def sum(self, values: list[float], device: "torch.device") -> list[float]:
         """Element-wise sum of ``values`` over all processes."""
+        return self._reduce(values, device, "SUM")
+
+    def _reduce(self, values: list[float], device: "torch.device", op: str) -> list[float]:
+        """``values`` (as float64) reduced element-wise over all processes by ``torch.distributed.ReduceOp.<op>``;
+        as they are with one process."""
         if not self.distributed:
             return [float(v) for v in values]
         import torch
         import torch.distributed as dist
 
         t = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
         return t.tolist()
 
     def gather(self, obj: Any) -> list[Any]:

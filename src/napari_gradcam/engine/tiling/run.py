@@ -154,7 +154,14 @@ def iter_tiled_heatmaps(
     if not is_dask and not isinstance(image, np.ndarray):
         image = np.asarray(image)  # a small zarr / h5py array
     plan = _Plan(tile, stride, method, layers, targets, _intensity_range(image, is_dask, value_range_), batch_size)
+    return (yield from _run_plan(bundle, image, plan, topk, mode, is_dask, chunk))
 
+
+def _run_plan(bundle: "ModelBundle", image, plan: _Plan, topk, mode: str, is_dask: bool,
+              chunk: int) -> Generator[Progress, None, TiledHeatmaps]:
+    """Run a checked plan: one full-convolution pass, a lazy (dask) result whose tiles run on demand, or
+    every tile now (yielding progress).  A lazy image no larger than one chunk is loaded and run now."""
+    H, W = image.shape[:2]
     if mode == "fullconv":
         yield (0, 1)
         result = _fullconv(bundle, np.asarray(image), plan, topk)
