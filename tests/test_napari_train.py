@@ -79,3 +79,25 @@ def test_train_widget_bad_folder_is_a_notification(make_napari_viewer, tmp_path)
     notification_manager.records.clear()
     assert tw.run(data_dir=tmp_path / "missing") is None
     assert "data folder" in notification_manager.records[-1].message
+
+
+def test_train_widget_chooses_a_finding_to_unlearn(make_napari_viewer, phantom_dir, tmp_path):
+    """The Train tab lists an audit folder's findings; the choice becomes TrainConfig.unlearn (A-ClArC):
+    AUDIT_DIR for every likely shortcut, AUDIT_DIR:ID for one; nothing chosen, none."""
+    import json
+
+    viewer = make_napari_viewer()
+    _, tw = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
+    tw.data_dir.value = phantom_dir
+    assert tw.config().unlearn is None and list(tw.finding.choices) == ["every likely shortcut"]
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    (audit / "findings.json").write_text(json.dumps({"clusters": [
+        {"id": 3, "class": "pneumonia", "size": 5, "verdict": "likely shortcut"},
+        {"id": 1, "class": "normal", "size": 40, "verdict": "no evidence"}]}))
+    tw.unlearn.value = audit
+    assert list(tw.finding.choices) == ["every likely shortcut", "3: pneumonia, 5 images (likely shortcut)",
+                                        "1: normal, 40 images (no evidence)"]
+    assert tw.config().unlearn == str(audit)
+    tw.finding.value = "3: pneumonia, 5 images (likely shortcut)"
+    assert tw.config().unlearn == f"{audit}:3"

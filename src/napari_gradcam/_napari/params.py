@@ -124,6 +124,8 @@ class TrainParams:
     val_fraction: float = 0.2
     weighting: str = "balanced"
     device: str = "auto"
+    unlearn: str = ""  # an audit folder whose finding is pasted into every class (A-ClArC); "" none
+    finding: str = "every likely shortcut"
 
 
 def snapshot(params, **overrides):

@@ -63,6 +63,32 @@ def recipe_image_size(arch: str) -> int:
     return DEFAULT_SIZE.get(arch, IMAGENET_SIZE)
 
 
+#: the "finding" choice that unlearns every likely shortcut of the audit (``AUDIT_DIR`` alone)
+ALL_SHORTCUTS = "every likely shortcut"
+
+
+def audit_findings(folder: str) -> list[str]:
+    """The "finding" choices of an audit folder: every likely shortcut, then each cluster as
+    "ID: class, N images (verdict)"; only the first where the folder is no audit."""
+    import json
+
+    path = Path(folder) / "findings.json" if folder else None
+    if path is None or not path.is_file():
+        return [ALL_SHORTCUTS]
+    try:
+        clusters = json.loads(path.read_text(encoding="utf-8")).get("clusters", [])
+        return [ALL_SHORTCUTS] + [f"{c['id']}: {c['class']}, {c['size']} images ({c['verdict']})" for c in clusters]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return [ALL_SHORTCUTS]
+
+
+def unlearn_spec(folder: str, finding: str) -> str | None:
+    """``TrainConfig.unlearn`` of the form: None, ``AUDIT_DIR`` (every likely shortcut) or ``AUDIT_DIR:ID``."""
+    if not folder or folder in (".", ""):
+        return None
+    return folder if finding == ALL_SHORTCUTS else f"{folder}:{finding.split(':', 1)[0]}"
+
+
 def default_output(data_dir: str, arch: str) -> Path:
     """``~/napari-gradcam-models/<data folder name>-<arch>.safetensors``."""
     name = Path(data_dir).resolve().name or "model"
@@ -205,10 +231,16 @@ class TrainWidget(GradCamWidget):
         self.val_fraction = FloatSpinBox(label="validation share", min=0.05, max=0.5, step=0.05)
         self.weighting = ComboBox(label="class weighting", choices=WEIGHTING)
         self.device = ComboBox(label="device", choices=list(DEVICES))
+        self.unlearn = FileEdit(label="unlearn (audit)", mode="d")
+        self.unlearn.native.setToolTip("An audit folder (Audit tab or `napari-gradcam audit`): the chosen finding's "
+                                       "region is pasted into images of every class during training (A-ClArC), so "
+                                       "the model cannot use it. Empty: none.")
+        self.finding = ComboBox(label="finding", choices=audit_findings(""))
         controls = {"data_dir": self.data_dir, "output": self.output, "architecture": self.architecture,
                     "image_size": self.image_size, "epochs": self.epochs, "batch_size": self.batch_size,
                     "lr": self.lr, "augment": self.augment, "val_fraction": self.val_fraction,
-                    "weighting": self.weighting, "device": self.device}
+                    "weighting": self.weighting, "device": self.device, "unlearn": self.unlearn,
+                    "finding": self.finding}
         self.form = Container(widgets=list(controls.values()), labels=True)
         self.form.native.layout().setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.form.native)
@@ -220,6 +252,7 @@ class TrainWidget(GradCamWidget):
         self.data_dir.changed.connect(self._suggest_output)
         self.architecture.changed.connect(self._on_architecture)
         self.output.changed.connect(self._say_output)
+        self.unlearn.changed.connect(self._list_findings)
         self._say_output()
         self.run_button = QPushButton("Train")
         self.run_button.clicked.connect(lambda: self.run())
@@ -255,6 +288,11 @@ class TrainWidget(GradCamWidget):
             self.output.value = self._auto_output
         self._say_output()
 
+    def _list_findings(self, *_args) -> None:
+        """The chosen audit folder's findings as the "finding" choices."""
+        self.finding.choices = audit_findings(self.params.unlearn)
+        self.finding.value = ALL_SHORTCUTS
+
     def _say_output(self, *_args) -> None:
         where = self.params.output or str(default_output("<data folder>", self.params.architecture))
         self.output_hint.setText(f"<small>The best model will be saved to <b>{escape(where)}</b></small>")
@@ -279,6 +317,7 @@ class TrainWidget(GradCamWidget):
             data_dir=str(data), out=str(out), arch=p.architecture, image_size=int(p.image_size),
             epochs=int(p.epochs), batch_size=int(p.batch_size), lr=lr, augment=bool(p.augment),
             val_fraction=float(p.val_fraction), class_weighting=p.weighting, device=p.device,
+            unlearn=unlearn_spec(p.unlearn, p.finding),
         )
 
     def run(self, **options):
