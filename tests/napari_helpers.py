@@ -21,3 +21,15 @@ def load(qtbot, viewer, model_file):
     wait(qtbot, mw)
     assert mw.state.bundle is not None, mw.last_error
     return mw
+
+
+def save_tiny_model(tmp_path_factory, classes, size: int = 32):
+    """An untrained simple_cnn (1 channel, ``size`` px, ``classes``) saved as a bundle; its path."""
+    import torch
+
+    from napari_gradcam import build_model, save_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(build_model("simple_cnn", list(classes), 1, size), path)
+    return path

@@ -11,7 +11,7 @@ pytest.importorskip("pytestqt")
 # torchvision before any viewer (see _napari/_compat.py)
 import torchvision  # noqa: E402,F401
 
-from napari_helpers import dock, load, wait  # noqa: E402
+from napari_helpers import dock, load, wait, save_tiny_model  # noqa: E402
 
 CLASSES = ["normal", "pneumonia", "covid"]
 SCALE, TRANSLATE = (2.0, 2.0), (10.0, 5.0)
@@ -21,14 +21,7 @@ METHODS = ["gradcam", "cam", "saliency", "integrated-gradients", "ablationcam"]
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
     """An untrained simple_cnn (3 classes, 32 px) saved as a bundle."""
-    import torch
-
-    from napari_gradcam import build_model, save_model
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(build_model("simple_cnn", CLASSES, 1, 32), path)
-    return path
+    return save_tiny_model(tmp_path_factory, CLASSES, 32)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ pytest.importorskip("pytestqt")
 
 import torchvision  # noqa: E402,F401  - before any viewer: see _napari/_compat.py
 
-from napari_helpers import dock, load, wait  # noqa: E402
+from napari_helpers import dock, load, wait, save_tiny_model  # noqa: E402
 
 CLASSES = ["normal", "pneumonia", "covid"]
 DECLARED = {"Classify": "every_slice", "Explain (Grad-CAM)": "method", "Compare methods": "methods",
@@ -22,14 +22,8 @@ DECLARED = {"Classify": "every_slice", "Explain (Grad-CAM)": "method", "Compare 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    import torch
-
-    from napari_gradcam import build_model, save_model
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(build_model("simple_cnn", CLASSES, 1, 32), path)
-    return path
+    """An untrained simple_cnn (3 classes, 32 px) saved as a bundle."""
+    return save_tiny_model(tmp_path_factory, CLASSES, 32)
 
 
 def test_param_declares_a_control_and_build_form_binds_it():

@@ -17,7 +17,7 @@ pytest.importorskip("pytestqt")
 
 import torchvision  # noqa: E402,F401  - before any viewer: see _napari/_compat.py
 
-from napari_helpers import PLUGIN, dock, load, wait  # noqa: E402
+from napari_helpers import PLUGIN, dock, load, wait, save_tiny_model  # noqa: E402
 
 CLASSES = ["normal", "pneumonia", "covid"]
 IMAGE_TABS = ("classify", "explain", "compare", "tiled", "features")
@@ -26,14 +26,7 @@ IMAGE_TABS = ("classify", "explain", "compare", "tiled", "features")
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
     """An untrained simple_cnn (3 classes, 32 px) saved as a bundle."""
-    import torch
-
-    from napari_gradcam import build_model, save_model
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(build_model("simple_cnn", CLASSES, 1, 32), path)
-    return path
+    return save_tiny_model(tmp_path_factory, CLASSES, 32)
 
 
 @pytest.fixture(scope="module")
