@@ -110,22 +110,32 @@ class LocalisationParams:
                          "heatmap's source image with its most relevant pixels deleted / inserted (slower).")
 
 
+#: the Train tab's devices and ways of weighting the classes
+DEVICES = ("auto", "cpu", "cuda", "mps")
+WEIGHTING = [("balanced loss", "balanced"), ("balanced sampling", "sampler"), ("none", "none")]
+
+
 @evented
 @dataclass
 class TrainParams:
-    data_dir: str = ""
-    output: str = ""
-    architecture: str = "simple_cnn"
-    image_size: int = 128
-    epochs: int = 10
-    batch_size: int = 32
-    lr: str = "0.001"
-    augment: bool = True
-    val_fraction: float = 0.2
-    weighting: str = "balanced"
-    device: str = "auto"
-    unlearn: str = ""  # an audit folder whose finding is pasted into every class (A-ClArC); "" none
-    finding: str = "every likely shortcut"
+    data_dir: str = param("", "data folder", "A folder with one sub-folder of images per class.", widget="FileEdit",
+                          mode="d")
+    output: str = param("", "save as", "Where the best model is written (default: ~/napari-gradcam-models/).",
+                        widget="FileEdit", mode="w", filter="*.safetensors")
+    architecture: str = param("simple_cnn", "architecture", choices="_architecture_choices")
+    image_size: int = param(128, "image size", min=16, max=1024, step=16)
+    epochs: int = param(10, "epochs (at most)", "Passes over the training images, at most: on a CPU the run also "
+                        "stops when its time budget is spent, keeping the best epoch.", min=1, max=1000)
+    batch_size: int = param(32, "batch size", min=1, max=1024)
+    lr: str = param("0.001", "learning rate", "Peak learning rate (the schedule warms up to it, then anneals).")
+    augment: bool = param(True, "augmentation (small rotations, shifts, zoom, contrast)")
+    val_fraction: float = param(0.2, "validation share", min=0.05, max=0.5, step=0.05)
+    weighting: str = param("balanced", "class weighting", choices=WEIGHTING)
+    device: str = param("auto", "device", choices=list(DEVICES))
+    unlearn: str = param("", "unlearn (audit)", "An audit folder (Audit tab or `napari-gradcam audit`): the chosen "
+                         "finding's region is pasted into images of every class during training (A-ClArC), so the "
+                         "model cannot use it. Empty: none.", widget="FileEdit", mode="d")
+    finding: str = param("every likely shortcut", "finding", choices="_finding_choices")
 
 
 def snapshot(params, **overrides):
