@@ -138,6 +138,38 @@ class TrainParams:
     finding: str = param("every likely shortcut", "finding", choices="_finding_choices")
 
 
+@evented
+@dataclass
+class EvaluateParams:
+    folder: str = param("", "data folder", "A folder with one sub-folder of images per class, named like the "
+                        "model's classes.", widget="FileEdit", mode="d")
+    groups: str = param("", "subgroups (optional)", "A CSV naming the images (path or file column) and their "
+                        "subgroup, or an audit folder's images.csv (its clusters).", widget="FileEdit", mode="r",
+                        filter="*.csv")
+    group_column: str = param("", "subgroup column", "The CSV's column of subgroups (empty: 'group' or 'cluster').")
+    bootstrap: int = param(1000, "bootstrap resamples", "Resamples of each 95 % interval; patients (from file names "
+                           "or a manifest.csv) are resampled whole. 0: no intervals.", min=0, max=100_000, step=100)
+
+
+#: what the Audit tab audits
+AUDIT_SOURCES = [("a folder", "folder"), ("an image stack layer", "stack")]
+
+
+@evented
+@dataclass
+class AuditParams:
+    source: str = param("folder", "audit", choices=AUDIT_SOURCES)
+    folder: str = param("", "folder", "Images in class subfolders named like the model's classes (or without "
+                        "labels).", widget="FileEdit", mode="d")
+    masks: "str | None" = param(None, "masks", "Optional: masks (e.g. lungs) with the images' relative names.",
+                       widget="FileEdit", mode="d", nullable=True)
+    mask_layer: str = param("(none)", "masks", "Optional: a Labels layer with one mask per plane of the stack.",
+                            choices="_labels_choices")
+    method: str = param("gradcam", "method", choices="_method_choices")
+    model_layer: str = param("(default)", "layer", choices="_model_layer_choices")
+    max_clusters: int = param(8, "max clusters", min=1, max=20)
+
+
 def snapshot(params, **overrides):
     """A copy of ``params`` for a run (later edits of the form do not reach it), with ``overrides`` (None
     values ignored) replacing fields; an unknown field name is a TypeError."""
