@@ -98,8 +98,8 @@ def test_runs_set_their_arguments_in_the_form_and_work_on_a_copy(make_napari_vie
     np.testing.assert_array_less(-1e-6, heat.data)  # a CAM-family map in [0, 1]
 
 
-#: the tabs whose form is not yet declared by a parameters dataclass (issue 21, point 4: to convert)
-NOT_DECLARED = {"Model"}
+#: the tabs whose form is not declared by a parameters dataclass (issue 21, point 4: none left)
+NOT_DECLARED: set = set()
 
 
 def test_every_tab_declares_its_parameters_in_one_dataclass_with_labelled_fields(make_napari_viewer):
@@ -119,7 +119,7 @@ def test_every_tab_declares_its_parameters_in_one_dataclass_with_labelled_fields
             undeclared.add(title)
             continue
         assert is_dataclass(params), title
-        controls = list(widget.form)
+        controls = [*widget.form, *getattr(widget, "run_form", ())]  # the Model tab has two forms
         for f in form_fields(params):
             meta = f.metadata[FORM_KEY]
             assert isinstance(meta["label"], str) and meta["label"].strip(), (title, f.name)

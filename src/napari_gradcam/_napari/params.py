@@ -170,6 +170,33 @@ class AuditParams:
     max_clusters: int = param(8, "max clusters", min=1, max=20)
 
 
+#: the classes the Model tab builds by default
+DEFAULT_CLASSES = "normal, pneumonia, covid"
+MODEL_FILES = "Model files (*.safetensors *.pt *.pth *.bin *.onnx)"
+
+
+@evented
+@dataclass
+class ModelParams:
+    file: str = param("", "file", "A napari-gradcam .safetensors bundle, or a PyTorch state dict (.pt/.pth: then "
+                      "give architecture and classes below), or an ONNX model (.onnx: give the classes).",
+                      widget="FileEdit", mode="r", filter=MODEL_FILES)
+    architecture: str = param("simple_cnn", "architecture", choices="_architecture_choices")
+    classes: str = param(DEFAULT_CLASSES, "classes", "Class names, comma separated (for building, or for bare "
+                         "state dicts).")
+    in_channels: "str | int" = param("auto", "channels", "Input channels; 'auto' reads them from the weights "
+                                     "(building: 1).", choices=["auto", 1, 3])
+    input_size: int = param(224, "input size", min=16, max=4096, step=16)
+    mean: str = param("auto", "mean", "Input normalisation: the mean the model was trained with, one number per "
+                      "channel (e.g. 0.485, 0.456, 0.406), or 'auto' (the file's, else the architecture's default). "
+                      "For building and for bare .pt/.pth or ONNX files.")
+    std: str = param("auto", "std", "Input normalisation: the standard deviation, one number per channel "
+                     "(e.g. 0.229, 0.224, 0.225), or 'auto'. Give mean and std together.")
+    device: str = param("auto", "device", choices=list(DEVICES))
+    target_layer: str = param("", "target layer", "The layer Grad-CAM explains by default (the last convolutional "
+                              "block is the usual choice).", choices="_layer_choices")
+
+
 def snapshot(params, **overrides):
     """A copy of ``params`` for a run (later edits of the form do not reach it), with ``overrides`` (None
     values ignored) replacing fields; an unknown field name is a TypeError."""
