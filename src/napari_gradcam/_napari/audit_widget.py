@@ -11,20 +11,23 @@ layer's ``metadata["table"]`` the same rows in plane order.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from qtpy.QtWidgets import QAbstractItemView, QPushButton, QTableWidget, QTableWidgetItem
 
 from ._base import GradCamWidget, layer_picker, wrapping_label
+from .form import build_form
 from .layers import TAG, replace_plugin_layers
+from .params import AUDIT_SOURCES, AuditParams, snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
     from ..audit import Audit
 
-SOURCES = [("a folder", "folder"), ("an image stack layer", "stack")]
+SOURCES = AUDIT_SOURCES
 WIDGET = "audit"
 COLOURS = {"likely shortcut": "red", "no evidence": "lime", "not tested": "yellow"}
 
@@ -113,25 +116,13 @@ class AuditWidget(GradCamWidget):
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer)
-        from magicgui.widgets import ComboBox, Container, FileEdit, SpinBox
-
-        from ..engine.methods import method_names
-
         lay = self.layout()
-        self.source = ComboBox(label="audit", choices=SOURCES, value="folder")
-        self.folder = FileEdit(label="folder", mode="d")
-        self.folder.native.setToolTip("Images in class subfolders named like the model's classes (or without labels).")
+        self.params = AuditParams()
+        self.form, controls = build_form(self.params, owner=self)
+        (self.source, self.folder, self.masks, self.mask_layer, self.method, self.model_layer,
+         self.max_clusters) = controls.values()
         self.stack = layer_picker(self.viewer, "stack", tooltip="An image stack layer (N, H, W): one image per plane.")
-        self.masks = FileEdit(label="masks", mode="d", nullable=True)
-        self.masks.native.setToolTip("Optional: masks (e.g. lungs) with the images' relative names.")
-        self.mask_layer = ComboBox(label="masks", choices=self._labels_choices)
-        self.mask_layer.native.setToolTip("Optional: a Labels layer with one mask per plane of the stack.")
-        self.method = ComboBox(label="method", choices=method_names(), value="gradcam")
-        self.model_layer = ComboBox(label="layer", choices=lambda _w=None: ["(default)", *self.state.layers])
-        self.max_clusters = SpinBox(label="max clusters", min=1, max=20, value=8)
-        self.form = Container(widgets=[self.source, self.folder, self.stack, self.masks, self.mask_layer, self.method,
-                                       self.model_layer, self.max_clusters], labels=True)
-        self.form.native.layout().setContentsMargins(0, 0, 0, 0)
+        self.form.insert(2, self.stack)  # after the folder: one of the two shows, as the source says
         lay.addWidget(self.form.native)
         self.run_button = QPushButton("Audit")
         self.run_button.clicked.connect(lambda: self.run())
@@ -165,13 +156,21 @@ class AuditWidget(GradCamWidget):
         canvas.mpl_connect("pick_event", self._on_pick)
         return canvas
 
+    def _method_choices(self, _widget=None) -> list[str]:
+        from ..engine.methods import method_names
+
+        return list(method_names())
+
+    def _model_layer_choices(self, _widget=None) -> list[str]:
+        return ["(default)", *self.state.layers]
+
     def _labels_choices(self, _widget=None) -> list[str]:
         from napari.layers import Labels
 
         return ["(none)", *[lyr.name for lyr in self.viewer.layers if isinstance(lyr, Labels)]]
 
     def _on_source(self, *_args) -> None:
-        folder = self.source.value == "folder"
+        folder = self.params.source == "folder"
         self.folder.visible, self.stack.visible = folder, not folder
         self.masks.visible, self.mask_layer.visible = folder, not folder
 
@@ -180,12 +179,11 @@ class AuditWidget(GradCamWidget):
         self.model_layer.reset_choices()
         self.mask_layer.reset_choices()
 
-    def _masks_for(self, layers: tuple):
+    def _masks_for(self, p: AuditParams, layers: tuple):
         """The masks of a run: the folder (folder audits) or the chosen Labels layer's data (stack audits)."""
         if not layers:
-            value = self.masks.value
-            return value if value and str(value) not in ("", ".") else None
-        name = self.mask_layer.value
+            return Path(p.masks) if p.masks else None
+        name = p.mask_layer
         return self.viewer.layers[name].data if name and name != "(none)" and name in self.viewer.layers else None
 
     def run(self, source=None, masks=None):
@@ -195,9 +193,12 @@ class AuditWidget(GradCamWidget):
         model = self.jobs.capture_model()
         if model is None:
             return None
+        p = snapshot(self.params)  # the run's parameters (later edits of the form do not reach it)
         layers = ()
-        if source is None:
-            source = self.folder.value if self.source.value == "folder" else self.stack.value
+        if source is None and p.source == "folder":
+            source = Path(p.folder) if p.folder else ""
+        elif source is None:
+            source = self.stack.value
         if hasattr(source, "data"):  # a layer
             layers, source = (source,), source.data
             if np.ndim(source) not in (3, 4):
@@ -206,12 +207,12 @@ class AuditWidget(GradCamWidget):
         elif not str(source) or str(source) == ".":
             self.jobs.fail("Choose a folder of images first.")
             return None
-        masks = masks if masks is not None else self._masks_for(layers)
-        layer = self.model_layer.value if self.model_layer.value not in (None, "(default)") else None
+        masks = masks if masks is not None else self._masks_for(p, layers)
+        layer = p.model_layer if p.model_layer not in (None, "", "(default)") else None
         self.result_label.setText("")
         return self.jobs.start(_audit_job, model.bundle, source, model=model, sources=layers,
-                               method=self.method.value, layer=layer, masks=masks,
-                               max_clusters=self.max_clusters.value, on_result=self._show)
+                               method=p.method, layer=layer, masks=masks,
+                               max_clusters=p.max_clusters, on_result=self._show)
 
     def _show(self, _job, a: "Audit") -> None:
         self.audit, self.order = a, display_order(a)

@@ -17,6 +17,8 @@ from qtpy.QtGui import QBrush, QColor
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QPushButton, QTableWidget, QTableWidgetItem
 
 from ._base import GradCamWidget, section, wrapping_label
+from .form import build_form
+from .params import EvaluateParams, adopt
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -32,22 +34,10 @@ class EvaluateWidget(GradCamWidget):
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer)
-        from magicgui.widgets import Container, FileEdit, LineEdit, SpinBox
-
         lay = self.layout()
-        self.folder = FileEdit(label="data folder", mode="d")
-        self.folder.native.setToolTip("A folder with one sub-folder of images per class, named like the "
-                                      "model's classes.")
-        self.groups = FileEdit(label="subgroups (optional)", mode="r", filter="*.csv")
-        self.groups.native.setToolTip("A CSV naming the images (path or file column) and their subgroup, or an "
-                                      "audit folder's images.csv (its clusters).")
-        self.group_column = LineEdit(label="subgroup column", value="")
-        self.group_column.native.setToolTip("The CSV's column of subgroups (empty: 'group' or 'cluster').")
-        self.bootstrap = SpinBox(label="bootstrap resamples", min=0, max=100_000, step=100, value=1000)
-        self.bootstrap.native.setToolTip("Resamples of each 95 % interval; patients (from file names or a "
-                                         "manifest.csv) are resampled whole. 0: no intervals.")
-        self.form = Container(widgets=[self.folder, self.groups, self.group_column, self.bootstrap], labels=True)
-        self.form.native.layout().setContentsMargins(0, 0, 0, 0)
+        self.params = EvaluateParams()
+        self.form, controls = build_form(self.params, owner=self)
+        self.folder, self.groups, self.group_column, self.bootstrap = controls.values()
         lay.addWidget(self.form.native)
         self.run_button = QPushButton("Evaluate")
         self.run_button.clicked.connect(lambda: self.run())
@@ -71,11 +61,12 @@ class EvaluateWidget(GradCamWidget):
 
         if self.refuse_if_busy():
             return None
-        folder = Path(folder) if folder is not None else Path(self.folder.value)
-        if groups is None and str(self.groups.value) not in ("", "."):
-            groups = self.groups.value
-        column = (group_column if group_column is not None else self.group_column.value).strip() or None
-        resamples = int(bootstrap if bootstrap is not None else self.bootstrap.value)
+        p = adopt(self.params, folder=_text(folder), groups=_text(groups), group_column=group_column,
+                  bootstrap=bootstrap)  # the form shows what the run uses
+        folder = Path(p.folder)
+        groups = p.groups or None
+        column = p.group_column.strip() or None
+        resamples = int(p.bootstrap)
         if str(folder) in ("", ".") or not folder.is_dir():
             self.jobs.fail("Choose a data folder (one sub-folder of images per class).")
             return None
@@ -126,6 +117,11 @@ class EvaluateWidget(GradCamWidget):
         header = [t.horizontalHeaderItem(c).text() for c in range(t.columnCount())]
         return [header] + [[t.item(r, c).text().replace("\n", " ") for c in range(t.columnCount())]
                            for r in range(t.rowCount())]
+
+
+def _text(path) -> "str | None":
+    """A path argument as the parameters hold it (None stays None: the form's value)."""
+    return None if path is None else str(path)
 
 
 def _cell(value: "float | None", ci, pct: bool, flagged: bool) -> str:

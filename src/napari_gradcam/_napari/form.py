@@ -76,13 +76,14 @@ def _control_value(value: Any) -> Any:
     return value
 
 
-def build_form(params, owner: Any = None, before: tuple = ()):
+def build_form(params, owner: Any = None, before: tuple = (), names: tuple | None = None):
     """A magicgui Container of ``before`` (e.g. a layer picker) and one control per declared field of
-    ``params``, bound both ways to it; returns (container, {field name: control})."""
+    ``params`` (only those in ``names`` when given: a widget with two forms), bound both ways to it;
+    returns (container, {field name: control})."""
     from magicgui.widgets import Container
 
-
-    controls = {f.name: make_control(f, getattr(params, f.name), owner) for f in form_fields(params)}
+    controls = {f.name: make_control(f, getattr(params, f.name), owner) for f in form_fields(params)
+                if names is None or f.name in names}
     form = Container(widgets=[*before, *controls.values()], labels=True)
     form.native.layout().setContentsMargins(0, 0, 0, 0)
     bind(params, controls)

@@ -6,6 +6,7 @@ The loaded model is the viewer's shared model (:mod:`.state`): the other widgets
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,14 +15,17 @@ from qtpy.QtWidgets import QHBoxLayout, QPushButton, QWidget
 
 from ..errors import GradCamError, ModelFileError
 from ._base import GradCamWidget, Section, notify_error, section, wrapping_label
+from .form import build_form
+from .params import DEFAULT_CLASSES, DEVICES, ModelParams, adopt, snapshot  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
     from ..bundle import ModelBundle
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DEFAULT_CLASSES = "normal, pneumonia, covid"
+#: the fields of the "Open or build a model" form, and of the "Run on" one
+OPEN_FIELDS = ("file", "architecture", "classes", "in_channels", "input_size", "mean", "std")
+RUN_FIELDS = ("device", "target_layer")
 
 
 def demo_model_path() -> Path:
@@ -118,6 +122,8 @@ class ModelWidget(GradCamWidget):
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer)
         lay = self.layout()
+        self.params = ModelParams()
+        self._quiet = False  # the form follows the shared model: no reactions to it
         self.info = wrapping_label(rich=True)
         self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         lay.addWidget(section("Current model"))
@@ -136,33 +142,13 @@ class ModelWidget(GradCamWidget):
 
     def _build_open_section(self, lay) -> None:
         """The "Open or build a model" section: the file, the building fields, a hint and the buttons."""
-        from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, SpinBox
-
-        from ..models import list_architectures
         from ._compat import avoid_triton_llvm_clash
 
-        self.file = FileEdit(label="file", mode="r", filter="Model files (*.safetensors *.pt *.pth *.bin *.onnx)")
-        self.file.native.setToolTip("A napari-gradcam .safetensors bundle, or a PyTorch state dict "
-                                    "(.pt/.pth: then give architecture and classes below), or an ONNX model "
-                                    "(.onnx: give the classes).")
         avoid_triton_llvm_clash()  # list_architectures(all=True) imports torchvision (see _compat)
-        self.architecture = ComboBox(label="architecture", choices=list_architectures(all=True), value="simple_cnn")
+        self.form, controls = build_form(self.params, owner=self, names=OPEN_FIELDS)
+        self.file, self.architecture, self.classes, self.in_channels, self.input_size, self.mean, self.std = (
+            controls[n] for n in OPEN_FIELDS)
         searchable(self.architecture.native)
-        self.classes = LineEdit(label="classes", value=DEFAULT_CLASSES)
-        self.classes.native.setToolTip("Class names, comma separated (for building, or for bare state dicts).")
-        self.in_channels = ComboBox(label="channels", choices=["auto", 1, 3], value="auto")
-        self.in_channels.native.setToolTip("Input channels; 'auto' reads them from the weights (building: 1).")
-        self.input_size = SpinBox(label="input size", min=16, max=4096, step=16, value=224)
-        self.mean = LineEdit(label="mean", value="auto")
-        self.mean.native.setToolTip("Input normalisation: the mean the model was trained with, one number per "
-                                    "channel (e.g. 0.485, 0.456, 0.406), or 'auto' (the file's, else the "
-                                    "architecture's default). For building and for bare .pt/.pth or ONNX files.")
-        self.std = LineEdit(label="std", value="auto")
-        self.std.native.setToolTip("Input normalisation: the standard deviation, one number per channel "
-                                   "(e.g. 0.229, 0.224, 0.225), or 'auto'. Give mean and std together.")
-        self.form = Container(widgets=[self.file, self.architecture, self.classes, self.in_channels,
-                                       self.input_size, self.mean, self.std], labels=True)
-        self.form.native.layout().setContentsMargins(0, 0, 0, 0)
         hint = wrapping_label("<small>Bundles (.safetensors) describe themselves; architecture, classes, channels, "
                               "input size, mean and std are for building a model or reading bare .pt/.pth "
                               "weights or an ONNX graph.</small>",
@@ -177,15 +163,9 @@ class ModelWidget(GradCamWidget):
 
     def _build_run_section(self, lay) -> None:
         """The "Run on" section: the device and the target layer."""
-        from magicgui.widgets import ComboBox, Container
-
         lay.addWidget(section("Run on"))
-        self.device = ComboBox(label="device", choices=list(DEVICES), value="auto")
-        self.target_layer = ComboBox(label="target layer", choices=self._layer_choices)
-        self.target_layer.native.setToolTip("The layer Grad-CAM explains by default (the last convolutional "
-                                            "block is the usual choice).")
-        self.run_form = Container(widgets=[self.device, self.target_layer], labels=True)
-        self.run_form.native.layout().setContentsMargins(0, 0, 0, 0)
+        self.run_form, controls = build_form(self.params, owner=self, names=RUN_FIELDS)
+        self.device, self.target_layer = (controls[n] for n in RUN_FIELDS)
         lay.addWidget(self.run_form.native)
         lay.addStretch(1)
 
@@ -209,49 +189,50 @@ class ModelWidget(GradCamWidget):
         self.add_run_row(buttons)
 
     # ----------------------------------------------------------------- actions
+    @contextmanager
+    def _quietly(self):
+        """Set the form without its reactions (loading a chosen file, following the shared model)."""
+        self._quiet = True
+        try:
+            yield
+        finally:
+            self._quiet = False
+
     def load_file(self, path: str | os.PathLike | None = None):
         """Load a model file (the one in the form when ``path`` is None)."""
         if path is not None:
-            with self.file.changed.blocked():
-                self.file.value = path
-        value = self.file.value
-        if value is None or str(value) in ("", ".") or Path(value).is_dir():
+            with self._quietly():
+                self.params.file = str(path)
+        p = snapshot(self.params)
+        if not p.file or Path(p.file).is_dir():
             notify_error("Choose a model file first (.safetensors, .pt or .pth).")
             return None
-        normalisation = self._normalisation()
+        normalisation = self._normalisation(p)
         if normalisation is None:
             return None
-        return self.jobs.start(_load_file, str(value), self.device.value, self.architecture.value,
-                               self.classes.value, self.in_channels.value, int(self.input_size.value),
-                               *normalisation, on_result=lambda _job, result: self._set_loaded(result), what="Loading the model")
+        return self.jobs.start(_load_file, p.file, p.device, p.architecture, p.classes, p.in_channels,
+                               int(p.input_size), *normalisation,
+                               on_result=lambda _job, result: self._set_loaded(result), what="Loading the model")
 
     def build(self, architecture: str | None = None, classes: str | list[str] | None = None,
               in_channels: int | None = None, input_size: int | None = None, mean=None, std=None):
         """Build an untrained model of the form's (or the given) architecture (``mean``/``std``: numbers or
-        the fields' text)."""
-        for control, value in ((self.mean, mean), (self.std, std)):
-            if value is not None:
-                control.value = value if isinstance(value, str) else ", ".join(f"{v:g}" for v in value)
-        if architecture is not None:
-            self.architecture.value = architecture
-        if classes is not None:
-            self.classes.value = classes if isinstance(classes, str) else ", ".join(classes)
-        if in_channels is not None:
-            self.in_channels.value = int(in_channels)
-        if input_size is not None:
-            self.input_size.value = int(input_size)
-        channels = 1 if self.in_channels.value == "auto" else int(self.in_channels.value)
-        normalisation = self._normalisation()
+        the fields' text); the arguments set the parameters (the form shows them)."""
+        p = adopt(self.params, architecture=architecture, classes=_text(classes), mean=_text(mean),
+                  std=_text(std), in_channels=None if in_channels is None else int(in_channels),
+                  input_size=None if input_size is None else int(input_size))
+        channels = 1 if p.in_channels == "auto" else int(p.in_channels)
+        normalisation = self._normalisation(p)
         if normalisation is None:
             return None
-        return self.jobs.start(_build, self.architecture.value, self.classes.value, channels,
-                               int(self.input_size.value), self.device.value, *normalisation,
-                               on_result=lambda _job, result: self._set_loaded(result), what="Building the model")
+        return self.jobs.start(_build, p.architecture, p.classes, channels, int(p.input_size), p.device,
+                               *normalisation, on_result=lambda _job, result: self._set_loaded(result),
+                               what="Building the model")
 
-    def _normalisation(self) -> tuple | None:
-        """(mean, std) from the form (None each for 'auto'), or a notification naming the field and None."""
+    def _normalisation(self, p: ModelParams) -> tuple | None:
+        """(mean, std) of the parameters (None each for 'auto'), or a notification naming the field and None."""
         try:
-            mean, std = parse_numbers(self.mean.value, "mean"), parse_numbers(self.std.value, "std")
+            mean, std = parse_numbers(p.mean, "mean"), parse_numbers(p.std, "std")
         except GradCamError as e:
             self.jobs.fail(str(e))
             return None
@@ -262,7 +243,7 @@ class ModelWidget(GradCamWidget):
 
     def load_demo(self):
         """Load the shipped demo model (simple_cnn on synthetic chest X-rays)."""
-        return self.jobs.start(_load_demo, self.device.value, on_result=lambda _job, result: self._set_loaded(result),
+        return self.jobs.start(_load_demo, self.params.device, on_result=lambda _job, result: self._set_loaded(result),
                                what="Loading the demo model")
 
     def set_bundle(self, bundle: "ModelBundle", source: str = "", layers: list[str] | None = None) -> None:
@@ -271,41 +252,45 @@ class ModelWidget(GradCamWidget):
 
     def set_file(self, path: str | os.PathLike) -> None:
         """Fill in the file field without loading (e.g. a dropped file that needs the form's details)."""
-        with self.file.changed.blocked():
-            self.file.value = path
+        with self._quietly():
+            self.params.file = str(path)
         self.open_section.expand(animate=False)
 
     def _on_file_chosen(self, value) -> None:
         """A bundle picked in the file dialog loads at once (bare weights wait for the form and Load)."""
-        if value is not None and Path(value).suffix.lower() == ".safetensors" and Path(value).is_file():
+        if not self._quiet and value is not None and Path(value).suffix.lower() == ".safetensors" and Path(value).is_file():
             self.load_file()
 
     def _set_loaded(self, result) -> None:
         from ._base import notify_info
 
         bundle, layers, source = result
-        self._device_in_use = self.device.value
+        self._device_in_use = self.params.device
         self.state.set_model(bundle, source, layers)
         for note in getattr(bundle, "notes", []):
             notify_info(note)
 
     # ----------------------------------------------------------------- reactions
+    def _architecture_choices(self, _widget=None) -> list[str]:
+        from ..models import list_architectures
+
+        return list(list_architectures(all=True))
+
     def _layer_choices(self, _widget=None) -> list[str]:
         return list(self.state.layers)
 
     def _sync_form(self, bundle) -> None:
         """Show the loaded model's description in the form (so "Build untrained" rebuilds its like)."""
         name = bundle.architecture.removeprefix("torchvision:")
-        with self.architecture.changed.blocked():
-            if name in self.architecture.choices:
-                self.architecture.value = name
-        self.classes.value = ", ".join(bundle.classes)
-        self.input_size.value = bundle.input_size  # channels stay as chosen ("auto": read from the next file)
+        if name in self.architecture.choices:
+            self.params.architecture = name
+        self.params.classes = ", ".join(bundle.classes)
+        self.params.input_size = bundle.input_size  # channels stay as chosen ("auto": read from the next file)
 
     def _on_model_changed(self, bundle) -> None:
         if bundle is not None:
             self._sync_form(bundle)
-        with self.target_layer.changed.blocked():
+        with self._quietly():
             self.target_layer.reset_choices()
             if bundle is not None and self.state.target_layer in self.target_layer.choices:
                 self.target_layer.value = self.state.target_layer
@@ -313,11 +298,11 @@ class ModelWidget(GradCamWidget):
 
     def _on_state_target_layer(self, name: str) -> None:
         if name and name in self.target_layer.choices and self.target_layer.value != name:
-            with self.target_layer.changed.blocked():
-                self.target_layer.value = name
+            with self._quietly():
+                self.params.target_layer = name
 
     def _on_target_layer(self, name) -> None:
-        if name and self.state.bundle is not None:
+        if name and not self._quiet and self.state.bundle is not None:
             self.state.target_layer = str(name)
 
     def _on_device(self, device: str) -> None:
@@ -373,3 +358,10 @@ class ModelWidget(GradCamWidget):
 
     def reset_choices(self, *_args) -> None:
         self.target_layer.reset_choices()
+
+
+def _text(value) -> "str | None":
+    """A list of names or numbers as the form's text ("a, b"; numbers as %g); a string as it is; None stays."""
+    if value is None or isinstance(value, str):
+        return value
+    return ", ".join(v if isinstance(v, str) else f"{v:g}" for v in value)

@@ -110,22 +110,91 @@ class LocalisationParams:
                          "heatmap's source image with its most relevant pixels deleted / inserted (slower).")
 
 
+#: the Train tab's devices and ways of weighting the classes
+DEVICES = ("auto", "cpu", "cuda", "mps")
+WEIGHTING = [("balanced loss", "balanced"), ("balanced sampling", "sampler"), ("none", "none")]
+
+
 @evented
 @dataclass
 class TrainParams:
-    data_dir: str = ""
-    output: str = ""
-    architecture: str = "simple_cnn"
-    image_size: int = 128
-    epochs: int = 10
-    batch_size: int = 32
-    lr: str = "0.001"
-    augment: bool = True
-    val_fraction: float = 0.2
-    weighting: str = "balanced"
-    device: str = "auto"
-    unlearn: str = ""  # an audit folder whose finding is pasted into every class (A-ClArC); "" none
-    finding: str = "every likely shortcut"
+    data_dir: str = param("", "data folder", "A folder with one sub-folder of images per class.", widget="FileEdit",
+                          mode="d")
+    output: str = param("", "save as", "Where the best model is written (default: ~/napari-gradcam-models/).",
+                        widget="FileEdit", mode="w", filter="*.safetensors")
+    architecture: str = param("simple_cnn", "architecture", choices="_architecture_choices")
+    image_size: int = param(128, "image size", min=16, max=1024, step=16)
+    epochs: int = param(10, "epochs (at most)", "Passes over the training images, at most: on a CPU the run also "
+                        "stops when its time budget is spent, keeping the best epoch.", min=1, max=1000)
+    batch_size: int = param(32, "batch size", min=1, max=1024)
+    lr: str = param("0.001", "learning rate", "Peak learning rate (the schedule warms up to it, then anneals).")
+    augment: bool = param(True, "augmentation (small rotations, shifts, zoom, contrast)")
+    val_fraction: float = param(0.2, "validation share", min=0.05, max=0.5, step=0.05)
+    weighting: str = param("balanced", "class weighting", choices=WEIGHTING)
+    device: str = param("auto", "device", choices=list(DEVICES))
+    unlearn: str = param("", "unlearn (audit)", "An audit folder (Audit tab or `napari-gradcam audit`): the chosen "
+                         "finding's region is pasted into images of every class during training (A-ClArC), so the "
+                         "model cannot use it. Empty: none.", widget="FileEdit", mode="d")
+    finding: str = param("every likely shortcut", "finding", choices="_finding_choices")
+
+
+@evented
+@dataclass
+class EvaluateParams:
+    folder: str = param("", "data folder", "A folder with one sub-folder of images per class, named like the "
+                        "model's classes.", widget="FileEdit", mode="d")
+    groups: str = param("", "subgroups (optional)", "A CSV naming the images (path or file column) and their "
+                        "subgroup, or an audit folder's images.csv (its clusters).", widget="FileEdit", mode="r",
+                        filter="*.csv")
+    group_column: str = param("", "subgroup column", "The CSV's column of subgroups (empty: 'group' or 'cluster').")
+    bootstrap: int = param(1000, "bootstrap resamples", "Resamples of each 95 % interval; patients (from file names "
+                           "or a manifest.csv) are resampled whole. 0: no intervals.", min=0, max=100_000, step=100)
+
+
+#: what the Audit tab audits
+AUDIT_SOURCES = [("a folder", "folder"), ("an image stack layer", "stack")]
+
+
+@evented
+@dataclass
+class AuditParams:
+    source: str = param("folder", "audit", choices=AUDIT_SOURCES)
+    folder: str = param("", "folder", "Images in class subfolders named like the model's classes (or without "
+                        "labels).", widget="FileEdit", mode="d")
+    masks: "str | None" = param(None, "masks", "Optional: masks (e.g. lungs) with the images' relative names.",
+                       widget="FileEdit", mode="d", nullable=True)
+    mask_layer: str = param("(none)", "masks", "Optional: a Labels layer with one mask per plane of the stack.",
+                            choices="_labels_choices")
+    method: str = param("gradcam", "method", choices="_method_choices")
+    model_layer: str = param("(default)", "layer", choices="_model_layer_choices")
+    max_clusters: int = param(8, "max clusters", min=1, max=20)
+
+
+#: the classes the Model tab builds by default
+DEFAULT_CLASSES = "normal, pneumonia, covid"
+MODEL_FILES = "Model files (*.safetensors *.pt *.pth *.bin *.onnx)"
+
+
+@evented
+@dataclass
+class ModelParams:
+    file: str = param("", "file", "A napari-gradcam .safetensors bundle, or a PyTorch state dict (.pt/.pth: then "
+                      "give architecture and classes below), or an ONNX model (.onnx: give the classes).",
+                      widget="FileEdit", mode="r", filter=MODEL_FILES)
+    architecture: str = param("simple_cnn", "architecture", choices="_architecture_choices")
+    classes: str = param(DEFAULT_CLASSES, "classes", "Class names, comma separated (for building, or for bare "
+                         "state dicts).")
+    in_channels: "str | int" = param("auto", "channels", "Input channels; 'auto' reads them from the weights "
+                                     "(building: 1).", choices=["auto", 1, 3])
+    input_size: int = param(224, "input size", min=16, max=4096, step=16)
+    mean: str = param("auto", "mean", "Input normalisation: the mean the model was trained with, one number per "
+                      "channel (e.g. 0.485, 0.456, 0.406), or 'auto' (the file's, else the architecture's default). "
+                      "For building and for bare .pt/.pth or ONNX files.")
+    std: str = param("auto", "std", "Input normalisation: the standard deviation, one number per channel "
+                     "(e.g. 0.229, 0.224, 0.225), or 'auto'. Give mean and std together.")
+    device: str = param("auto", "device", choices=list(DEVICES))
+    target_layer: str = param("", "target layer", "The layer Grad-CAM explains by default (the last convolutional "
+                              "block is the usual choice).", choices="_layer_choices")
 
 
 def snapshot(params, **overrides):

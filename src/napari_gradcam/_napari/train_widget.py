@@ -17,15 +17,11 @@ from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QLabel, QPushButton, 
 
 from ..errors import GradCamError
 from ._base import GradCamWidget, notify_info, section, wrapping_label
-from .form import bind
-from .params import TrainParams, snapshot
+from .form import build_form
+from .params import DEVICES, WEIGHTING, TrainParams, snapshot  # noqa: F401 - DEVICES, WEIGHTING re-exported
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-WEIGHTING = [("balanced loss", "balanced"), ("balanced sampling", "sampler"), ("none", "none")]
-
 
 def _train(config, stop_event=None):
     """Worker: the training generator, then the result and the best model's layers.
@@ -209,42 +205,12 @@ class TrainWidget(GradCamWidget):
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer)
-        from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, LineEdit, SpinBox
-
-        from ..models import list_architectures
-
         lay = self.layout()
         self.params = recipe_params()
-        self.data_dir = FileEdit(label="data folder", mode="d")
-        self.data_dir.native.setToolTip("A folder with one sub-folder of images per class.")
-        self.output = FileEdit(label="save as", mode="w", filter="*.safetensors")
-        self.output.native.setToolTip("Where the best model is written (default: ~/napari-gradcam-models/).")
-        self.architecture = ComboBox(label="architecture", choices=list_architectures(), value="simple_cnn")
-        self.image_size = SpinBox(label="image size", min=16, max=1024, step=16)
-        self.epochs = SpinBox(label="epochs (at most)", min=1, max=1000)
-        self.epochs.native.setToolTip("Passes over the training images, at most: on a CPU the run also stops when "
-                                      "its time budget is spent, keeping the best epoch.")
-        self.batch_size = SpinBox(label="batch size", min=1, max=1024)
-        self.lr = LineEdit(label="learning rate")
-        self.lr.native.setToolTip("Peak learning rate (the schedule warms up to it, then anneals).")
-        self.augment = CheckBox(text="augmentation (small rotations, shifts, zoom, contrast)")
-        self.val_fraction = FloatSpinBox(label="validation share", min=0.05, max=0.5, step=0.05)
-        self.weighting = ComboBox(label="class weighting", choices=WEIGHTING)
-        self.device = ComboBox(label="device", choices=list(DEVICES))
-        self.unlearn = FileEdit(label="unlearn (audit)", mode="d")
-        self.unlearn.native.setToolTip("An audit folder (Audit tab or `napari-gradcam audit`): the chosen finding's "
-                                       "region is pasted into images of every class during training (A-ClArC), so "
-                                       "the model cannot use it. Empty: none.")
-        self.finding = ComboBox(label="finding", choices=audit_findings(""))
-        controls = {"data_dir": self.data_dir, "output": self.output, "architecture": self.architecture,
-                    "image_size": self.image_size, "epochs": self.epochs, "batch_size": self.batch_size,
-                    "lr": self.lr, "augment": self.augment, "val_fraction": self.val_fraction,
-                    "weighting": self.weighting, "device": self.device, "unlearn": self.unlearn,
-                    "finding": self.finding}
-        self.form = Container(widgets=list(controls.values()), labels=True)
-        self.form.native.layout().setContentsMargins(0, 0, 0, 0)
+        self.form, controls = build_form(self.params, owner=self)
+        for name, control in controls.items():  # self.data_dir, self.output, ..., self.finding
+            setattr(self, name, control)
         lay.addWidget(self.form.native)
-        bind(self.params, controls)
         self.output_hint = wrapping_label(rich=True)
         lay.addWidget(self.output_hint)
         self._auto_output = ""
@@ -272,6 +238,14 @@ class TrainWidget(GradCamWidget):
         self.events: list = []
 
     # ----------------------------------------------------------------- the form's reactions
+    def _architecture_choices(self, _widget=None) -> list[str]:
+        from ..models import list_architectures
+
+        return list(list_architectures())
+
+    def _finding_choices(self, _widget=None) -> list[str]:
+        return audit_findings(self.params.unlearn)
+
     def _on_architecture(self, arch: str) -> None:
         """The recipe's image size follows the architecture (unless it was changed by hand); so does the
         suggested file name."""
@@ -328,15 +302,15 @@ class TrainWidget(GradCamWidget):
         """
         if self.refuse_if_busy():
             return None
-        for name, value in options.items():
-            getattr(self, name).value = value
+        for name, value in options.items():  # the parameters (the bound form follows), never the controls
+            setattr(self.params, name, str(value) if isinstance(value, Path) else value)
         try:
             cfg = self.config()
         except GradCamError as e:
             self.jobs.fail(str(e))
             return None
         if not self.params.output:
-            self.output.value = cfg.out  # where it will be saved, shown
+            self.params.output = cfg.out  # where it will be saved, shown
         self.events = []
         self.result = None
         self.curves.clear()
